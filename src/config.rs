@@ -1,0 +1,509 @@
+//! Configuration: defaults < TOML file < `RESTATE_*` environment variables.
+//!
+//! The tree keeps the key names of Restate 0.1.0 (`tracing.log_format`, `meta.rest_address`,
+//! `worker.storage_rocksdb.path`, ...) so that the seed-era environment variables such as
+//! `RESTATE_TRACING__LOG_FORMAT=Json` keep working, and adds our own keys in the same tree.
+//! Every field documents itself; `config/restate.toml` lists every key with its default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of every environment variable that overrides a config key.
+pub const ENV_PREFIX: &str = "RESTATE_";
+/// Environment variable naming the config file (same as `--config-file`).
+pub const ENV_CONFIG_FILE: &str = "RESTATE_CONFIG";
+
+/// Why a configuration could not be loaded. Every variant is terminal: the process refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("unknown config key `{key}` (from {origin})")]
+    UnknownKey { key: String, origin: String },
+    #[error("config key `{key}` (from {origin}): {message}")]
+    BadEnvValue {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Error {
+    /// Configuration errors never heal by retrying.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// The whole runtime configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// After SIGTERM/SIGINT, how long in-flight requests may run before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
+    /// Logging.
+    pub tracing: Tracing,
+    /// The meta (admin REST) server.
+    pub meta: Meta,
+    /// The worker: ingress, storage, partitions.
+    pub worker: Worker,
+    /// Thread-per-core executors and their HTTP servers.
+    pub runtime: Runtime,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_period: Duration::from_secs(60),
+            tracing: Tracing::default(),
+            meta: Meta::default(),
+            worker: Worker::default(),
+            runtime: Runtime::default(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// Line format of the logs on stderr: `Pretty`, `Compact` or `Json` (case-insensitive).
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable wins when set.
+    pub filter: String,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            filter: "warn,restate=info".to_owned(),
+        }
+    }
+}
+
+/// How each log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when stderr is a terminal.
+    Pretty,
+    /// One short line per record, no colours.
+    Compact,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and key-value fields.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Pretty => "Pretty",
+            LogFormat::Compact => "Compact",
+            LogFormat::Json => "Json",
+        })
+    }
+}
+
+impl Serialize for LogFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.to_ascii_lowercase().as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "compact" => Ok(LogFormat::Compact),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown log format `{s}`, expected one of Pretty, Compact, Json"
+            ))),
+        }
+    }
+}
+
+/// The meta (admin) server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Meta {
+    /// Address of the meta REST API (health, metrics, service registration).
+    pub rest_address: SocketAddr,
+    /// Directory for metadata (registered endpoints), created at start; relative to the cwd.
+    pub storage_path: PathBuf,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Self {
+            rest_address: ([0, 0, 0, 0], 8081).into(),
+            storage_path: PathBuf::from("target/meta/"),
+        }
+    }
+}
+
+/// The worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Worker {
+    /// Number of partitions of the key space. Recorded in the data directory at first start; starting
+    /// with another value is refused.
+    pub partitions: u32,
+    /// The ingress (gRPC and Connect) server.
+    pub ingress_grpc: IngressGrpc,
+    /// The read-only storage gRPC API.
+    pub storage_grpc: StorageGrpc,
+    /// The embedded RocksDB and its dedicated thread.
+    pub storage_rocksdb: StorageRocksdb,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self {
+            partitions: 64,
+            ingress_grpc: IngressGrpc::default(),
+            storage_grpc: StorageGrpc::default(),
+            storage_rocksdb: StorageRocksdb::default(),
+        }
+    }
+}
+
+/// The ingress server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressGrpc {
+    /// Address of the ingress (gRPC and Connect) server.
+    pub bind_address: SocketAddr,
+}
+
+impl Default for IngressGrpc {
+    fn default() -> Self {
+        Self {
+            bind_address: ([0, 0, 0, 0], 9090).into(),
+        }
+    }
+}
+
+/// The storage gRPC API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageGrpc {
+    /// Address of the read-only storage gRPC API.
+    pub bind_address: SocketAddr,
+}
+
+impl Default for StorageGrpc {
+    fn default() -> Self {
+        Self {
+            bind_address: ([0, 0, 0, 0], 9091).into(),
+        }
+    }
+}
+
+/// The embedded RocksDB.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageRocksdb {
+    /// Database directory, relative to the cwd.
+    pub path: PathBuf,
+    /// Fsync the WAL on every group commit: on survives power loss, off survives a process crash.
+    pub sync_writes: bool,
+    /// Requests that may wait for the storage thread; past it callers wait (back-pressure).
+    pub queue_capacity: usize,
+    /// Most requests merged into one group commit (one WriteBatch, one WAL write).
+    pub max_batch_requests: usize,
+}
+
+impl Default for StorageRocksdb {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("target/db/"),
+            sync_writes: true,
+            queue_capacity: 4096,
+            max_batch_requests: 1024,
+        }
+    }
+}
+
+/// Thread-per-core executors and their HTTP servers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Number of executors (one thread each); default: the CPUs this process may run on.
+    pub cores: usize,
+    /// Memory each executor registers with io_uring for its buffers (bytes).
+    pub io_memory_bytes: usize,
+    /// Open connections one core accepts over all three ports; past it new connections are closed.
+    pub max_connections_per_core: usize,
+    /// Largest request head (HTTP/1.1 headers, HTTP/2 header list) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// A connection with no request in flight and no bytes received for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            cores: available_cpus(),
+            io_memory_bytes: 1 << 20,
+            max_connections_per_core: 10_000,
+            max_header_bytes: 16 * 1024,
+            http_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (if any), then `RESTATE_*` variables of `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        let mut tree = defaults.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| Error::ParseFile {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?;
+            let origin = format!("file {}", path.display());
+            merge(&mut tree, &defaults, toml::Value::Table(table), "", &origin)?;
+        }
+        let mut vars: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != ENV_CONFIG_FILE)
+            .collect();
+        for (name, raw) in std::mem::take(&mut vars) {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            // Variables outside our top-level sections (an SDK's RESTATE_DEBUG_LOGGING, say) are not ours.
+            if defaults.get(&path[0]).is_none() {
+                continue;
+            }
+            apply_env(&mut tree, &defaults, &path, &raw, &name)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(tree).map_err(|e| Error::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    fn validate(&self) -> Result<(), Error> {
+        let positive: [(&str, usize); 6] = [
+            ("worker.partitions", self.worker.partitions as usize),
+            ("runtime.cores", self.runtime.cores),
+            (
+                "worker.storage_rocksdb.queue_capacity",
+                self.worker.storage_rocksdb.queue_capacity,
+            ),
+            (
+                "worker.storage_rocksdb.max_batch_requests",
+                self.worker.storage_rocksdb.max_batch_requests,
+            ),
+            (
+                "runtime.max_connections_per_core",
+                self.runtime.max_connections_per_core,
+            ),
+            ("runtime.max_header_bytes", self.runtime.max_header_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(Error::Invalid {
+                    key: key.to_owned(),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        if self.runtime.max_header_bytes < 8192 {
+            // hyper's HTTP/1.1 reader needs at least this much buffer.
+            return Err(Error::Invalid {
+                key: "runtime.max_header_bytes".to_owned(),
+                message: "must be at least 8192".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `--dump-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Deep-merges `overlay` into `tree`, refusing keys the defaults do not know.
+fn merge(
+    tree: &mut toml::Value,
+    defaults: &toml::Value,
+    overlay: toml::Value,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), Error> {
+    match (tree, overlay) {
+        (toml::Value::Table(tree), toml::Value::Table(overlay)) => {
+            for (key, value) in overlay {
+                let full = join_key(prefix, &key);
+                let Some(default) = defaults.get(&key) else {
+                    return Err(Error::UnknownKey {
+                        key: full,
+                        origin: origin.to_owned(),
+                    });
+                };
+                let slot = tree.get_mut(&key).expect("tree has every default key");
+                if default.is_table() && value.is_table() {
+                    merge(slot, default, value, &full, origin)?;
+                } else {
+                    // A wrong type is reported by deserialization, with the key's path.
+                    *slot = value;
+                }
+            }
+            Ok(())
+        }
+        (slot, overlay) => {
+            *slot = overlay;
+            Ok(())
+        }
+    }
+}
+
+/// Applies one `RESTATE_A__B__C=value` variable, parsing the value as the type the key has.
+fn apply_env(
+    tree: &mut toml::Value,
+    defaults: &toml::Value,
+    path: &[String],
+    raw: &str,
+    var: &str,
+) -> Result<(), Error> {
+    let key = path.join(".");
+    let origin = format!("env {var}");
+    let mut default = defaults;
+    for segment in path {
+        default = default.get(segment).ok_or_else(|| Error::UnknownKey {
+            key: key.clone(),
+            origin: origin.clone(),
+        })?;
+    }
+    let bad = |message: String| Error::BadEnvValue {
+        key: key.clone(),
+        origin: origin.clone(),
+        message,
+    };
+    let value = match default {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| bad(format!("expected an integer, got `{raw}`")))?,
+        ),
+        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(bad(format!("expected true or false, got `{raw}`"))),
+        },
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| bad(format!("expected a number, got `{raw}`")))?,
+        ),
+        toml::Value::Table(_) => return Err(bad("is a section, set its keys instead".to_owned())),
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    let mut slot = tree;
+    for segment in path {
+        slot = slot.get_mut(segment).expect("tree has every default key");
+    }
+    *slot = value;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = Config::default().to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_their_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("RESTATE_WORKER__PARTITIONS", "128"),
+                ("RESTATE_TRACING__LOG_FORMAT", "json"),
+                ("RESTATE_WORKER__STORAGE_ROCKSDB__SYNC_WRITES", "FALSE"),
+                ("RESTATE_SHUTDOWN_GRACE_PERIOD", "5s"),
+                ("RESTATE_DEBUG_LOGGING", "JOURNAL"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.worker.partitions, 128);
+        assert_eq!(c.tracing.log_format, LogFormat::Json);
+        assert!(!c.worker.storage_rocksdb.sync_writes);
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_nested_env_key_is_named() {
+        let e = Config::load(None, env(&[("RESTATE_WORKER__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("worker.nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let e = Config::load(None, env(&[("RESTATE_WORKER__PARTITIONS", "many")])).unwrap_err();
+        assert!(e.to_string().contains("worker.partitions"), "{e}");
+        let e = Config::load(None, env(&[("RESTATE_TRACING__LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(e.to_string().contains("tracing.log_format"), "{e}");
+        let e = Config::load(None, env(&[("RESTATE_RUNTIME__CORES", "0")])).unwrap_err();
+        assert!(e.to_string().contains("runtime.cores"), "{e}");
+    }
+}

@@ -1,0 +1,59 @@
+//! HTTP plumbing for the thread-per-core servers: hyper 1.x (HTTP/1.1 and h2c on one socket, through
+//! hyper-util's `auto` builder) driven by glommio.
+//!
+//! hyper is executor-agnostic: it needs an IO type implementing `hyper::rt::{Read, Write}` ([`Io`], a thin
+//! adapter over glommio's `TcpStream`) and an executor that spawns `!Send` futures on the current core
+//! ([`LocalExec`]). Nothing here crosses cores.
+
+mod io;
+pub mod server;
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+pub use io::Io;
+
+/// Boxed error of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type of every server: boxed, not `Send` (it never leaves its core).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> http::Response<Body> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(value).expect("json serializes")))
+        .expect("valid response")
+}
+
+/// Spawns hyper's background tasks (HTTP/2 streams) on the current glommio executor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        glommio::spawn_local(async move {
+            fut.await;
+        })
+        .detach();
+    }
+}

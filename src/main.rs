@@ -1,0 +1,48 @@
+//! The `restate` server binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use restate::config::{Config, ENV_CONFIG_FILE};
+
+/// A thread-per-core durable-execution runtime.
+#[derive(Debug, Parser)]
+#[command(name = "restate", version, about)]
+struct Cli {
+    /// TOML config file; every key can be overridden by RESTATE_<SECTION>__<KEY> variables.
+    #[arg(short = 'c', long, env = ENV_CONFIG_FILE)]
+    config_file: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    dump_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let config = match Config::load(cli.config_file.as_deref(), env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("restate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.dump_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    restate::logging::init(&config.tracing);
+    log::info!(cores = config.runtime.cores, partitions = config.worker.partitions; "starting restate");
+    match restate::runtime::run(config) {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Handles the runtime gives every server of every core: what a request handler may look at.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use crate::http::server::Counters;
+use crate::shutdown::Shutdown;
+use crate::storage::Storage;
+
+/// Node-wide, thread-safe handles (cloned into each core).
+#[derive(Clone)]
+pub struct NodeState {
+    /// Number of executors.
+    pub cores: usize,
+    /// Cores that have bound all their listeners; `/health` is 200 once it equals `cores`.
+    pub ready_cores: Arc<AtomicUsize>,
+    /// The storage thread.
+    pub storage: Storage,
+    /// The process-wide shutdown.
+    pub shutdown: Shutdown,
+    /// HTTP counters of all servers.
+    pub http_counters: Arc<Counters>,
+}

@@ -1,0 +1,198 @@
+//! Wiring: opens storage, starts one glommio executor per core, and on each core binds its own
+//! SO_REUSEPORT listener on every port and serves it; shuts everything down in order.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::config::Config;
+use crate::http::server::{self, CoreServers, Counters, Limits};
+use crate::node::NodeState;
+use crate::shutdown::Shutdown;
+use crate::{ingress, meta, storage, storage_api};
+
+/// Why the runtime stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Storage could not be opened (or refused the data directory).
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("core {core}: cannot bind the {server} server to {address}: {message}")]
+    Bind {
+        core: usize,
+        server: &'static str,
+        address: SocketAddr,
+        message: String,
+    },
+    /// The executors could not be started or one of them failed.
+    #[error("executor: {0}")]
+    Executor(String),
+    /// The signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Error {
+    /// Start-up failures are terminal: a restart with the same config fails the same way, except a
+    /// port still held by a previous process.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Bind { .. })
+    }
+}
+
+/// Runs the node until SIGTERM/SIGINT (or a fatal error), then drains and closes storage.
+pub fn run(config: Config) -> Result<(), Error> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.meta.storage_path).map_err(|source| Error::CreateDir {
+        path: config.meta.storage_path.display().to_string(),
+        source,
+    })?;
+    let rocksdb = &config.worker.storage_rocksdb;
+    let storage = storage::open(rocksdb, &rocksdb.path, config.worker.partitions)?;
+    log::info!(
+        path = rocksdb.path.display().to_string(), sync_writes = rocksdb.sync_writes;
+        "storage open"
+    );
+    let shutdown = Shutdown::new();
+    install_signal_handlers(shutdown.clone())?;
+    let node = NodeState {
+        cores: config.runtime.cores,
+        ready_cores: Arc::new(AtomicUsize::new(0)),
+        storage: storage.handle(),
+        shutdown: shutdown.clone(),
+        http_counters: Arc::new(Counters::default()),
+    };
+    let next_core = Arc::new(AtomicUsize::new(0));
+    let started = {
+        let config = config.clone();
+        LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(config.runtime.cores))
+            .name("restate-core")
+            .io_memory(config.runtime.io_memory_bytes)
+            .on_all_shards(move || {
+                let core = next_core.fetch_add(1, Ordering::SeqCst);
+                let node = node.clone();
+                let config = config.clone();
+                async move { run_core(core, node, config).await }
+            })
+    };
+    let result = match started {
+        Ok(pool) => {
+            let mut first_error = None;
+            for joined in pool.join_all() {
+                let outcome = joined
+                    .map_err(|e| Error::Executor(e.to_string()))
+                    .and_then(|r| r);
+                if let Err(e) = outcome {
+                    shutdown.trigger();
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+        Err(e) => Err(Error::Executor(e.to_string())),
+    };
+    storage.close();
+    log::info!("storage closed");
+    result
+}
+
+async fn run_core(core: usize, node: NodeState, config: Arc<Config>) -> Result<(), Error> {
+    let bind = |server: &'static str, address: SocketAddr| {
+        TcpListener::bind(address).map_err(|e| Error::Bind {
+            core,
+            server,
+            address,
+            message: e.to_string(),
+        })
+    };
+    let listeners = (|| {
+        Ok::<_, Error>([
+            (
+                "ingress",
+                bind("ingress", config.worker.ingress_grpc.bind_address)?,
+            ),
+            ("meta", bind("meta", config.meta.rest_address)?),
+            (
+                "storage",
+                bind("storage", config.worker.storage_grpc.bind_address)?,
+            ),
+        ])
+    })();
+    let listeners = match listeners {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            node.shutdown.trigger();
+            return Err(e);
+        }
+    };
+    let servers = CoreServers::new(
+        Limits {
+            max_connections: config.runtime.max_connections_per_core,
+            max_header_bytes: config.runtime.max_header_bytes,
+            idle_timeout: config.runtime.http_idle_timeout,
+        },
+        node.http_counters.clone(),
+    );
+    let accept_loops = listeners.into_iter().map(|(name, listener)| {
+        let handler = match name {
+            "ingress" => ingress::handler(),
+            "meta" => meta::handler(node.clone()),
+            _ => storage_api::handler(),
+        };
+        glommio::spawn_local(server::serve(
+            name,
+            listener,
+            handler,
+            servers.clone(),
+            node.shutdown.signal(),
+        ))
+    });
+    let accept_loops: Vec<_> = accept_loops.collect();
+    node.ready_cores.fetch_add(1, Ordering::SeqCst);
+    log::info!(core; "serving");
+    join_all(accept_loops).await;
+    drain(core, &servers, config.shutdown_grace_period).await;
+    Ok(())
+}
+
+async fn drain(core: usize, servers: &Rc<CoreServers>, grace: Duration) {
+    if servers.drain(grace).await {
+        log::debug!(core; "drained");
+    } else {
+        log::warn!(core; "grace period of {grace:?} over; dropping the connections still open");
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+fn install_signal_handlers(shutdown: Shutdown) -> Result<(), Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
+    std::thread::Builder::new()
+        .name("restate-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.is_triggered() {
+                    log::warn!(signal; "second signal: exiting now");
+                    std::process::exit(1);
+                }
+                log::info!(signal; "shutting down: no new connections, draining in-flight requests");
+                shutdown.trigger();
+            }
+        })
+        .map_err(Error::Signals)?;
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! The storage thread: exactly one OS thread owns the RocksDB database.
+//!
+//! Executors never touch RocksDB. They send a [`Request`] over a bounded crossbeam channel and await the
+//! reply on a `futures` oneshot, whose waker works across threads, so an executor never blocks. The thread
+//! drains everything that is queued, merges all writes into **one** `WriteBatch` (group commit), writes the
+//! WAL once (fsync when `sync_writes`), and then replies to every waiter. Reads go through the same thread,
+//! after the batch of the same drain, so a read never misses a write that was acknowledged before it was
+//! sent.
+//!
+//! Back-pressure: a caller first takes a permit of a semaphore sized to the queue, so the channel is never
+//! full and nothing is dropped; past the bound callers wait asynchronously.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use futures::channel::oneshot;
+
+use crate::config::StorageRocksdb;
+
+/// One column family per table. The names are stable: they are on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Node-level facts (the partition count the data was written with).
+    System,
+    /// Keyed user state.
+    State,
+    /// Invocation status per service instance.
+    Status,
+    /// Per-key durable inbox.
+    Inbox,
+    /// Outgoing messages to other partitions.
+    Outbox,
+    /// De-duplication of messages between partitions.
+    Dedup,
+    /// Per-partition counters (next inbox / outbox sequence numbers).
+    Fsm,
+    /// Durable timers, ordered by wake-up time.
+    Timers,
+    /// Invocation journals.
+    Journal,
+    /// Idempotency keys and the results they map to.
+    Idempotency,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 10] = [
+        Table::System,
+        Table::State,
+        Table::Status,
+        Table::Inbox,
+        Table::Outbox,
+        Table::Dedup,
+        Table::Fsm,
+        Table::Timers,
+        Table::Journal,
+        Table::Idempotency,
+    ];
+
+    /// The column family's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::System => "system",
+            Table::State => "state",
+            Table::Status => "status",
+            Table::Inbox => "inbox",
+            Table::Outbox => "outbox",
+            Table::Dedup => "dedup",
+            Table::Fsm => "fsm",
+            Table::Timers => "timers",
+            Table::Journal => "journal",
+            Table::Idempotency => "idempotency",
+        }
+    }
+}
+
+/// Storage failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// RocksDB returned an error (I/O, corruption, ...).
+    #[error("rocksdb: {0}")]
+    RocksDb(String),
+    /// The storage thread is gone (shutting down or crashed).
+    #[error("storage thread is closed")]
+    Closed,
+    /// The data directory was written with another partition count.
+    #[error(
+        "the data directory {path} was created with worker.partitions = {stored}, \
+         but the configuration says {configured}; the partition count cannot change"
+    )]
+    PartitionsMismatch {
+        path: String,
+        stored: u32,
+        configured: u32,
+    },
+    /// The database directory could not be opened.
+    #[error("cannot open database at {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+impl Error {
+    /// Transient errors may succeed when retried; terminal ones will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::RocksDb(_))
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::RocksDb(e.into_string())
+    }
+}
+
+/// One write operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or overwrite a row.
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove a row (absent rows are fine).
+    Delete { table: Table, key: Vec<u8> },
+}
+
+/// Writes that become durable together (all or nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a put.
+    pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            table,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+    /// Adds a delete.
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete {
+            table,
+            key: key.into(),
+        });
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Counters of the storage thread, readable from any thread (exported on `/metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Write requests acknowledged.
+    pub write_requests: AtomicU64,
+    /// Group commits performed (RocksDB writes); `write_requests / write_batches` is the mean group size.
+    pub write_batches: AtomicU64,
+    /// Individual put/delete operations written.
+    pub write_ops: AtomicU64,
+    /// Point reads and scans served.
+    pub reads: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub write_requests: u64,
+    pub write_batches: u64,
+    pub write_ops: u64,
+    pub reads: u64,
+}
+
+impl Stats {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            write_requests: self.write_requests.load(Ordering::Relaxed),
+            write_batches: self.write_batches.load(Ordering::Relaxed),
+            write_ops: self.write_ops.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// A row: key and value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+enum Request {
+    Write(WriteBatch, Reply<()>),
+    Get(Table, Vec<u8>, Reply<Option<Vec<u8>>>),
+    /// Rows with `start <= key < end` (no end: to the end of the table), at most `limit`.
+    Scan {
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        reply: Reply<Vec<Row>>,
+    },
+    /// Flush and stop the thread.
+    Close(oneshot::Sender<()>),
+}
+
+struct Queued {
+    request: Request,
+    /// Held while the request is queued; released when the thread takes it.
+    _permit: Option<async_lock::SemaphoreGuardArc>,
+}
+
+/// A cheap, cloneable, `Send` handle to the storage thread.
+#[derive(Clone)]
+pub struct Storage {
+    tx: crossbeam_channel::Sender<Queued>,
+    permits: Arc<async_lock::Semaphore>,
+    stats: Arc<Stats>,
+}
+
+/// The storage thread itself; join it with [`StorageThread::close`].
+pub struct StorageThread {
+    handle: Storage,
+    join: Option<JoinHandle<()>>,
+}
+
+/// Key under which the partition count is recorded in the `system` table.
+const PARTITIONS_KEY: &[u8] = b"partitions";
+
+/// Opens (creating if needed) the database and starts the storage thread.
+///
+/// `partitions` is checked against the count recorded at first start.
+pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<StorageThread, Error> {
+    let db = open_db(path)?;
+    check_partitions(&db, path, partitions)?;
+    let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity + 1);
+    let stats = Arc::new(Stats::default());
+    let handle = Storage {
+        tx,
+        permits: Arc::new(async_lock::Semaphore::new(config.queue_capacity)),
+        stats: stats.clone(),
+    };
+    let worker = Worker {
+        db,
+        rx,
+        stats,
+        sync_writes: config.sync_writes,
+        max_batch_requests: config.max_batch_requests,
+    };
+    let join = std::thread::Builder::new()
+        .name("restate-rocksdb".into())
+        .spawn(move || worker.run())
+        .map_err(|e| Error::Open {
+            path: path.display().to_string(),
+            message: format!("cannot spawn storage thread: {e}"),
+        })?;
+    Ok(StorageThread {
+        handle,
+        join: Some(join),
+    })
+}
+
+fn open_db(path: &Path) -> Result<rocksdb::DB, Error> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // WAL writes are batched by us; let RocksDB not wait on its own write threads.
+    opts.set_max_background_jobs(2);
+    let cfs = Table::ALL
+        .iter()
+        .map(|t| rocksdb::ColumnFamilyDescriptor::new(t.name(), rocksdb::Options::default()));
+    rocksdb::DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Error::Open {
+        path: path.display().to_string(),
+        message: e.into_string(),
+    })
+}
+
+fn check_partitions(db: &rocksdb::DB, path: &Path, partitions: u32) -> Result<(), Error> {
+    let cf = db.cf_handle(Table::System.name()).expect("system cf");
+    match db.get_cf(cf, PARTITIONS_KEY)? {
+        Some(bytes) => {
+            let stored = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::RocksDb("corrupt partition count".into()))?;
+            if stored != partitions {
+                return Err(Error::PartitionsMismatch {
+                    path: path.display().to_string(),
+                    stored,
+                    configured: partitions,
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(cf, PARTITIONS_KEY, partitions.to_be_bytes(), &wo)?;
+            Ok(())
+        }
+    }
+}
+
+impl StorageThread {
+    /// A handle for executors.
+    pub fn handle(&self) -> Storage {
+        self.handle.clone()
+    }
+
+    /// Serves what is queued, flushes the WAL, closes the database and joins the thread.
+    pub fn close(mut self) {
+        let (tx, rx) = oneshot::channel();
+        // Blocking is fine here: this is the main thread, not an executor.
+        if self
+            .handle
+            .tx
+            .send(Queued {
+                request: Request::Close(tx),
+                _permit: None,
+            })
+            .is_ok()
+        {
+            let _ = futures_lite::future::block_on(rx);
+        }
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+impl Storage {
+    /// The thread's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Error> {
+        let permit = self.permits.acquire_arc().await;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send(Queued {
+                request: make(tx),
+                _permit: Some(permit),
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Writes the batch durably (group-committed with concurrent writers). Returns once it is in the WAL
+    /// (and fsynced when `sync_writes` is on).
+    pub async fn write(&self, batch: WriteBatch) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.call(|reply| Request::Write(batch, reply)).await
+    }
+
+    /// Reads one row.
+    pub async fn get(
+        &self,
+        table: Table,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let key = key.into();
+        self.call(|reply| Request::Get(table, key, reply)).await
+    }
+
+    /// Reads the rows whose key starts with `prefix`, in key order, at most `limit`.
+    pub async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: impl Into<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Row>, Error> {
+        let start = prefix.into();
+        let end = prefix_end(&start);
+        self.scan_range(table, start, end, limit).await
+    }
+
+    /// Reads the rows with `start <= key < end` (no end: to the end of the table), at most `limit`.
+    pub async fn scan_range(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Row>, Error> {
+        self.call(|reply| Request::Scan {
+            table,
+            start,
+            end,
+            limit,
+            reply,
+        })
+        .await
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (none if the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+struct Worker {
+    db: rocksdb::DB,
+    rx: crossbeam_channel::Receiver<Queued>,
+    stats: Arc<Stats>,
+    sync_writes: bool,
+    max_batch_requests: usize,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut drained: Vec<Request> = Vec::with_capacity(self.max_batch_requests);
+        let mut close: Option<oneshot::Sender<()>> = None;
+        while close.is_none() {
+            // Block for the first request, then take whatever else is already queued.
+            let Ok(first) = self.rx.recv() else { break };
+            drained.push(first.request);
+            while drained.len() < self.max_batch_requests {
+                match self.rx.try_recv() {
+                    Ok(q) => drained.push(q.request),
+                    Err(_) => break,
+                }
+            }
+            let mut writes = Vec::new();
+            let mut reads = Vec::new();
+            for request in drained.drain(..) {
+                match request {
+                    Request::Write(batch, reply) => writes.push((batch, reply)),
+                    Request::Close(reply) => close = Some(reply),
+                    read => reads.push(read),
+                }
+            }
+            self.commit(writes);
+            for read in reads {
+                self.serve_read(read);
+            }
+        }
+        if let Err(e) = self.db.flush_wal(true) {
+            log::error!("flushing the WAL at shutdown failed: {e}");
+        }
+        drop(self.db);
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+        log::debug!("storage thread stopped");
+    }
+
+    fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(table.name())
+            .expect("every table is opened")
+    }
+
+    /// One RocksDB write for every write request of this drain, then every waiter is answered.
+    fn commit(&self, writes: Vec<(WriteBatch, Reply<()>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut ops = 0u64;
+        for (request, _) in &writes {
+            for op in &request.ops {
+                match op {
+                    Op::Put { table, key, value } => batch.put_cf(self.cf(*table), key, value),
+                    Op::Delete { table, key } => batch.delete_cf(self.cf(*table), key),
+                }
+                ops += 1;
+            }
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        let result = self.db.write_opt(batch, &wo).map_err(Error::from);
+        if let Err(e) = &result {
+            log::error!("group commit of {} requests failed: {e}", writes.len());
+        }
+        self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .write_requests
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        self.stats.write_ops.fetch_add(ops, Ordering::Relaxed);
+        for (_, reply) in writes {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    fn serve_read(&self, request: Request) {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        match request {
+            Request::Get(table, key, reply) => {
+                let result = self.db.get_cf(self.cf(table), key).map_err(Error::from);
+                let _ = reply.send(result);
+            }
+            Request::Scan {
+                table,
+                start,
+                end,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.scan(table, &start, end.as_deref(), limit));
+            }
+            Request::Write(..) | Request::Close(_) => unreachable!("not a read"),
+        }
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, Error> {
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        let mut rows = Vec::new();
+        for item in self.db.iterator_cf(self.cf(table), mode) {
+            let (key, value) = item?;
+            if end.is_some_and(|end| key.as_ref() >= end) || rows.len() >= limit {
+                break;
+            }
+            rows.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix_range() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
