@@ -1,0 +1,292 @@
+//! Test support: starts the real `restate` binary on free loopback ports in a temp dir, talks real bytes
+//! to it, and kills it (SIGKILL) when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_restate")
+}
+
+/// A port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running server process.
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub ingress: u16,
+    pub meta: u16,
+    pub storage: u16,
+    env: Vec<(String, String)>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server in a fresh temp dir with `env` on top of the test defaults, and waits for health.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
+        let mut server = Server::spawn_in(&dir, env);
+        server._temp = Some(temp);
+        server.wait_healthy();
+        server
+    }
+
+    /// Spawns a server in `dir` without waiting for it.
+    pub fn spawn_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let (ingress, meta, storage) = (free_port(), free_port(), free_port());
+        let mut all: Vec<(String, String)> = vec![
+            (
+                "RESTATE_WORKER__INGRESS_GRPC__BIND_ADDRESS".into(),
+                format!("127.0.0.1:{ingress}"),
+            ),
+            (
+                "RESTATE_META__REST_ADDRESS".into(),
+                format!("127.0.0.1:{meta}"),
+            ),
+            (
+                "RESTATE_WORKER__STORAGE_GRPC__BIND_ADDRESS".into(),
+                format!("127.0.0.1:{storage}"),
+            ),
+            ("RESTATE_RUNTIME__CORES".into(), "2".into()),
+            (
+                "RESTATE_WORKER__STORAGE_ROCKSDB__SYNC_WRITES".into(),
+                "false".into(),
+            ),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let mut server = Server {
+            child: None,
+            dir: dir.to_owned(),
+            ingress,
+            meta,
+            storage,
+            env: all,
+            _temp: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(binary())
+            .current_dir(&self.dir)
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Restarts the stopped server on the same ports and data dir, and waits for health.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `GET /health` on meta answers 200.
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited early with {status}; log:\n{}", self.log());
+            }
+            if let Ok((200, _)) = http1_request(self.meta, "GET", "/health", &[], b"") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server not healthy within 30 s; log:\n{}", self.log());
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("server did not exit within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request on a fresh connection, `Connection: close`.
+pub fn http1_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One request over HTTP/2 with prior knowledge (h2c), through hyper's client on a throwaway tokio
+/// runtime. Returns status, headers and body.
+pub fn h2_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("h2 response within 10 s")
+            .unwrap();
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.unwrap();
+        let mut headers = parts.headers;
+        if let Some(trailers) = collected.trailers() {
+            headers.extend(trailers.clone());
+        }
+        (status, headers, collected.to_bytes().to_vec())
+    })
+}
+
+/// Listening TCP sockets on `127.0.0.1:port`, from /proc/net/tcp.
+pub fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// Runs the binary with `args` and `env` in `dir`, returning (status, stdout, stderr).
+pub fn run_binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let output = Command::new(binary())
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("RESTATE_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

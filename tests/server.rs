@@ -1,0 +1,243 @@
+//! The server process: health over HTTP/1.1 and h2c, one listener per core per port, graceful shutdown,
+//! JSON logs, and garbage on every port.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{h2_request, http1_request, listening_sockets, Server};
+
+#[test]
+fn health_over_http1_and_h2c_and_one_listener_per_core() {
+    let server = Server::start(&[("RESTATE_RUNTIME__CORES", "3")]);
+    let (status, body) = http1_request(server.meta, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = h2_request(server.meta, "GET", "/health", &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["cores"], 3);
+    for port in [server.ingress, server.meta, server.storage] {
+        assert_eq!(
+            listening_sockets(port),
+            3,
+            "port {port} should have one listener per core"
+        );
+    }
+    let (status, metrics) = http1_request(server.meta, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("restate_cores 3"), "{metrics}");
+    // Unknown routes get the meta error JSON.
+    let (status, body) = http1_request(server.meta, "GET", "/nope", &[], b"").unwrap();
+    assert_eq!(status, 404);
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["message"].as_str().unwrap().contains("/nope"),
+        "{body}"
+    );
+}
+
+#[test]
+fn ingress_and_storage_ports_answer_in_their_protocols() {
+    let server = Server::start(&[]);
+    // Connect over HTTP/1.1: no such service yet.
+    let (status, body) = http1_request(
+        server.ingress,
+        "POST",
+        "/counter/add",
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], "not_found");
+    // Unsupported content type.
+    let (status, _) = http1_request(
+        server.ingress,
+        "POST",
+        "/counter/add",
+        &[("content-type", "text/plain")],
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(status, 415);
+    // gRPC over h2c: Trailers-Only NOT_FOUND.
+    let (status, headers, _) = h2_request(
+        server.ingress,
+        "POST",
+        "/counter/add",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        &[0, 0, 0, 0, 0],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "5");
+    // The storage API speaks gRPC.
+    let (status, headers, _) = h2_request(
+        server.storage,
+        "POST",
+        "/dev.restate.storage.scan.v1.Storage/Scan",
+        &[("content-type", "application/grpc")],
+        &[0, 0, 0, 0, 0],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "12");
+}
+
+#[test]
+fn sigterm_exits_zero_and_restart_keeps_working() {
+    let mut server = Server::start(&[]);
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(server.log().contains("storage closed"));
+    server.restart();
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn sigterm_closes_idle_connections_without_waiting_for_the_grace_period() {
+    let mut server = Server::start(&[("RESTATE_SHUTDOWN_GRACE_PERIOD", "60s")]);
+    // Keep-alive connections: an HTTP/1.1 one between requests, an HTTP/2 one (GOAWAY).
+    let mut h1 = TcpStream::connect(("127.0.0.1", server.meta)).unwrap();
+    h1.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(h1.read(&mut buf).unwrap() > 0);
+    // A connection that sent nothing yet.
+    let _fresh = TcpStream::connect(("127.0.0.1", server.ingress)).unwrap();
+    // An HTTP/2 client connection that stays open after its request (a real client answers GOAWAY/PING).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let port = server.ingress;
+    let h2_client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            let conn = tokio::spawn(conn);
+            let request = http::Request::post(format!("http://127.0.0.1:{port}/a/b"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 404);
+            ready_tx.send(()).unwrap();
+            // Ends when the server closes the connection.
+            tokio::time::timeout(Duration::from_secs(30), conn)
+                .await
+                .is_ok()
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        h2_client.join().unwrap(),
+        "the HTTP/2 connection was not closed"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut server = Server::start(&[("RESTATE_TRACING__LOG_FORMAT", "JSON")]);
+    let _ = http1_request(server.meta, "GET", "/health", &[], b"");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let log = server.log();
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(record.get(field).is_some(), "{field} missing: {line}");
+        }
+        assert!(
+            record["timestamp"].as_str().unwrap().ends_with('Z'),
+            "{line}"
+        );
+    }
+    assert!(
+        log.contains("\"core\":"),
+        "key-value fields are logged: {log}"
+    );
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it (bounded).
+fn send_garbage(port: u16, bytes: &[u8]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+}
+
+#[test]
+fn garbage_on_every_port_closes_only_that_connection() {
+    let mut server = Server::start(&[("RESTATE_RUNTIME__HTTP_IDLE_TIMEOUT", "1s")]);
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let oversized = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    for port in [server.ingress, server.meta, server.storage] {
+        send_garbage(port, &random(4096));
+        send_garbage(port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"); // a TLS ClientHello start
+        send_garbage(port, oversized.as_bytes());
+        send_garbage(
+            port,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff",
+        );
+        // Half-sent request: the idle timeout closes it.
+        let started = Instant::now();
+        send_garbage(port, b"POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Le");
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "half-sent request not closed"
+        );
+        assert!(
+            server.is_running(),
+            "server died on garbage; log:\n{}",
+            server.log()
+        );
+    }
+    let (status, _) = http1_request(server.meta, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    let (_, metrics) = http1_request(server.meta, "GET", "/metrics", &[], b"").unwrap();
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("restate_http_connection_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        errors >= 3,
+        "garbage was not counted as connection errors: {metrics}"
+    );
+    server.wait_healthy();
+}

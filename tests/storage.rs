@@ -1,0 +1,245 @@
+//! The storage thread: concurrent writers from every core, group commit, back-pressure, and durability of
+//! acknowledged writes across `kill -9` of a real process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use restate::config::StorageRocksdb;
+use restate::storage::{self, Storage, Table, WriteBatch};
+
+fn rocksdb_config(sync_writes: bool, queue_capacity: usize) -> StorageRocksdb {
+    StorageRocksdb {
+        sync_writes,
+        queue_capacity,
+        ..StorageRocksdb::default()
+    }
+}
+
+/// Runs `writers_per_core` concurrent writers on each of `cores` executors; each writes `writes` rows
+/// `core/writer/i`. Returns how many writes were acknowledged.
+fn write_from_all_cores(
+    storage: &Storage,
+    cores: usize,
+    writers_per_core: usize,
+    writes: usize,
+) -> usize {
+    let results = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(cores))
+        .io_memory(1 << 20)
+        .on_all_shards({
+            let storage = storage.clone();
+            move || {
+                let storage = storage.clone();
+                async move {
+                    let core = glommio::executor().id();
+                    let tasks: Vec<_> = (0..writers_per_core)
+                        .map(|writer| {
+                            let storage = storage.clone();
+                            glommio::spawn_local(async move {
+                                for i in 0..writes {
+                                    let mut batch = WriteBatch::new();
+                                    let key = format!("{core}/{writer}/{i}");
+                                    batch.put(Table::State, key.clone(), key);
+                                    storage.write(batch).await.unwrap();
+                                }
+                                writes
+                            })
+                        })
+                        .collect();
+                    futures::future::join_all(tasks)
+                        .await
+                        .into_iter()
+                        .sum::<usize>()
+                }
+            }
+        })
+        .unwrap()
+        .join_all();
+    results.into_iter().map(|r| r.unwrap()).sum()
+}
+
+#[test]
+fn concurrent_writers_from_all_cores_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(true, 4096), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    let acked = write_from_all_cores(&storage, 2, 100, 20);
+    assert_eq!(acked, 2 * 100 * 20);
+    let stats = storage.stats().snapshot();
+    assert_eq!(stats.write_requests, acked as u64);
+    assert!(
+        stats.write_batches * 2 <= stats.write_requests,
+        "concurrent writes were not grouped: {stats:?}"
+    );
+    // Every acknowledged row reads back.
+    let rows =
+        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
+            .unwrap();
+    assert_eq!(rows.len(), acked);
+    assert!(rows.iter().all(|(k, v)| k == v));
+    thread.close();
+}
+
+#[test]
+fn a_tiny_queue_pushes_back_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(false, 2), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    let acked = write_from_all_cores(&storage, 2, 50, 10);
+    assert_eq!(acked, 1000);
+    let rows =
+        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
+            .unwrap();
+    assert_eq!(rows.len(), 1000);
+    thread.close();
+}
+
+#[test]
+fn reads_see_acknowledged_writes_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(false, 16), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    futures_lite::future::block_on(async {
+        let mut batch = WriteBatch::new();
+        for i in 0u8..5 {
+            batch.put(Table::Journal, vec![1, i], vec![i]);
+        }
+        batch.put(Table::Journal, vec![2, 0], vec![9]);
+        storage.write(batch).await.unwrap();
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Journal, vec![1, 3]);
+        storage.write(batch).await.unwrap();
+        assert_eq!(
+            storage.get(Table::Journal, vec![1, 2]).await.unwrap(),
+            Some(vec![2])
+        );
+        assert_eq!(storage.get(Table::Journal, vec![1, 3]).await.unwrap(), None);
+        // Tables are separate column families.
+        assert_eq!(storage.get(Table::State, vec![1, 2]).await.unwrap(), None);
+        let rows = storage
+            .scan_prefix(Table::Journal, vec![1], 10)
+            .await
+            .unwrap();
+        let keys: Vec<_> = rows.iter().map(|(k, _)| k[1]).collect();
+        assert_eq!(keys, vec![0, 1, 2, 4]);
+        let limited = storage
+            .scan_prefix(Table::Journal, vec![1], 2)
+            .await
+            .unwrap();
+        assert_eq!(limited.len(), 2);
+    });
+    thread.close();
+}
+
+const CHILD_ENV: &str = "RESTATE_TEST_STORAGE_CHILD_DIR";
+
+/// Not a test on its own: the child process of `acknowledged_writes_survive_kill_9`. It writes from two
+/// cores until killed and prints `ACK <key>` for every acknowledged write.
+#[test]
+#[ignore]
+fn storage_child_writer() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let thread = storage::open(&rocksdb_config(false, 1024), Path::new(&dir), 8).unwrap();
+    let storage = thread.handle();
+    LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(2))
+        .io_memory(1 << 20)
+        .on_all_shards(move || {
+            let storage = storage.clone();
+            async move {
+                let core = glommio::executor().id();
+                let tasks: Vec<_> = (0..32)
+                    .map(|writer| {
+                        let storage = storage.clone();
+                        glommio::spawn_local(async move {
+                            // Bounded: the parent kills us long before this ends.
+                            for i in 0..100_000 {
+                                let key = format!("{core}/{writer}/{i}");
+                                let mut batch = WriteBatch::new();
+                                batch.put(Table::State, key.clone(), key.clone());
+                                storage.write(batch).await.unwrap();
+                                let mut out = std::io::stdout().lock();
+                                writeln!(out, "ACK {key}").unwrap();
+                                out.flush().unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                futures::future::join_all(tasks).await;
+            }
+        })
+        .unwrap()
+        .join_all();
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "storage_child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(key) = line.strip_prefix("ACK ") {
+                    acked.push(key.to_owned());
+                }
+                if acked.len() >= 3000 {
+                    done.store(true, Ordering::SeqCst);
+                }
+            }
+            acked
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SIGKILL mid-stream: writers are still running.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let acked = reader.join().unwrap();
+    assert!(
+        acked.len() >= 3000,
+        "child acknowledged only {} writes",
+        acked.len()
+    );
+
+    let thread = storage::open(&rocksdb_config(false, 16), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    futures_lite::future::block_on(async {
+        for key in &acked {
+            let value = storage
+                .get(Table::State, key.as_bytes().to_vec())
+                .await
+                .unwrap();
+            assert_eq!(
+                value.as_deref(),
+                Some(key.as_bytes()),
+                "acknowledged write {key} lost"
+            );
+        }
+    });
+    thread.close();
+}
