@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::retry::RetryPolicy;
+
 /// Prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "RESTATE_";
 /// Environment variable naming the config file (same as `--config-file`).
@@ -144,6 +146,17 @@ pub struct Meta {
     pub rest_address: SocketAddr,
     /// Directory for metadata (registered endpoints), created at start; relative to the cwd.
     pub storage_path: PathBuf,
+    /// HTTP proxy for discovery requests (`http://host:port`); empty: the `HTTP_PROXY` variable, if set.
+    pub proxy_uri: String,
+    /// Largest request body the meta API accepts, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest discovery response accepted from an endpoint, in bytes.
+    pub max_discovery_response_bytes: usize,
+    /// One discovery attempt (connect, request, response) may take this long.
+    #[serde(with = "humantime_serde")]
+    pub discovery_timeout: Duration,
+    /// Retries of discovery on connection failures and non-2xx answers.
+    pub discovery_retry_policy: RetryPolicy,
 }
 
 impl Default for Meta {
@@ -151,8 +164,26 @@ impl Default for Meta {
         Self {
             rest_address: ([0, 0, 0, 0], 8081).into(),
             storage_path: PathBuf::from("target/meta/"),
+            proxy_uri: String::new(),
+            max_request_bytes: 1 << 20,
+            max_discovery_response_bytes: 16 << 20,
+            discovery_timeout: Duration::from_secs(10),
+            discovery_retry_policy: RetryPolicy::exponential(
+                Duration::from_millis(100),
+                2.0,
+                Duration::from_secs(5),
+                9,
+            ),
         }
     }
+}
+
+/// The invoker: how the runtime calls service endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Invoker {
+    /// HTTP proxy for calls to endpoints (`http://host:port`); empty: the `HTTP_PROXY` variable, if set.
+    pub proxy_uri: String,
 }
 
 /// The worker.
@@ -168,6 +199,8 @@ pub struct Worker {
     pub storage_grpc: StorageGrpc,
     /// The embedded RocksDB and its dedicated thread.
     pub storage_rocksdb: StorageRocksdb,
+    /// Calls to service endpoints.
+    pub invoker: Invoker,
 }
 
 impl Default for Worker {
@@ -177,6 +210,7 @@ impl Default for Worker {
             ingress_grpc: IngressGrpc::default(),
             storage_grpc: StorageGrpc::default(),
             storage_rocksdb: StorageRocksdb::default(),
+            invoker: Invoker::default(),
         }
     }
 }
@@ -322,7 +356,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 6] = [
+        let positive: [(&str, usize); 8] = [
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -338,6 +372,11 @@ impl Config {
                 self.runtime.max_connections_per_core,
             ),
             ("runtime.max_header_bytes", self.runtime.max_header_bytes),
+            ("meta.max_request_bytes", self.meta.max_request_bytes),
+            (
+                "meta.max_discovery_response_bytes",
+                self.meta.max_discovery_response_bytes,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -355,6 +394,18 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The proxy for outbound calls: the configured one, else `HTTP_PROXY`/`http_proxy`, else none.
+    pub fn effective_proxy(configured: &str) -> Option<String> {
+        let from_env = || {
+            ["HTTP_PROXY", "http_proxy"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        };
+        Some(configured.to_owned())
+            .filter(|p| !p.is_empty())
+            .or_else(from_env)
     }
 
     /// The effective configuration as TOML (what `--dump-config` prints).

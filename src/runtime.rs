@@ -14,6 +14,7 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use crate::config::Config;
 use crate::http::server::{self, CoreServers, Counters, Limits};
 use crate::node::NodeState;
+use crate::schema::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::{ingress, meta, storage, storage_api};
 
@@ -23,6 +24,9 @@ pub enum Error {
     /// Storage could not be opened (or refused the data directory).
     #[error(transparent)]
     Storage(#[from] storage::Error),
+    /// The persisted schema registry could not be loaded.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::Error),
     /// A directory could not be created.
     #[error("cannot create {path}: {source}")]
     CreateDir {
@@ -60,6 +64,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         path: config.meta.storage_path.display().to_string(),
         source,
     })?;
+    let registry = Registry::load(&config.meta.storage_path)?;
+    log::info!(
+        endpoints = registry.snapshot().endpoints.len(), services = registry.snapshot().services.len();
+        "schema registry loaded"
+    );
     let rocksdb = &config.worker.storage_rocksdb;
     let storage = storage::open(rocksdb, &rocksdb.path, config.worker.partitions)?;
     log::info!(
@@ -85,7 +94,8 @@ pub fn run(config: Config) -> Result<(), Error> {
                 let core = next_core.fetch_add(1, Ordering::SeqCst);
                 let node = node.clone();
                 let config = config.clone();
-                async move { run_core(core, node, config).await }
+                let registry = registry.clone();
+                async move { run_core(core, node, registry, config).await }
             })
     };
     let result = match started {
@@ -109,7 +119,19 @@ pub fn run(config: Config) -> Result<(), Error> {
     result
 }
 
-async fn run_core(core: usize, node: NodeState, config: Arc<Config>) -> Result<(), Error> {
+async fn run_core(
+    core: usize,
+    node: NodeState,
+    registry: Arc<Registry>,
+    config: Arc<Config>,
+) -> Result<(), Error> {
+    let _schemas = registry.attach_core();
+    let meta_context = meta::Context {
+        node: node.clone(),
+        registry,
+        config: Arc::new(config.meta.clone()),
+        proxy: Config::effective_proxy(&config.meta.proxy_uri),
+    };
     let bind = |server: &'static str, address: SocketAddr| {
         TcpListener::bind(address).map_err(|e| Error::Bind {
             core,
@@ -149,7 +171,7 @@ async fn run_core(core: usize, node: NodeState, config: Arc<Config>) -> Result<(
     let accept_loops = listeners.into_iter().map(|(name, listener)| {
         let handler = match name {
             "ingress" => ingress::handler(),
-            "meta" => meta::handler(node.clone()),
+            "meta" => meta::handler(meta_context.clone()),
             _ => storage_api::handler(),
         };
         glommio::spawn_local(server::serve(

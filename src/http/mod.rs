@@ -5,6 +5,7 @@
 //! adapter over glommio's `TcpStream`) and an executor that spawns `!Send` futures on the current core
 //! ([`LocalExec`]). Nothing here crosses cores.
 
+pub mod client;
 mod io;
 pub mod server;
 

@@ -1,68 +1,433 @@
-//! The meta (admin) REST server: health and metrics for now; service registration comes next.
+//! The meta (admin) REST server: service endpoint registration and discovery, the schema registry's
+//! read API, health, metrics and the OpenAPI document (shared/docs/protocol.md §0.2, §3.2).
 
+pub mod discovery;
+mod openapi;
+
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use crate::config;
 use crate::http::server::Handler;
 use crate::http::{full, json_response, Body};
 use crate::node::NodeState;
+use crate::schema::registry::{self, Registry};
+use crate::schema::{self, Schemas, Service, ServiceType};
 
-/// Builds the meta handler of one core.
-pub fn handler(node: NodeState) -> Handler {
-    let node = Rc::new(node);
-    Rc::new(move |request| {
-        let node = node.clone();
-        async move { route(&node, request.method(), request.uri().path()) }.boxed_local()
-    })
+/// What the meta handlers of a core need.
+#[derive(Clone)]
+pub struct Context {
+    pub node: NodeState,
+    pub registry: Arc<Registry>,
+    pub config: Arc<config::Meta>,
+    /// The proxy for discovery requests, if any.
+    pub proxy: Option<String>,
 }
 
-fn route(node: &NodeState, method: &Method, path: &str) -> http::Response<Body> {
-    match (method, path) {
-        (&Method::GET, "/health") => health(node),
-        (&Method::GET, "/metrics") => metrics(node),
-        (_, "/health" | "/metrics") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{method} is not allowed on {path}"),
-        ),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {method} {path}"),
-        ),
+/// An API error: status, message and Restate error code (`{"message", "restate_code"}`).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "META0005", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "META0007", message)
+    }
+
+    fn into_response(self) -> http::Response<Body> {
+        error(self.status, self.code, &self.message)
+    }
+}
+
+impl From<schema::Error> for ApiError {
+    fn from(e: schema::Error) -> Self {
+        use schema::descriptor::Error as D;
+        use schema::Error as E;
+        let (status, code) = match &e {
+            E::BadUri { .. } | E::BadProtocolMode(_) => (StatusCode::BAD_REQUEST, "META0005"),
+            E::NoServices
+            | E::ServiceNotInDescriptors(_)
+            | E::ReservedName(_)
+            | E::MissingServiceType(_) => (StatusCode::BAD_REQUEST, "META0001"),
+            E::KeyedWithoutMethods(_) | E::KeyField { .. } => (StatusCode::BAD_REQUEST, "META0002"),
+            E::Descriptor(D::Decode(_)) | E::BadResponse(_) => {
+                (StatusCode::BAD_GATEWAY, "META0003")
+            }
+            E::Descriptor(_) => (StatusCode::BAD_REQUEST, "META0002"),
+            E::EndpointExists(_) => (StatusCode::CONFLICT, "META0004"),
+            E::EndpointNotFound(_) | E::ServiceNotFound(_) | E::MethodNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "META0007")
+            }
+            E::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "META0006"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<registry::Error> for ApiError {
+    fn from(e: registry::Error) -> Self {
+        match e {
+            registry::Error::Schema(e) => e.into(),
+            e @ registry::Error::Persist { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "META0006", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<discovery::Error> for ApiError {
+    fn from(e: discovery::Error) -> Self {
+        match e {
+            e @ discovery::Error::BadHeader { .. } => ApiError::bad_request(e.to_string()),
+            discovery::Error::Client(e @ crate::http::client::Error::BadUri { .. }) => {
+                ApiError::bad_request(e.to_string())
+            }
+            e => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "META0003",
+                format!("discovery failed: {e}"),
+            ),
+        }
     }
 }
 
 /// The meta error body: `{"message", "restate_code"}`.
-pub fn error(status: StatusCode, message: &str) -> http::Response<Body> {
-    let restate_code = match status.as_u16() {
-        400 => "BadRequest",
-        404 => "NotFound",
-        405 => "MethodNotAllowed",
-        409 => "Conflict",
-        503 => "Unavailable",
-        _ => "Internal",
+pub fn error(status: StatusCode, code: &str, message: &str) -> http::Response<Body> {
+    json_response(status, &json!({ "message": message, "restate_code": code }))
+}
+
+/// Builds the meta handler of one core.
+pub fn handler(context: Context) -> Handler {
+    let context = Rc::new(context);
+    Rc::new(move |request| {
+        let context = context.clone();
+        async move {
+            match route(&context, request).await {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            }
+        }
+        .boxed_local()
+    })
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::Response<Body>> {
+    let method = request.method().clone();
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let not_allowed = || {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "META0008",
+            format!("{method} is not allowed on {path}"),
+        ))
     };
-    json_response(
-        status,
-        &serde_json::json!({ "message": message, "restate_code": restate_code }),
+    match segments.as_slice() {
+        ["health"] => match method {
+            Method::GET => Ok(health(&ctx.node)),
+            _ => not_allowed(),
+        },
+        ["metrics"] => match method {
+            Method::GET => Ok(metrics(&ctx.node)),
+            _ => not_allowed(),
+        },
+        ["openapi"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, &openapi::document())),
+            _ => not_allowed(),
+        },
+        ["endpoints"] => match method {
+            Method::POST => register(ctx, read_json(ctx, request).await?, false).await,
+            Method::GET => Ok(ok(list_endpoints(&ctx.registry.snapshot()))),
+            _ => not_allowed(),
+        },
+        ["services", "discover"] | ["endpoint", "discover"] => match method {
+            Method::POST => register(ctx, read_json(ctx, request).await?, true).await,
+            _ => not_allowed(),
+        },
+        ["endpoints", id] => match method {
+            Method::GET => {
+                let schemas = ctx.registry.snapshot();
+                let endpoint = schemas
+                    .endpoints
+                    .get(*id)
+                    .ok_or_else(|| ApiError::not_found(format!("endpoint {id} not found")))?;
+                Ok(ok(endpoint_json(&schemas, endpoint)))
+            }
+            Method::DELETE => delete_endpoint(ctx, id, &query).await,
+            _ => not_allowed(),
+        },
+        ["services"] => match method {
+            Method::GET => {
+                let schemas = ctx.registry.snapshot();
+                let services: Vec<Value> =
+                    schemas.services.values().map(|s| service_json(s)).collect();
+                Ok(ok(json!({ "services": services })))
+            }
+            _ => not_allowed(),
+        },
+        ["services", name] => match method {
+            Method::GET => Ok(ok(service_json(find_service(
+                &ctx.registry.snapshot(),
+                name,
+            )?))),
+            Method::PATCH => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Patch {
+                    public: bool,
+                }
+                let patch: Patch = read_json(ctx, request).await?;
+                let name = name.to_string();
+                let schemas = ctx
+                    .registry
+                    .update(|s| Ok((s.set_public(&name, patch.public)?, ())))
+                    .await;
+                schemas?;
+                Ok(ok(service_json(find_service(
+                    &ctx.registry.snapshot(),
+                    &name,
+                )?)))
+            }
+            _ => not_allowed(),
+        },
+        ["services", name, "methods"] => match method {
+            Method::GET => {
+                let schemas = ctx.registry.snapshot();
+                let service = find_service(&schemas, name)?;
+                Ok(ok(
+                    json!({ "methods": service.methods.keys().collect::<Vec<_>>() }),
+                ))
+            }
+            _ => not_allowed(),
+        },
+        ["services", name, "methods", m] => match method {
+            Method::GET => {
+                let schemas = ctx.registry.snapshot();
+                let (service, method) = schemas.method(name, m)?;
+                Ok(ok(method_json(service, method)))
+            }
+            _ => not_allowed(),
+        },
+        _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
+    }
+}
+
+fn ok(value: Value) -> http::Response<Body> {
+    json_response(StatusCode::OK, &value)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    request: http::Request<Incoming>,
+) -> Result<T> {
+    let limit = ctx.config.max_request_bytes;
+    let body = http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "META0005",
+                    format!("request body larger than meta.max_request_bytes ({limit})"),
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// `POST /endpoints` (and the 0.1.0 alias `POST /services/discover`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    uri: String,
+    #[serde(default)]
+    additional_headers: BTreeMap<String, String>,
+    #[serde(default = "default_force")]
+    force: bool,
+    /// Accepted for 0.1.0 compatibility; the node-wide invoker policy applies.
+    #[serde(default)]
+    #[allow(dead_code)]
+    retry_policy: Option<Value>,
+}
+
+fn default_force() -> bool {
+    true
+}
+
+async fn register(
+    ctx: &Context,
+    request: RegisterRequest,
+    legacy: bool,
+) -> Result<http::Response<Body>> {
+    let (uri, _) = schema::endpoint_id(&request.uri)?;
+    let raw = discovery::discover(
+        &uri,
+        &request.additional_headers,
+        ctx.proxy.as_deref(),
+        &ctx.config,
     )
+    .await?;
+    let discovered = schema::discover(&raw)?;
+    let headers = request.additional_headers;
+    let force = request.force;
+    let registered = ctx
+        .registry
+        .update(|s| s.register(&uri, headers, discovered, force))
+        .await?;
+    log::info!(endpoint = registered.id.as_str(), uri = uri.as_str(); "registered {} services", registered.services.len());
+    if legacy {
+        let names: Vec<&String> = registered.services.iter().map(|(n, _)| n).collect();
+        return Ok(ok(json!({ "services": names })));
+    }
+    let services: Vec<Value> = registered
+        .services
+        .iter()
+        .map(|(name, revision)| json!({ "name": name, "revision": revision }))
+        .collect();
+    let mut response = json_response(
+        StatusCode::CREATED,
+        &json!({ "id": registered.id, "services": services }),
+    );
+    if let Ok(location) = http::HeaderValue::from_str(&format!("/endpoints/{}", registered.id)) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn delete_endpoint(ctx: &Context, id: &str, query: &str) -> Result<http::Response<Body>> {
+    let force = query
+        .split('&')
+        .any(|kv| kv == "force=true" || kv == "force");
+    if !force {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "META0009",
+            "only forced deletion is supported: DELETE /endpoints/{id}?force=true",
+        ));
+    }
+    let id = id.to_owned();
+    ctx.registry
+        .update(|s| Ok((s.remove_endpoint(&id)?, ())))
+        .await?;
+    Ok(json_response(StatusCode::ACCEPTED, &json!({})))
+}
+
+fn find_service<'a>(schemas: &'a Schemas, name: &str) -> Result<&'a Arc<Service>> {
+    schemas
+        .services
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("service {name} not found")))
+}
+
+fn instance_type(t: ServiceType) -> &'static str {
+    match t {
+        ServiceType::Keyed => "Keyed",
+        ServiceType::Unkeyed => "Unkeyed",
+        ServiceType::Singleton => "Singleton",
+    }
+}
+
+fn service_json(s: &Service) -> Value {
+    json!({
+        "name": s.name,
+        "methods": s.methods.keys().collect::<Vec<_>>(),
+        "instance_type": instance_type(s.instance_type),
+        "endpoint_id": s.endpoint_id,
+        "revision": s.revision,
+        "public": s.public,
+    })
+}
+
+fn method_json(s: &Service, m: &schema::Method) -> Value {
+    let mut value = json!({
+        "service_name": s.name,
+        "method_name": m.name,
+        "input_type": m.input.full_name(),
+        "output_type": m.output.full_name(),
+    });
+    if let Some(field) = m.key_field {
+        value["key_field"] = json!(field);
+    }
+    value
+}
+
+fn endpoint_json(schemas: &Schemas, e: &schema::Endpoint) -> Value {
+    let services: Vec<Value> = e
+        .services
+        .iter()
+        .filter_map(|name| schemas.services.get(name))
+        .filter(|s| s.endpoint_id == e.id)
+        .map(|s| json!({ "name": s.name, "revision": s.revision }))
+        .collect();
+    json!({
+        "id": e.id,
+        "uri": e.uri,
+        "protocol_type": match e.protocol_mode {
+            schema::ProtocolMode::BidiStream => "BidiStream",
+            schema::ProtocolMode::RequestResponse => "RequestResponse",
+        },
+        "additional_headers": e.additional_headers,
+        "services": services,
+    })
+}
+
+fn list_endpoints(schemas: &Schemas) -> Value {
+    let endpoints: Vec<Value> = schemas
+        .endpoints
+        .values()
+        .map(|e| endpoint_json(schemas, e))
+        .collect();
+    json!({ "endpoints": endpoints })
 }
 
 fn health(node: &NodeState) -> http::Response<Body> {
     let ready = node.ready_cores.load(Ordering::SeqCst);
     if node.shutdown.is_triggered() {
-        error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        error(StatusCode::SERVICE_UNAVAILABLE, "META0010", "shutting down")
     } else if ready < node.cores {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
+            "META0010",
             &format!("{ready} of {} cores serving", node.cores),
         )
     } else {
         json_response(
             StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "cores": node.cores }),
+            &json!({ "status": "ok", "cores": node.cores }),
         )
     }
 }

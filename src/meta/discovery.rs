@@ -1,0 +1,119 @@
+//! Discovery: `POST {endpoint}/discover` over HTTP/2, with bounded retries (shared/docs/protocol.md §2.1).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::config;
+use crate::http::client;
+use crate::http::empty;
+
+/// Why discovery got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid additional header {name:?}: {reason}")]
+    BadHeader { name: String, reason: String },
+    #[error("{source} (after {attempts} attempts)")]
+    Unreachable {
+        source: client::Error,
+        attempts: u32,
+    },
+    #[error("the endpoint answered {status} (after {attempts} attempts): {body}")]
+    Status {
+        status: StatusCode,
+        body: String,
+        attempts: u32,
+    },
+    #[error("the endpoint answered with content-type {0:?}, expected application/proto")]
+    ContentType(String),
+    #[error(transparent)]
+    Client(client::Error),
+}
+
+impl Error {
+    /// Only connection problems and error statuses are retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Status { .. })
+    }
+}
+
+/// Calls the endpoint's discovery and returns the raw `ServiceDiscoveryResponse` bytes.
+pub async fn discover(
+    uri: &str,
+    additional_headers: &BTreeMap<String, String>,
+    proxy: Option<&str>,
+    meta: &config::Meta,
+) -> Result<Bytes, Error> {
+    let target: http::Uri =
+        format!("{uri}/discover")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| {
+                Error::Client(client::Error::BadUri {
+                    uri: uri.to_owned(),
+                    reason: e.to_string(),
+                })
+            })?;
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in additional_headers {
+        let bad = |reason: &str| Error::BadHeader {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let name_parsed =
+            HeaderName::try_from(name.as_str()).map_err(|_| bad("not a valid header name"))?;
+        let value =
+            HeaderValue::try_from(value.as_str()).map_err(|_| bad("not a valid header value"))?;
+        headers.insert(name_parsed, value);
+    }
+    let mut delays = meta.discovery_retry_policy.delays();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut request = http::Request::post(target.clone())
+            .header(http::header::CONTENT_TYPE, "application/proto")
+            .header(http::header::ACCEPT, "application/proto")
+            .body(empty())
+            .expect("valid request");
+        request.headers_mut().extend(headers.clone());
+        let outcome = client::request_once(
+            &target,
+            proxy,
+            request,
+            meta.max_discovery_response_bytes,
+            meta.discovery_timeout,
+        )
+        .await;
+        let error = match outcome {
+            Ok(response) if response.status().is_success() => {
+                let content_type = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if content_type != "application/proto" {
+                    return Err(Error::ContentType(content_type.to_owned()));
+                }
+                return Ok(response.into_body());
+            }
+            Ok(response) => Error::Status {
+                status: response.status(),
+                body: String::from_utf8_lossy(&response.body()[..response.body().len().min(512)])
+                    .into_owned(),
+                attempts,
+            },
+            Err(e) if e.is_transient() => Error::Unreachable {
+                source: e,
+                attempts,
+            },
+            Err(e) => return Err(Error::Client(e)),
+        };
+        match delays.next() {
+            Some(delay) => {
+                log::debug!(uri, attempts; "discovery failed, retrying in {delay:?}: {error}");
+                glommio::timer::sleep(delay).await;
+            }
+            None => return Err(error),
+        }
+    }
+}

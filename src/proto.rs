@@ -1,0 +1,23 @@
+//! Protobuf messages generated from `proto/` by build.rs (protox + prost-build).
+
+/// Service discovery (`dev.restate.service.discovery`).
+pub mod discovery {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/dev.restate.service.discovery.rs"
+    ));
+}
+
+/// Restate's options (`dev.restate.ext`).
+pub mod ext {
+    include!(concat!(env!("OUT_DIR"), "/dev.restate.ext.rs"));
+}
+
+/// The in-repo test endpoint's services (`restate.test`).
+pub mod test {
+    include!(concat!(env!("OUT_DIR"), "/restate.test.rs"));
+
+    /// The descriptor set of the test endpoint's files (extension options intact).
+    pub static DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/endpoint_descriptor.bin"));
+}

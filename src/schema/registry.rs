@@ -1,0 +1,173 @@
+//! The schema registry: the one place that changes [`Schemas`], persists them under `meta.storage_path`
+//! before a change is acknowledged, and broadcasts each new snapshot to every core.
+//!
+//! Updates are rare (registrations) and serialized by an async lock. Each core holds its own
+//! [`LocalSchemas`]: an `Rc` to the current immutable snapshot, replaced whole by that core's update task,
+//! so a core never sees a half-applied update and reads on the hot path take no lock.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+
+use super::{Error as SchemaError, Persisted, Schemas};
+
+/// File holding the persisted registry.
+const FILE: &str = "schemas.json";
+
+/// Why an update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The change itself was refused.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// It could not be made durable (nothing changed).
+    #[error("cannot persist the schema registry in {path}: {message}")]
+    Persist { path: String, message: String },
+}
+
+impl Error {
+    /// A failed write may work later; a refused change will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Persist { .. })
+    }
+}
+
+type Update = (Arc<Schemas>, oneshot::Sender<()>);
+
+/// The node's schema registry (thread-safe; one per process).
+pub struct Registry {
+    dir: PathBuf,
+    /// Serializes updates: compute, persist, publish, one at a time.
+    updating: async_lock::Mutex<()>,
+    /// The latest published snapshot and the cores to publish to.
+    published: Mutex<Published>,
+}
+
+struct Published {
+    current: Arc<Schemas>,
+    cores: Vec<mpsc::Sender<Update>>,
+}
+
+/// A core's view of the schemas.
+#[derive(Clone)]
+pub struct LocalSchemas(Rc<RefCell<Arc<Schemas>>>);
+
+impl LocalSchemas {
+    /// The current snapshot (cheap: an `Arc` clone).
+    pub fn get(&self) -> Arc<Schemas> {
+        self.0.borrow().clone()
+    }
+}
+
+impl Registry {
+    /// Loads the registry persisted in `dir` (empty if none).
+    pub fn load(dir: &Path) -> Result<Arc<Registry>, SchemaError> {
+        let path = dir.join(FILE);
+        let current = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let persisted: Persisted = serde_json::from_slice(&bytes)
+                    .map_err(|e| SchemaError::Corrupt(format!("{}: {e}", path.display())))?;
+                Schemas::from_persisted(persisted)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Schemas::default(),
+            Err(e) => return Err(SchemaError::Corrupt(format!("{}: {e}", path.display()))),
+        };
+        Ok(Arc::new(Registry {
+            dir: dir.to_owned(),
+            updating: async_lock::Mutex::new(()),
+            published: Mutex::new(Published {
+                current: Arc::new(current),
+                cores: Vec::new(),
+            }),
+        }))
+    }
+
+    /// The latest snapshot (admin reads; cores use their [`LocalSchemas`]).
+    pub fn snapshot(&self) -> Arc<Schemas> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
+    }
+
+    /// Called once on each core at start: returns the core's view, kept current by a task on that core.
+    pub fn attach_core(&self) -> LocalSchemas {
+        // One update in flight per core at most (updates are serialized), so a buffer of 1 suffices.
+        let (tx, mut rx) = mpsc::channel::<Update>(1);
+        let local = {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            published.cores.push(tx);
+            LocalSchemas(Rc::new(RefCell::new(published.current.clone())))
+        };
+        let view = local.clone();
+        glommio::spawn_local(async move {
+            while let Some((schemas, ack)) = rx.next().await {
+                if schemas.version >= view.0.borrow().version {
+                    *view.0.borrow_mut() = schemas;
+                }
+                let _ = ack.send(());
+            }
+        })
+        .detach();
+        local
+    }
+
+    /// Applies `change` to the latest snapshot, persists the result, and publishes it to every core;
+    /// returns once every live core has installed it. Must run on an executor.
+    pub async fn update<T>(
+        &self,
+        change: impl FnOnce(&Schemas) -> Result<(Schemas, T), SchemaError>,
+    ) -> Result<T, Error> {
+        let _serialized = self.updating.lock().await;
+        let (next, result) = change(&self.snapshot())?;
+        self.persist(&next).await?;
+        let next = Arc::new(next);
+        let cores = {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            published.current = next.clone();
+            published.cores.retain(|c| !c.is_closed());
+            published.cores.clone()
+        };
+        let mut acks = Vec::with_capacity(cores.len());
+        for mut core in cores {
+            let (ack, acked) = oneshot::channel();
+            // A core that is gone (shutting down) does not hold the update back.
+            if core.send((next.clone(), ack)).await.is_ok() {
+                acks.push(acked);
+            }
+        }
+        for acked in acks {
+            let _ = acked.await;
+        }
+        Ok(result)
+    }
+
+    /// Writes the snapshot atomically (temp file, fsync, rename, fsync of the directory) off the executor.
+    async fn persist(&self, schemas: &Schemas) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(&schemas.to_persisted()).expect("serializable");
+        let dir = self.dir.clone();
+        let written = glommio::executor()
+            .spawn_blocking(move || write_atomically(&dir, &bytes))
+            .await;
+        written.map_err(|e| Error::Persist {
+            path: self.dir.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn write_atomically(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
