@@ -171,3 +171,61 @@ fn write_atomically(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(FILE))?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// When `update` returns, every core's local view already holds the new snapshot, and the change is
+    /// on disk.
+    #[test]
+    fn updates_reach_every_core_before_they_are_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::load(dir.path()).unwrap();
+        let updated = Arc::new(AtomicBool::new(false));
+        let attached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let results = glommio::LocalExecutorPoolBuilder::new(glommio::PoolPlacement::Unbound(3))
+            .io_memory(1 << 20)
+            .on_all_shards({
+                let registry = registry.clone();
+                move || {
+                    let registry = registry.clone();
+                    let updated = updated.clone();
+                    let attached = attached.clone();
+                    async move {
+                        let local = registry.attach_core();
+                        let first = attached.fetch_add(1, Ordering::SeqCst) == 0;
+                        if first {
+                            while attached.load(Ordering::SeqCst) < 3 {
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                            registry
+                                .update(|s| {
+                                    let mut next = s.clone();
+                                    next.version += 1;
+                                    Ok((next, ()))
+                                })
+                                .await
+                                .unwrap();
+                            updated.store(true, Ordering::SeqCst);
+                        } else {
+                            for _ in 0..10_000 {
+                                if updated.load(Ordering::SeqCst) {
+                                    break;
+                                }
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                        local.get().version
+                    }
+                }
+            })
+            .unwrap()
+            .join_all();
+        let versions: Vec<u64> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(versions, vec![1, 1, 1]);
+        assert_eq!(Registry::load(dir.path()).unwrap().snapshot().version, 1);
+    }
+}

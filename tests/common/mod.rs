@@ -290,3 +290,84 @@ pub fn run_binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatu
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A running `restate-test-endpoint` (killed on drop).
+pub struct Endpoint {
+    child: Child,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Starts the in-repo endpoint in `mode` (see its docs) on a free port.
+    pub fn start(mode: &str, extra: &[&str]) -> Endpoint {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_restate-test-endpoint"))
+            .args(["--port", "0", "--mode", mode])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let port = read_listening_port(child.stdout.take().unwrap());
+        Endpoint { child, port }
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads lines until `listening on <port>` (bounded by the child's output), then keeps draining the
+/// pipe in the background so the child never blocks on a full pipe.
+pub fn read_listening_port(stdout: std::process::ChildStdout) -> u16 {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref().take(100) {
+        let line = line.unwrap();
+        if let Some(port) = line.trim().strip_prefix("listening on ") {
+            let port = port.trim().parse().unwrap();
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return port;
+        }
+    }
+    panic!("the process never printed `listening on <port>`");
+}
+
+/// POSTs JSON over HTTP/1.1 and parses the JSON answer (Null when the body is empty).
+pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    request_json(port, "POST", path, Some(body))
+}
+
+/// Sends a request with an optional JSON body and parses the JSON answer (Null when empty).
+pub fn request_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let (status, text) = http1_request(
+        port,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        &bytes,
+    )
+    .unwrap();
+    let value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (status, value)
+}
