@@ -148,6 +148,8 @@ pub struct Meta {
     pub storage_path: PathBuf,
     /// HTTP proxy for discovery requests (`http://host:port`); empty: the `HTTP_PROXY` variable, if set.
     pub proxy_uri: String,
+    /// PEM file of extra CA certificates trusted for https endpoints (Mozilla's roots always are).
+    pub tls_ca_file: String,
     /// Largest request body the meta API accepts, in bytes.
     pub max_request_bytes: usize,
     /// Largest discovery response accepted from an endpoint, in bytes.
@@ -165,6 +167,7 @@ impl Default for Meta {
             rest_address: ([0, 0, 0, 0], 8081).into(),
             storage_path: PathBuf::from("target/meta/"),
             proxy_uri: String::new(),
+            tls_ca_file: String::new(),
             max_request_bytes: 1 << 20,
             max_discovery_response_bytes: 16 << 20,
             discovery_timeout: Duration::from_secs(10),

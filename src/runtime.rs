@@ -44,6 +44,9 @@ pub enum Error {
     /// The executors could not be started or one of them failed.
     #[error("executor: {0}")]
     Executor(String),
+    /// The TLS settings could not be loaded (`meta.tls_ca_file`).
+    #[error("meta.tls_ca_file: {0}")]
+    Tls(String),
     /// The signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -131,6 +134,8 @@ async fn run_core(
         registry,
         config: Arc::new(config.meta.clone()),
         proxy: Config::effective_proxy(&config.meta.proxy_uri),
+        tls: crate::http::client::tls_config(&config.meta.tls_ca_file)
+            .map_err(|e| Error::Tls(e.to_string()))?,
     };
     let bind = |server: &'static str, address: SocketAddr| {
         TcpListener::bind(address).map_err(|e| Error::Bind {

@@ -349,3 +349,31 @@ fn discovery_goes_through_http_proxy() {
     );
     assert_eq!(stored["uri"], uri.as_str());
 }
+
+#[test]
+fn https_endpoints_are_reached_over_tls_with_alpn_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let endpoint = Endpoint::start(
+        "ok",
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    let uri = format!("https://localhost:{}", endpoint.port);
+
+    // Without trusting the self-signed certificate, the TLS handshake fails.
+    let untrusting = Server::start(&FAST_RETRIES);
+    let (status, body) = post_json(untrusting.meta, "/endpoints", &json!({ "uri": uri }));
+    assert_eq!(status, 502, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("TLS"), "{body}");
+
+    let mut env = FAST_RETRIES.to_vec();
+    env.push(("RESTATE_META__TLS_CA_FILE", cert.to_str().unwrap()));
+    let trusting = Server::start(&env);
+    let (status, body) = post_json(trusting.meta, "/endpoints", &json!({ "uri": uri }));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["services"].as_array().unwrap().len(), 3);
+}

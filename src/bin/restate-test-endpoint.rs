@@ -2,7 +2,7 @@
 //! `proto/restate/test/endpoint.proto`, or misbehaves on purpose (`--mode`), so tests can reach every
 //! error path that the real SDK cannot be made to take on demand.
 //!
-//! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response]`; prints
+//! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response] [--tls CERT KEY]`; prints
 //! `listening on <port>` once it accepts connections. Modes: ok (default), not-found, garbage,
 //! wrong-content-type, missing-dependency, bad-key, untyped, reserved, close.
 
@@ -118,6 +118,10 @@ fn main() {
     let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let mode = parse_mode(&arg("--mode").unwrap_or_else(|| "ok".into()));
     let request_response = args.iter().any(|a| a == "--request-response");
+    let tls = args.iter().position(|a| a == "--tls").map(|i| {
+        let (cert, key) = (&args[i + 1], &args[i + 2]);
+        tls_acceptor(cert, key)
+    });
     let executor = glommio::LocalExecutorBuilder::default()
         .name("test-endpoint")
         .io_memory(1 << 20)
@@ -136,6 +140,10 @@ fn main() {
                 let path = request.uri().path().to_owned();
                 async move { respond(mode, request_response, &path) }.boxed_local()
             });
+            if let Some(tls) = tls {
+                serve_tls(listener, tls, handler).await;
+                return;
+            }
             let core = CoreServers::new(
                 Limits {
                     max_connections: 10_000,
@@ -155,4 +163,53 @@ fn main() {
         })
         .expect("executor");
     executor.join().expect("endpoint");
+}
+
+/// A TLS acceptor offering only HTTP/2 (ALPN h2), from PEM files.
+fn tls_acceptor(cert: &str, key: &str) -> futures_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
+        .expect("cert file")
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("cert and key match");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    futures_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves HTTP/2 over TLS, one task per connection.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: futures_rustls::TlsAcceptor,
+    handler: server::Handler,
+) {
+    loop {
+        let Ok(stream) = listener.accept().await else {
+            continue;
+        };
+        let (tls, handler) = (tls.clone(), handler.clone());
+        glommio::spawn_local(async move {
+            let Ok(stream) = tls.accept(stream).await else {
+                return;
+            };
+            let io = restate::http::Io::new(stream, restate::http::Activity::new());
+            let service = hyper::service::service_fn(move |request| {
+                let response = handler(request);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(restate::http::LocalExec)
+                .serve_connection(io, service)
+                .await;
+        })
+        .detach();
+    }
 }

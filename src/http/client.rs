@@ -1,13 +1,19 @@
 //! Outbound HTTP/2 on glommio: hyper's HTTP/2 client (h2 underneath) over a glommio `TcpStream`.
 //!
-//! `http://` endpoints are reached with prior knowledge (h2c). Through an HTTP proxy the connection goes
-//! to the proxy and the request keeps the endpoint's authority, which is what an Envoy-style sidecar
-//! routes on.
+//! `http://` endpoints are reached with prior knowledge (h2c), `https://` ones over TLS (rustls) with ALPN
+//! `h2`. Through an HTTP proxy the connection goes to the proxy and the request keeps the endpoint's
+//! authority, which is what an Envoy-style sidecar routes on.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
 use bytes::Bytes;
+use futures::FutureExt;
 use glommio::net::TcpStream;
 use http_body_util::BodyExt;
 
@@ -19,8 +25,10 @@ use super::{Body, Io, LocalExec};
 pub enum Error {
     #[error("bad uri {uri:?}: {reason}")]
     BadUri { uri: String, reason: String },
-    #[error("{0} endpoints are not supported yet (use http:// with HTTP/2 prior knowledge)")]
-    UnsupportedScheme(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot connect to {address}: {message}")]
     Connect { address: String, message: String },
     #[error("HTTP/2 handshake with {address} failed: {message}")]
@@ -38,31 +46,84 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. } | Error::Handshake { .. } | Error::Request(_) | Error::Timeout(_)
+            Error::Connect { .. }
+                | Error::Handshake { .. }
+                | Error::Request(_)
+                | Error::Timeout(_)
+                | Error::Tls(_)
         )
     }
 }
 
-/// Where to open the TCP connection for `uri`: the proxy if one is set, else the URI's authority.
-pub fn connect_address(uri: &http::Uri, proxy: Option<&str>) -> Result<String, Error> {
+/// The TLS settings of outbound connections: Mozilla's roots plus the PEM certificates of an optional
+/// file, ALPN `h2` only.
+pub fn tls_config(extra_ca_file: &str) -> Result<Arc<ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !extra_ca_file.is_empty() {
+        let certs = CertificateDer::pem_file_iter(extra_ca_file)
+            .map_err(|e| Error::Tls(format!("cannot read {extra_ca_file}: {e}")))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| Error::Tls(format!("bad certificate in {extra_ca_file}: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("bad certificate in {extra_ca_file}: {e}")))?;
+        }
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Where and how to connect for `uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port` of the TCP connection: the proxy if one is set, else the URI's authority.
+    pub address: String,
+    /// For `https://`: the name the server's certificate must carry.
+    pub tls_name: Option<String>,
+}
+
+/// Resolves where to connect for `uri`, through `proxy` if given (plain HTTP proxies, `http://` only).
+pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
     let bad = |uri: &str, reason: &str| Error::BadUri {
         uri: uri.to_owned(),
         reason: reason.to_owned(),
     };
-    let target: http::Uri = match proxy {
-        Some(p) => p.parse().map_err(|_| bad(p, "not a valid proxy uri"))?,
-        None => uri.clone(),
+    let host = uri.host().ok_or_else(|| bad(&uri.to_string(), "no host"))?;
+    let tls_name = match uri.scheme_str() {
+        Some("http") => None,
+        Some("https") if proxy.is_some() => {
+            return Err(Error::Unsupported(
+                "https endpoints cannot be reached through an HTTP proxy".to_owned(),
+            ))
+        }
+        Some("https") => Some(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        ),
+        _ => return Err(bad(&uri.to_string(), "the scheme must be http or https")),
     };
-    match target.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(Error::UnsupportedScheme(other.to_owned())),
-        None => return Err(bad(&target.to_string(), "no scheme")),
-    }
-    let host = target
-        .host()
-        .ok_or_else(|| bad(&target.to_string(), "no host"))?;
-    let port = target.port_u16().unwrap_or(80);
-    Ok(format!("{host}:{port}"))
+    let default_port = if tls_name.is_some() { 443 } else { 80 };
+    let address = match proxy {
+        Some(p) => {
+            let proxy: http::Uri = p.parse().map_err(|_| bad(p, "not a valid proxy uri"))?;
+            if proxy.scheme_str() != Some("http") {
+                return Err(bad(p, "the proxy must be an http:// uri"));
+            }
+            let proxy_host = proxy.host().ok_or_else(|| bad(p, "no host"))?;
+            format!("{proxy_host}:{}", proxy.port_u16().unwrap_or(80))
+        }
+        None => format!("{host}:{}", uri.port_u16().unwrap_or(default_port)),
+    };
+    Ok(Target { address, tls_name })
 }
 
 /// An HTTP/2 connection to one address; requests are multiplexed on it.
@@ -71,9 +132,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Opens a TCP connection and performs the HTTP/2 handshake. The connection task runs on the current
-    /// core until the connection closes.
-    pub async fn open(address: &str) -> Result<Connection, Error> {
+    /// Opens a TCP connection (TLS for https), and performs the HTTP/2 handshake. The connection task
+    /// runs on the current core until the connection closes.
+    pub async fn open(target: &Target, tls: &Arc<ClientConfig>) -> Result<Connection, Error> {
+        let address = target.address.as_str();
         let stream = TcpStream::connect(address)
             .await
             .map_err(|e| Error::Connect {
@@ -81,13 +143,37 @@ impl Connection {
                 message: e.to_string(),
             })?;
         let _ = stream.set_nodelay(true);
-        let io = Io::new(stream, Activity::new());
-        let (sender, connection) = hyper::client::conn::http2::handshake(LocalExec, io)
-            .await
-            .map_err(|e| Error::Handshake {
-                address: address.to_owned(),
-                message: e.to_string(),
-            })?;
+        let handshake_error = |e: hyper::Error| Error::Handshake {
+            address: address.to_owned(),
+            message: e.to_string(),
+        };
+        let (sender, connection) = match &target.tls_name {
+            None => {
+                let io = Io::new(stream, Activity::new());
+                let (sender, connection) = hyper::client::conn::http2::handshake(LocalExec, io)
+                    .await
+                    .map_err(handshake_error)?;
+                (sender, connection.boxed_local())
+            }
+            Some(name) => {
+                let server_name = ServerName::try_from(name.clone())
+                    .map_err(|e| Error::Tls(format!("bad server name {name}: {e}")))?;
+                let stream = futures_rustls::TlsConnector::from(tls.clone())
+                    .connect(server_name, stream)
+                    .await
+                    .map_err(|e| Error::Tls(format!("handshake with {address}: {e}")))?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(Error::Tls(format!(
+                        "{address} did not negotiate HTTP/2 (ALPN h2)"
+                    )));
+                }
+                let io = Io::new(stream, Activity::new());
+                let (sender, connection) = hyper::client::conn::http2::handshake(LocalExec, io)
+                    .await
+                    .map_err(handshake_error)?;
+                (sender, connection.boxed_local())
+            }
+        };
         let address = Rc::new(address.to_owned());
         glommio::spawn_local(async move {
             if let Err(e) = connection.await {
@@ -133,13 +219,14 @@ impl Connection {
 pub async fn request_once(
     uri: &http::Uri,
     proxy: Option<&str>,
+    tls: &Arc<ClientConfig>,
     request: http::Request<Body>,
     limit: usize,
     timeout: Duration,
 ) -> Result<http::Response<Bytes>, Error> {
-    let address = connect_address(uri, proxy)?;
+    let target = target(uri, proxy)?;
     let attempt = async {
-        let mut connection = Connection::open(&address).await?;
+        let mut connection = Connection::open(&target, tls).await?;
         connection.request(request, limit).await
     };
     glommio::timer::timeout(timeout, async { Ok(attempt.await) })

@@ -1,6 +1,7 @@
 //! Discovery: `POST {endpoint}/discover` over HTTP/2, with bounded retries (shared/docs/protocol.md §2.1).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -43,6 +44,7 @@ pub async fn discover(
     uri: &str,
     additional_headers: &BTreeMap<String, String>,
     proxy: Option<&str>,
+    tls: &Arc<rustls::ClientConfig>,
     meta: &config::Meta,
 ) -> Result<Bytes, Error> {
     let target: http::Uri =
@@ -79,6 +81,7 @@ pub async fn discover(
         let outcome = client::request_once(
             &target,
             proxy,
+            tls,
             request,
             meta.max_discovery_response_bytes,
             meta.discovery_timeout,

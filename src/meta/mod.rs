@@ -31,6 +31,8 @@ pub struct Context {
     pub config: Arc<config::Meta>,
     /// The proxy for discovery requests, if any.
     pub proxy: Option<String>,
+    /// TLS settings for https endpoints.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// An API error: status, message and Restate error code (`{"message", "restate_code"}`).
@@ -103,9 +105,10 @@ impl From<discovery::Error> for ApiError {
     fn from(e: discovery::Error) -> Self {
         match e {
             e @ discovery::Error::BadHeader { .. } => ApiError::bad_request(e.to_string()),
-            discovery::Error::Client(e @ crate::http::client::Error::BadUri { .. }) => {
-                ApiError::bad_request(e.to_string())
-            }
+            discovery::Error::Client(
+                e @ (crate::http::client::Error::BadUri { .. }
+                | crate::http::client::Error::Unsupported(_)),
+            ) => ApiError::bad_request(e.to_string()),
             e => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "META0003",
@@ -296,6 +299,7 @@ async fn register(
         &uri,
         &request.additional_headers,
         ctx.proxy.as_deref(),
+        &ctx.tls,
         &ctx.config,
     )
     .await?;
