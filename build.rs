@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/dev/restate/ext.proto",
         "proto/dev/restate/service/discovery.proto",
+        "proto/dev/restate/service/protocol.proto",
         "proto/restate/test/endpoint.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod meta;
 pub mod node;
 pub mod proto;
+pub mod protocol;
 pub mod retry;
 pub mod runtime;
 pub mod schema;
