@@ -182,11 +182,44 @@ impl Default for Meta {
 }
 
 /// The invoker: how the runtime calls service endpoints.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Invoker {
     /// HTTP proxy for calls to endpoints (`http://host:port`); empty: the `HTTP_PROXY` variable, if set.
     pub proxy_uri: String,
+    /// PEM file of extra CA certificates trusted for https endpoints (Mozilla's roots always are).
+    pub tls_ca_file: String,
+    /// Retries of failed attempts (errors, broken connections, protocol violations), with replay.
+    pub retry_policy: RetryPolicy,
+    /// Bidi streams: with nothing sent or received for this long, the runtime closes its side so the
+    /// SDK suspends. 0 = every endpoint is driven request/response.
+    #[serde(with = "humantime_serde")]
+    pub inactivity_timeout: Duration,
+    /// Once only the response side is open, an attempt silent for this long is aborted (and retried).
+    #[serde(with = "humantime_serde")]
+    pub abort_timeout: Duration,
+    /// The instance's whole state is sent with Start when it is at most this many bytes; else none is
+    /// sent and the state is marked partial (the SDK asks for each key).
+    pub eager_state_size_limit: usize,
+    /// Largest protocol message accepted from an endpoint, in bytes.
+    pub message_size_limit: usize,
+    /// Attempts in flight on one core; more wait for a slot.
+    pub concurrency_limit: usize,
+}
+
+impl Default for Invoker {
+    fn default() -> Self {
+        Self {
+            proxy_uri: String::new(),
+            tls_ca_file: String::new(),
+            retry_policy: RetryPolicy::default(),
+            inactivity_timeout: Duration::from_secs(60),
+            abort_timeout: Duration::from_secs(60),
+            eager_state_size_limit: 64 * 1024,
+            message_size_limit: 32 << 20,
+            concurrency_limit: 1000,
+        }
+    }
 }
 
 /// The worker.
@@ -196,6 +229,8 @@ pub struct Worker {
     /// Number of partitions of the key space. Recorded in the data directory at first start; starting
     /// with another value is refused.
     pub partitions: u32,
+    /// Messages that may wait in each core's queue of work from other cores; senders wait past it.
+    pub channel_size: usize,
     /// The ingress (gRPC and Connect) server.
     pub ingress_grpc: IngressGrpc,
     /// The read-only storage gRPC API.
@@ -210,6 +245,7 @@ impl Default for Worker {
     fn default() -> Self {
         Self {
             partitions: 64,
+            channel_size: 1024,
             ingress_grpc: IngressGrpc::default(),
             storage_grpc: StorageGrpc::default(),
             storage_rocksdb: StorageRocksdb::default(),
@@ -224,12 +260,18 @@ impl Default for Worker {
 pub struct IngressGrpc {
     /// Address of the ingress (gRPC and Connect) server.
     pub bind_address: SocketAddr,
+    /// Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
+    /// Calls in flight on one core; past it calls get RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
 }
 
 impl Default for IngressGrpc {
     fn default() -> Self {
         Self {
             bind_address: ([0, 0, 0, 0], 9090).into(),
+            max_message_size: 4 << 20,
+            concurrency_limit: 1000,
         }
     }
 }
@@ -359,7 +401,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 8] = [
+        let positive: [(&str, usize); 13] = [
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -376,6 +418,23 @@ impl Config {
             ),
             ("runtime.max_header_bytes", self.runtime.max_header_bytes),
             ("meta.max_request_bytes", self.meta.max_request_bytes),
+            ("worker.channel_size", self.worker.channel_size),
+            (
+                "worker.ingress_grpc.max_message_size",
+                self.worker.ingress_grpc.max_message_size,
+            ),
+            (
+                "worker.ingress_grpc.concurrency_limit",
+                self.worker.ingress_grpc.concurrency_limit,
+            ),
+            (
+                "worker.invoker.message_size_limit",
+                self.worker.invoker.message_size_limit,
+            ),
+            (
+                "worker.invoker.concurrency_limit",
+                self.worker.invoker.concurrency_limit,
+            ),
             (
                 "meta.max_discovery_response_bytes",
                 self.meta.max_discovery_response_bytes,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -13,9 +13,13 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
 use crate::http::server::{self, CoreServers, Counters, Limits};
+use crate::invoker::Invoker;
 use crate::node::NodeState;
+use crate::partition::processor::Processor;
+use crate::partition::router::{Inbox, Router};
 use crate::schema::registry::Registry;
 use crate::shutdown::Shutdown;
+use crate::storage::ordered::Ordered;
 use crate::{ingress, meta, storage, storage_api};
 
 /// Why the runtime stopped with an error.
@@ -44,8 +48,8 @@ pub enum Error {
     /// The executors could not be started or one of them failed.
     #[error("executor: {0}")]
     Executor(String),
-    /// The TLS settings could not be loaded (`meta.tls_ca_file`).
-    #[error("meta.tls_ca_file: {0}")]
+    /// The TLS settings could not be loaded (`meta.tls_ca_file`, `worker.invoker.tls_ca_file`).
+    #[error("{0}")]
     Tls(String),
     /// The signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
@@ -87,6 +91,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         shutdown: shutdown.clone(),
         http_counters: Arc::new(Counters::default()),
     };
+    let (router, inboxes) = Router::new(
+        config.runtime.cores,
+        config.worker.partitions,
+        config.worker.channel_size,
+    );
+    let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
+        Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_core = Arc::new(AtomicUsize::new(0));
     let started = {
         let config = config.clone();
@@ -98,7 +109,12 @@ pub fn run(config: Config) -> Result<(), Error> {
                 let node = node.clone();
                 let config = config.clone();
                 let registry = registry.clone();
-                async move { run_core(core, node, registry, config).await }
+                let router = router.clone();
+                let inbox = inboxes.lock().unwrap_or_else(|e| e.into_inner())[core].take();
+                async move {
+                    let inbox = inbox.expect("one inbox per core");
+                    run_core(core, node, registry, router, inbox, config).await
+                }
             })
     };
     let result = match started {
@@ -126,16 +142,37 @@ async fn run_core(
     core: usize,
     node: NodeState,
     registry: Arc<Registry>,
+    router: Router,
+    inbox: Inbox,
     config: Arc<Config>,
 ) -> Result<(), Error> {
-    let _schemas = registry.attach_core();
+    let schemas = registry.attach_core();
+    let processor = Processor::new(
+        core,
+        Ordered::new(node.storage.clone()),
+        schemas.clone(),
+        config.clone(),
+    );
+    let invoker_tls = crate::http::client::tls_config(&config.worker.invoker.tls_ca_file)
+        .map_err(|e| Error::Tls(format!("worker.invoker.tls_ca_file: {e}")))?;
+    Invoker::new(&config.worker.invoker, invoker_tls).install(&processor);
+    let resumed = processor.recover().await?;
+    log::info!(core, resumed, invocations = processor.invocation_count(); "partitions recovered");
+    glommio::spawn_local(inbox.run(processor.clone())).detach();
+    let ingress_context = ingress::Context {
+        config: config.worker.ingress_grpc.clone(),
+        schemas,
+        router,
+        local: processor,
+        core,
+    };
     let meta_context = meta::Context {
         node: node.clone(),
         registry,
         config: Arc::new(config.meta.clone()),
         proxy: Config::effective_proxy(&config.meta.proxy_uri),
         tls: crate::http::client::tls_config(&config.meta.tls_ca_file)
-            .map_err(|e| Error::Tls(e.to_string()))?,
+            .map_err(|e| Error::Tls(format!("meta.tls_ca_file: {e}")))?,
     };
     let bind = |server: &'static str, address: SocketAddr| {
         TcpListener::bind(address).map_err(|e| Error::Bind {
@@ -175,7 +212,7 @@ async fn run_core(
     );
     let accept_loops = listeners.into_iter().map(|(name, listener)| {
         let handler = match name {
-            "ingress" => ingress::handler(),
+            "ingress" => ingress::handler(ingress_context.clone()),
             "meta" => meta::handler(meta_context.clone()),
             _ => storage_api::handler(),
         };

@@ -184,6 +184,11 @@ impl Connection {
         Ok(Connection { sender })
     }
 
+    /// The request sender (cloneable: many streams on one connection).
+    pub fn into_sender(self) -> hyper::client::conn::http2::SendRequest<Body> {
+        self.sender
+    }
+
     /// Sends a request and reads the whole response body (at most `limit` bytes).
     pub async fn request(
         &mut self,

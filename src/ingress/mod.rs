@@ -1,17 +1,32 @@
 //! The ingress server (:9090): gRPC and Connect unary calls to registered services.
 //!
-//! Until services can be registered (the schema registry), every well-formed call names a service that
-//! does not exist and is answered NOT_FOUND in the caller's protocol; a request in no protocol we speak
-//! is answered 415.
+//! A call is decoded (gRPC frame, Connect JSON through the service's descriptors, or Connect proto),
+//! its key extracted with the service's key rules, and an invocation sent to the core owning its
+//! partition; the caller gets the response once the invocation's output is durable.
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::future::{select, Either};
 use futures::FutureExt;
-use http::{Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
 
+use crate::config;
 use crate::grpc::{connect_error, trailers_only, Code};
 use crate::http::server::Handler;
-use crate::http::Body;
+use crate::http::{full, Body, BoxError};
+use crate::partition::processor::{Command, Failure, NewInvocation, Outcome, Processor};
+use crate::partition::router::Router;
+use crate::partition::{InvocationId, ServiceId};
+use crate::schema::registry::LocalSchemas;
+use crate::schema::ServiceType;
 
 /// The protocol a request speaks, from its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,63 +46,369 @@ impl Protocol {
         match essence.as_str() {
             "application/grpc" | "application/grpc+proto" => Some(Protocol::Grpc),
             "application/json" => Some(Protocol::ConnectJson),
-            "application/proto" => Some(Protocol::ConnectProto),
+            "application/proto" | "application/protobuf" => Some(Protocol::ConnectProto),
             _ => None,
         }
     }
 }
 
+/// What the ingress handlers of a core need.
+#[derive(Clone)]
+pub struct Context {
+    pub config: config::IngressGrpc,
+    pub schemas: LocalSchemas,
+    pub router: Router,
+    /// This core's processor (calls for partitions it owns skip the queue).
+    pub local: Processor,
+    pub core: usize,
+}
+
+/// An error answered in the caller's protocol.
+struct CallError(Code, String);
+
+impl CallError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        CallError(code, message.into())
+    }
+}
+
 /// Builds the ingress handler of one core.
-pub fn handler() -> Handler {
-    Rc::new(|request| {
-        async move { route(request.method(), request.uri().path(), request.headers()) }
-            .boxed_local()
+pub fn handler(context: Context) -> Handler {
+    let context = Rc::new(context);
+    let in_flight = Rc::new(Cell::new(0usize));
+    Rc::new(move |request| {
+        let context = context.clone();
+        let in_flight = in_flight.clone();
+        async move { serve(&context, &in_flight, request).await }.boxed_local()
     })
 }
 
-fn route(method: &Method, path: &str, headers: &http::HeaderMap) -> http::Response<Body> {
-    let content_type = headers
+async fn serve(
+    ctx: &Context,
+    in_flight: &Rc<Cell<usize>>,
+    request: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let content_type = request
+        .headers()
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let Some(protocol) = Protocol::from_content_type(content_type) else {
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(protocol) = Protocol::from_content_type(content_type.as_deref()) else {
         return crate::http::json_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &serde_json::json!({
                 "code": "unknown",
                 "message": format!(
                     "unsupported content-type {:?}: use application/grpc, application/json or application/proto",
-                    content_type.unwrap_or("")
+                    content_type.unwrap_or_default()
                 ),
             }),
         );
     };
-    let error = |code: Code, message: &str| match protocol {
-        Protocol::Grpc => trailers_only(code, message),
-        Protocol::ConnectJson | Protocol::ConnectProto => connect_error(code, message),
+    let error = |e: CallError| match protocol {
+        Protocol::Grpc => trailers_only(e.0, &e.1),
+        Protocol::ConnectJson | Protocol::ConnectProto => connect_error(e.0, &e.1),
     };
-    if method != Method::POST {
-        return error(
+    if in_flight.get() >= ctx.config.concurrency_limit {
+        return error(CallError::new(
+            Code::ResourceExhausted,
+            "too many calls in flight on this core (worker.ingress_grpc.concurrency_limit)",
+        ));
+    }
+    in_flight.set(in_flight.get() + 1);
+    let result = call(ctx, protocol, request).await;
+    in_flight.set(in_flight.get() - 1);
+    result.unwrap_or_else(error)
+}
+
+async fn call(
+    ctx: &Context,
+    protocol: Protocol,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<Body>, CallError> {
+    if request.method() != Method::POST {
+        return Err(CallError::new(
             Code::Unimplemented,
-            &format!("{method} is not supported; use POST"),
-        );
+            format!("{} is not supported; use POST", request.method()),
+        ));
     }
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    match (parts.next(), parts.next()) {
-        (Some(service), Some(method))
-            if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
-        {
-            error(Code::NotFound, &format!("service '{service}' not found"))
+    let path = request.uri().path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let (service_name, method_name) = match (segments.next(), segments.next()) {
+        (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() && !m.contains('/') => {
+            (s.to_owned(), m.to_owned())
         }
-        _ => error(
-            Code::NotFound,
-            &format!("path {path} is not /{{service}}/{{method}}"),
-        ),
+        _ => {
+            return Err(CallError::new(
+                Code::NotFound,
+                format!("path {path} is not /{{service}}/{{method}}"),
+            ))
+        }
+    };
+    let timeout = request_timeout(request.headers());
+    let schemas = ctx.schemas.get();
+    let service = schemas
+        .services
+        .get(&service_name)
+        .ok_or_else(|| CallError::new(Code::NotFound, format!("service {service_name} not found")))?
+        .clone();
+    let method = service
+        .methods
+        .get(&method_name)
+        .ok_or_else(|| {
+            CallError::new(
+                Code::NotFound,
+                format!("method {service_name}/{method_name} not found"),
+            )
+        })?
+        .clone();
+    if !service.public {
+        return Err(CallError::new(
+            Code::PermissionDenied,
+            format!("service {service_name} is not public"),
+        ));
     }
+
+    let limit = ctx.config.max_message_size;
+    let framing = if protocol == Protocol::Grpc { 5 } else { 0 };
+    let body = http_body_util::Limited::new(request.into_body(), limit + framing)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                CallError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "message larger than worker.ingress_grpc.max_message_size ({limit} bytes)"
+                    ),
+                )
+            } else {
+                CallError::new(Code::Cancelled, format!("cannot read the request: {e}"))
+            }
+        })?
+        .to_bytes();
+    let argument = match protocol {
+        Protocol::Grpc => unframe(body)?,
+        Protocol::ConnectProto => body,
+        Protocol::ConnectJson => {
+            let mut deserializer = serde_json::Deserializer::from_slice(&body);
+            let message = DynamicMessage::deserialize_with_options(
+                method.input.clone(),
+                &mut deserializer,
+                &DeserializeOptions::new(),
+            )
+            .and_then(|m| deserializer.end().map(|_| m))
+            .map_err(|e| {
+                CallError::new(Code::InvalidArgument, format!("invalid JSON request: {e}"))
+            })?;
+            Bytes::from(message.encode_to_vec())
+        }
+    };
+    if protocol != Protocol::ConnectJson {
+        DynamicMessage::decode(method.input.clone(), argument.clone()).map_err(|e| {
+            CallError::new(Code::InvalidArgument, format!("undecodable request: {e}"))
+        })?;
+    }
+    let key = service.extract_key(&method, &argument).map_err(|e| {
+        CallError::new(
+            Code::InvalidArgument,
+            format!("cannot extract the key: {e}"),
+        )
+    })?;
+    let keyed = key.is_some();
+    let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().as_bytes().to_vec());
+    debug_assert!(keyed || service.instance_type == ServiceType::Unkeyed);
+    let target = ServiceId {
+        service: service_name,
+        key: key.into(),
+    };
+    let id = InvocationId::new(target.partition_key());
+    let partition = id.partition(ctx.router.partitions());
+    let (reply, outcome) = oneshot::channel();
+    let command = Command::Invoke {
+        invocation: NewInvocation {
+            id,
+            service: target,
+            method: method_name,
+            argument,
+            keyed,
+        },
+        reply: Some(reply),
+    };
+    if ctx.router.owner(partition) == ctx.core {
+        ctx.local.handle(command);
+    } else {
+        ctx.router
+            .send(partition, command)
+            .await
+            .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))?;
+    }
+    let outcome: Outcome = match timeout {
+        Some(limit) => match select(outcome, glommio::timer::sleep(limit).boxed_local()).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => {
+                return Err(CallError::new(
+                    Code::DeadlineExceeded,
+                    format!("no response within {limit:?}; the invocation carries on"),
+                ))
+            }
+        },
+        None => outcome.await,
+    }
+    .map_err(|_| CallError::new(Code::Unavailable, "the invocation's core is shutting down"))?;
+    match outcome {
+        Ok(output) => respond(protocol, &method.output, output),
+        Err(Failure { code, message }) => Err(CallError::new(code_of(code), message)),
+    }
+}
+
+fn code_of(code: u32) -> Code {
+    use Code::*;
+    [
+        Ok,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    ]
+    .get(code as usize)
+    .copied()
+    .filter(|c| *c != Ok)
+    .unwrap_or(Unknown)
+}
+
+/// The gRPC message inside its 5-byte frame.
+fn unframe(mut body: Bytes) -> Result<Bytes, CallError> {
+    if body.len() < 5 {
+        return Err(CallError::new(
+            Code::InvalidArgument,
+            "the gRPC message frame is truncated",
+        ));
+    }
+    let compressed = body.get_u8();
+    let length = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err(CallError::new(
+            Code::Unimplemented,
+            "compressed gRPC messages are not supported",
+        ));
+    }
+    if length != body.len() {
+        return Err(CallError::new(
+            Code::InvalidArgument,
+            format!(
+                "the gRPC frame says {length} bytes but {} follow (unary calls carry one message)",
+                body.len()
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+fn respond(
+    protocol: Protocol,
+    output: &prost_reflect::MessageDescriptor,
+    bytes: Bytes,
+) -> Result<http::Response<Body>, CallError> {
+    match protocol {
+        Protocol::Grpc => {
+            let mut framed = BytesMut::with_capacity(5 + bytes.len());
+            framed.put_u8(0);
+            framed.put_u32(bytes.len() as u32);
+            framed.put_slice(&bytes);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = futures::stream::iter([
+                Ok::<_, BoxError>(hyper::body::Frame::data(framed.freeze())),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ]);
+            Ok(http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(Body::new(http_body_util::StreamBody::new(frames)))
+                .expect("valid response"))
+        }
+        Protocol::ConnectProto => Ok(http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/proto")
+            .body(full(bytes))
+            .expect("valid response")),
+        Protocol::ConnectJson => {
+            let message = DynamicMessage::decode(output.clone(), bytes).map_err(|e| {
+                CallError::new(
+                    Code::Internal,
+                    format!("the service answered an undecodable message: {e}"),
+                )
+            })?;
+            let mut value = message
+                .serialize_with_options(
+                    serde_json::value::Serializer,
+                    &SerializeOptions::new()
+                        .stringify_64_bit_integers(true)
+                        .skip_default_fields(false),
+                )
+                .map_err(|e| CallError::new(Code::Internal, format!("cannot write JSON: {e}")))?;
+            integral_numbers(&mut value);
+            Ok(http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(full(serde_json::to_vec(&value).expect("json serializes")))
+                .expect("valid response"))
+        }
+    }
+}
+
+/// Writes integral doubles as integers (`5`, not `5.0`), as canonical proto3 JSON does: JSON numbers
+/// have no integer/float distinction, but clients compare text.
+fn integral_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                    *n = serde_json::Number::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
+/// `grpc-timeout` (`100m`, `5S`, ...) or `connect-timeout-ms`.
+fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) {
+        let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+        let n: u64 = digits.parse().ok()?;
+        return Some(match unit {
+            "H" => Duration::from_secs(n * 3600),
+            "M" => Duration::from_secs(n * 60),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        });
+    }
+    headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Protocol;
+    use super::*;
 
     #[test]
     fn content_types_select_the_protocol() {
@@ -105,5 +426,25 @@ mod tests {
         );
         assert_eq!(Protocol::from_content_type(Some("text/plain")), None);
         assert_eq!(Protocol::from_content_type(None), None);
+    }
+
+    #[test]
+    fn timeouts_parse_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static("250m"));
+        assert_eq!(request_timeout(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        h.insert("connect-timeout-ms", HeaderValue::from_static("1500"));
+        assert_eq!(request_timeout(&h), Some(Duration::from_millis(1500)));
+        assert_eq!(request_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn grpc_frames_are_checked() {
+        assert!(unframe(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1])).is_ok());
+        assert!(unframe(Bytes::from_static(&[1, 0, 0, 0, 0])).is_err());
+        assert!(unframe(Bytes::from_static(&[0, 0, 0, 0, 9, 1])).is_err());
+        assert_eq!(code_of(99), Code::Unknown);
+        assert_eq!(code_of(5), Code::NotFound);
     }
 }

@@ -175,6 +175,7 @@ impl Decoder {
     }
 
     /// The next whole frame, if one is buffered.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Frame>, DecodeError> {
         if self.buffer.len() < Header::SIZE {
             return Ok(None);

@@ -10,6 +10,8 @@
 //! Back-pressure: a caller first takes a permit of a semaphore sized to the queue, so the channel is never
 //! full and nothing is dropped; past the bound callers wait asynchronously.
 
+pub mod ordered;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,6 +126,12 @@ pub enum Op {
     },
     /// Remove a row (absent rows are fine).
     Delete { table: Table, key: Vec<u8> },
+    /// Remove every row with `start <= key < end`.
+    DeleteRange {
+        table: Table,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// Writes that become durable together (all or nothing).
@@ -151,6 +159,23 @@ impl WriteBatch {
             table,
             key: key.into(),
         });
+    }
+    /// Adds a range delete (`start <= key < end`).
+    pub fn delete_range(
+        &mut self,
+        table: Table,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) {
+        self.ops.push(Op::DeleteRange {
+            table,
+            start: start.into(),
+            end: end.into(),
+        });
+    }
+    /// Appends every operation of `other`, after this batch's.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
     }
     /// Number of operations.
     pub fn len(&self) -> usize {
@@ -221,6 +246,9 @@ struct Queued {
     /// Held while the request is queued; released when the thread takes it.
     _permit: Option<async_lock::SemaphoreGuardArc>,
 }
+
+/// A place in the storage queue, taken by [`Storage::permit`].
+pub struct Permit(async_lock::SemaphoreGuardArc);
 
 /// A cheap, cloneable, `Send` handle to the storage thread.
 #[derive(Clone)]
@@ -346,15 +374,68 @@ impl Storage {
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Error> {
-        let permit = self.permits.acquire_arc().await;
+        let permit = self.permit().await;
+        self.send(permit, make).await
+    }
+
+    /// Waits for room in the storage queue (back-pressure). Pair with one `send_*` call.
+    pub async fn permit(&self) -> Permit {
+        Permit(self.permits.acquire_arc().await)
+    }
+
+    /// Enqueues a request now (using a permit) and returns the future of its reply: requests sent in
+    /// one order are executed in that order.
+    fn send<T>(
+        &self,
+        permit: Permit,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> impl std::future::Future<Output = Result<T, Error>> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .try_send(Queued {
-                request: make(tx),
-                _permit: Some(permit),
-            })
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let sent = self.tx.try_send(Queued {
+            request: make(tx),
+            _permit: Some(permit.0),
+        });
+        async move {
+            sent.map_err(|_| Error::Closed)?;
+            rx.await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    /// [`write`](Self::write) in two steps: enqueued now, durable when the future completes.
+    pub fn send_write(
+        &self,
+        permit: Permit,
+        batch: WriteBatch,
+    ) -> impl std::future::Future<Output = Result<(), Error>> {
+        self.send(permit, move |reply| Request::Write(batch, reply))
+    }
+
+    /// [`scan_range`](Self::scan_range) in two steps: enqueued now, answered when the future completes.
+    pub fn send_scan(
+        &self,
+        permit: Permit,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Row>, Error>> {
+        self.send(permit, move |reply| Request::Scan {
+            table,
+            start,
+            end,
+            limit,
+            reply,
+        })
+    }
+
+    /// [`get`](Self::get) in two steps.
+    pub fn send_get(
+        &self,
+        permit: Permit,
+        table: Table,
+        key: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, Error>> {
+        self.send(permit, move |reply| Request::Get(table, key, reply))
     }
 
     /// Writes the batch durably (group-committed with concurrent writers). Returns once it is in the WAL
@@ -483,6 +564,9 @@ impl Worker {
                 match op {
                     Op::Put { table, key, value } => batch.put_cf(self.cf(*table), key, value),
                     Op::Delete { table, key } => batch.delete_cf(self.cf(*table), key),
+                    Op::DeleteRange { table, start, end } => {
+                        batch.delete_range_cf(self.cf(*table), start, end)
+                    }
                 }
                 ops += 1;
             }

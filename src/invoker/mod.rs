@@ -1,0 +1,493 @@
+//! The invoker of one core: runs invocation attempts against service endpoints over its own HTTP/2
+//! connections (one per endpoint address, many streams each), with replay, retries and timeouts.
+//!
+//! One attempt = one `POST {endpoint}/invoke/{service}/{method}` stream: Start (with the eager state map
+//! when small), the stored journal, then (bidi) completions as they come, while every entry the SDK sends
+//! is appended durably by the partition processor before anything depends on it.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::future::{select, Either};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use prost::Message;
+
+use crate::config;
+use crate::grpc::Code;
+use crate::http::client::{self, Connection};
+use crate::http::{Body, BoxError};
+use crate::partition::processor::{AppendError, Failure, Processor, SuspendOutcome};
+use crate::partition::{EntryIndex, InvocationId};
+use crate::protocol::messages::{
+    output_stream_entry_message, start_message, CompletionMessage, ErrorMessage,
+    OutputStreamEntryMessage, StartMessage, SuspensionMessage,
+};
+use crate::protocol::{self, types, Decoder, Frame, Kind, FLAG_COMPLETED, FLAG_PARTIAL_STATE};
+use crate::schema::ProtocolMode;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+pub struct AttemptError {
+    /// The code the caller gets if this is the last attempt.
+    pub code: u32,
+    pub message: String,
+    /// A new attempt may succeed.
+    pub transient: bool,
+}
+
+impl AttemptError {
+    fn transient(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code: code as u32,
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    fn terminal(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code: code as u32,
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum AttemptEnd {
+    /// The output was stored and delivered.
+    Done,
+    /// Waiting for a completion.
+    Suspended,
+    /// Suspended on an entry that is already completed: go again.
+    Resume,
+    /// Failed; retried per the retry policy.
+    Failed(AttemptError),
+}
+
+/// The core's invoker: connection pool and limits.
+pub struct Invoker {
+    config: config::Invoker,
+    proxy: Option<String>,
+    tls: Arc<rustls::ClientConfig>,
+    connections: RefCell<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
+    slots: Rc<async_lock::Semaphore>,
+}
+
+impl Invoker {
+    /// The invoker of one core.
+    pub fn new(config: &config::Invoker, tls: Arc<rustls::ClientConfig>) -> Rc<Invoker> {
+        Rc::new(Invoker {
+            config: config.clone(),
+            proxy: config::Config::effective_proxy(&config.proxy_uri),
+            tls,
+            connections: RefCell::new(HashMap::new()),
+            slots: Rc::new(async_lock::Semaphore::new(config.concurrency_limit)),
+        })
+    }
+
+    /// Installs this invoker as the processor's driver: each started invocation runs attempts until it
+    /// is done, suspended, or out of retries.
+    pub fn install(self: &Rc<Self>, processor: &Processor) {
+        let invoker = self.clone();
+        processor.set_driver(Rc::new(move |processor, id| {
+            let invoker = invoker.clone();
+            glommio::spawn_local(async move { invoker.drive(processor, id).await }).detach();
+        }));
+    }
+
+    async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId) {
+        loop {
+            let end = {
+                let _slot = self.slots.acquire().await;
+                self.attempt(&processor, id).await
+            };
+            match end {
+                AttemptEnd::Done | AttemptEnd::Suspended => return,
+                AttemptEnd::Resume => continue,
+                AttemptEnd::Failed(error) => {
+                    let retry = if error.transient {
+                        processor.next_retry(id)
+                    } else {
+                        None
+                    };
+                    match retry {
+                        Some(delay) => {
+                            log::debug!(
+                                invocation = id.to_hex(), attempts = processor.attempts(id);
+                                "attempt failed, retrying in {delay:?}: {}", error.message
+                            );
+                            glommio::timer::sleep(delay).await;
+                        }
+                        None => {
+                            log::warn!(
+                                invocation = id.to_hex(), attempts = processor.attempts(id);
+                                "invocation failed: {}", error.message
+                            );
+                            processor
+                                .finish(
+                                    id,
+                                    Err(Failure {
+                                        code: error.code,
+                                        message: error.message,
+                                    }),
+                                )
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        target: &client::Target,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, client::Error> {
+        let key = format!(
+            "{}|{}",
+            target.address,
+            target.tls_name.as_deref().unwrap_or("")
+        );
+        if let Some(sender) = self.connections.borrow().get(&key) {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        let connection = Connection::open(target, &self.tls).await?;
+        let sender = connection.into_sender();
+        self.connections.borrow_mut().insert(key, sender.clone());
+        Ok(sender)
+    }
+
+    fn forget_connection(&self, target: &client::Target) {
+        let key = format!(
+            "{}|{}",
+            target.address,
+            target.tls_name.as_deref().unwrap_or("")
+        );
+        self.connections.borrow_mut().remove(&key);
+    }
+
+    /// One attempt of `id`.
+    async fn attempt(&self, processor: &Processor, id: InvocationId) -> AttemptEnd {
+        match self.try_attempt(processor, id).await {
+            Ok(end) => end,
+            Err(error) => AttemptEnd::Failed(error),
+        }
+    }
+
+    async fn try_attempt(
+        &self,
+        processor: &Processor,
+        id: InvocationId,
+    ) -> Result<AttemptEnd, AttemptError> {
+        let context = processor
+            .attempt_context(id)
+            .await
+            .map_err(|e| AttemptError::transient(Code::Internal, format!("storage: {e}")))?;
+        let schemas = processor.schemas().get();
+        let Some(service) = schemas.services.get(&context.service.service) else {
+            return Err(AttemptError::transient(
+                Code::NotFound,
+                format!("service {} is not registered", context.service.service),
+            ));
+        };
+        let endpoint = schemas
+            .endpoints
+            .get(&service.endpoint_id)
+            .ok_or_else(|| {
+                AttemptError::transient(Code::NotFound, "the service's endpoint is gone")
+            })?
+            .clone();
+        let uri: http::Uri = format!(
+            "{}/invoke/{}/{}",
+            endpoint.uri, context.service.service, context.method
+        )
+        .parse()
+        .map_err(|e| AttemptError::terminal(Code::Internal, format!("bad invoke uri: {e}")))?;
+        let target = client::target(&uri, self.proxy.as_deref())
+            .map_err(|e| AttemptError::terminal(Code::Internal, e.to_string()))?;
+        let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
+            && !self.config.inactivity_timeout.is_zero();
+
+        // The request body: frames pushed into a channel; dropping the sender ends our side.
+        let (out_tx, out_rx) = mpsc::unbounded::<Bytes>();
+        let body = http_body_util::StreamBody::new(
+            out_rx.map(|bytes| Ok::<_, BoxError>(hyper::body::Frame::data(bytes))),
+        );
+        let mut request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/restate")
+            .header(http::header::ACCEPT, "application/restate")
+            .body(Body::new(body))
+            .expect("valid request");
+        for (name, value) in &endpoint.additional_headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name.as_str()),
+                http::HeaderValue::try_from(value.as_str()),
+            ) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+
+        // Start + replay.
+        let known_entries = context.journal.len() as u32;
+        let start = StartMessage {
+            id: id.as_bytes().to_vec(),
+            debug_id: id.to_hex(),
+            known_entries,
+            state_map: context
+                .state
+                .iter()
+                .map(|(key, value)| start_message::StateEntry {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                })
+                .collect(),
+            partial_state: context.partial_state,
+        };
+        let flags = if context.partial_state {
+            FLAG_PARTIAL_STATE
+        } else {
+            0
+        };
+        let mut out = out_tx;
+        let send = |out: &mpsc::UnboundedSender<Bytes>, frame: Frame| {
+            let _ = out.unbounded_send(frame.encode());
+        };
+        send(&out, Frame::message(types::START, flags, &start));
+        let mut completed: HashSet<EntryIndex> = HashSet::new();
+        for (index, entry) in context.journal.iter().enumerate() {
+            let flags = if entry.completed { FLAG_COMPLETED } else { 0 };
+            if entry.completed {
+                completed.insert(index as EntryIndex);
+            }
+            send(&out, Frame::new(entry.ty, flags, entry.payload.clone()));
+        }
+        let mut request_open = bidi;
+        if !bidi {
+            out.close_channel();
+        }
+
+        let mut sender = self
+            .connection(&target)
+            .await
+            .map_err(|e| AttemptError::transient(Code::Unavailable, e.to_string()))?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.forget_connection(&target);
+                return Err(AttemptError::transient(
+                    Code::Unavailable,
+                    format!("request failed: {e}"),
+                ));
+            }
+        };
+        if !response.status().is_success() {
+            return Err(AttemptError::transient(
+                Code::Internal,
+                format!("the endpoint answered HTTP {}", response.status()),
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        if content_type != Some(b"application/restate") {
+            return Err(AttemptError::transient(
+                Code::Internal,
+                format!(
+                    "the endpoint answered content-type {:?}, expected application/restate",
+                    content_type.map(String::from_utf8_lossy)
+                ),
+            ));
+        }
+
+        let mut body = response.into_body();
+        let mut decoder = Decoder::new(self.config.message_size_limit);
+        let mut next_index = known_entries;
+        loop {
+            // Bidi: inactivity closes our side (the SDK then suspends); after that, silence aborts.
+            let wait = if request_open {
+                self.config.inactivity_timeout
+            } else {
+                self.config.abort_timeout
+            };
+            let frame = match select(
+                body.frame(),
+                glommio::timer::sleep(wait).boxed_local_sleep(),
+            )
+            .await
+            {
+                Either::Left((frame, _)) => frame,
+                Either::Right(_) if request_open => {
+                    request_open = false;
+                    out.close_channel();
+                    continue;
+                }
+                Either::Right(_) => {
+                    return Err(AttemptError::transient(
+                        Code::DeadlineExceeded,
+                        format!("no message from the endpoint for {wait:?} (abort timeout)"),
+                    ))
+                }
+            };
+            let data = match frame {
+                None => {
+                    return Err(AttemptError::transient(
+                        Code::Internal,
+                        "unexpected end of invocation stream",
+                    ))
+                }
+                Some(Err(e)) => {
+                    return Err(AttemptError::transient(
+                        Code::Unavailable,
+                        format!("stream broke: {e}"),
+                    ))
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers
+                },
+            };
+            decoder.push(&data);
+            while let Some(frame) = decoder.next().map_err(|e| {
+                AttemptError::transient(Code::Internal, format!("protocol violation: {e}"))
+            })? {
+                match frame.ty {
+                    types::OUTPUT_STREAM => {
+                        let output = OutputStreamEntryMessage::decode(frame.payload.clone())
+                            .map_err(|e| {
+                                AttemptError::transient(
+                                    Code::Internal,
+                                    format!("protocol violation: {e}"),
+                                )
+                            })?;
+                        let outcome = match output.result {
+                            Some(output_stream_entry_message::Result::Value(value)) => {
+                                Ok(Bytes::from(value))
+                            }
+                            Some(output_stream_entry_message::Result::Failure(f)) => Err(Failure {
+                                code: f.code,
+                                message: f.message,
+                            }),
+                            None => Ok(Bytes::new()),
+                        };
+                        out.close_channel();
+                        processor.finish(id, outcome).await;
+                        return Ok(AttemptEnd::Done);
+                    }
+                    types::SUSPENSION => {
+                        let suspension =
+                            SuspensionMessage::decode(frame.payload.clone()).map_err(|e| {
+                                AttemptError::transient(
+                                    Code::Internal,
+                                    format!("protocol violation: {e}"),
+                                )
+                            })?;
+                        if suspension.entry_indexes.is_empty()
+                            || suspension.entry_indexes.iter().any(|i| *i >= next_index)
+                        {
+                            return Err(AttemptError::transient(
+                                Code::Internal,
+                                format!(
+                                    "protocol violation: suspension on {:?} with {next_index} entries",
+                                    suspension.entry_indexes
+                                ),
+                            ));
+                        }
+                        out.close_channel();
+                        return Ok(
+                            match processor
+                                .suspend(id, suspension.entry_indexes, &completed)
+                                .await
+                            {
+                                SuspendOutcome::Resume => AttemptEnd::Resume,
+                                SuspendOutcome::Suspended => AttemptEnd::Suspended,
+                            },
+                        );
+                    }
+                    types::ERROR => {
+                        let error = ErrorMessage::decode(frame.payload.clone()).unwrap_or_default();
+                        let code = if (1..=16).contains(&error.code) {
+                            error.code
+                        } else {
+                            Code::Unknown as u32
+                        };
+                        return Err(AttemptError {
+                            code,
+                            message: if error.description.is_empty() {
+                                error.message
+                            } else {
+                                format!("{}: {}", error.message, error.description)
+                            },
+                            transient: true,
+                        });
+                    }
+                    ty if protocol::kind(ty) == Some(Kind::Core) => {
+                        return Err(AttemptError::transient(
+                            Code::Internal,
+                            format!("protocol violation: the endpoint sent message type {ty:#06x}"),
+                        ));
+                    }
+                    _ => {
+                        let index = next_index;
+                        next_index += 1;
+                        let completion =
+                            processor
+                                .append(id, index, &frame)
+                                .await
+                                .map_err(|e| match e {
+                                    AppendError::Unsupported(m) => {
+                                        AttemptError::terminal(Code::Unimplemented, m)
+                                    }
+                                    AppendError::Gone => {
+                                        AttemptError::terminal(Code::Aborted, "invocation gone")
+                                    }
+                                    e => AttemptError::transient(Code::Internal, e.to_string()),
+                                })?;
+                        if let Some(completion) = completion {
+                            if completion.result.is_some() {
+                                completed.insert(completion.entry_index);
+                            }
+                            if request_open {
+                                send(&out, completion_frame(&completion));
+                            } else if completion.result.is_none() {
+                                // An ack that cannot be sent: the entry is durable, which replay shows.
+                                completed.insert(completion.entry_index);
+                            }
+                        } else if protocol::kind(frame.ty) == Some(Kind::Completable)
+                            && frame.flag_bit()
+                        {
+                            completed.insert(index);
+                        }
+                    }
+                }
+            }
+            let _ = &mut out;
+        }
+    }
+}
+
+fn completion_frame(completion: &CompletionMessage) -> Frame {
+    Frame::message(types::COMPLETION, 0, completion)
+}
+
+/// Boxes a glommio sleep so it can race in `select` (it is `Unpin` once boxed).
+trait BoxedSleep {
+    fn boxed_local_sleep(self) -> futures::future::LocalBoxFuture<'static, ()>;
+}
+
+impl<F: std::future::Future + 'static> BoxedSleep for F {
+    fn boxed_local_sleep(self) -> futures::future::LocalBoxFuture<'static, ()> {
+        use futures::FutureExt;
+        self.map(|_| ()).boxed_local()
+    }
+}
