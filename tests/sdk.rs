@@ -3,49 +3,8 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-
-use common::{post_json, request_json, Server};
+use common::{post_json, request_json, SdkEndpoint, Server};
 use serde_json::json;
-
-/// `node tests/sdk/services.js` on a free port, killed on drop.
-struct SdkEndpoint {
-    child: Child,
-    port: u16,
-}
-
-impl SdkEndpoint {
-    fn start() -> SdkEndpoint {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/@restatedev/restate-sdk")
-                .exists(),
-            "the SDK is not installed: run `npm ci` in tests/sdk (.ci/run does)"
-        );
-        let port = common::free_port();
-        let mut child = Command::new("node")
-            .arg("services.js")
-            .current_dir(dir)
-            .env("PORT", port.to_string())
-            .env("RESTATE_DEBUG_LOGGING", "OFF")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node is installed");
-        let announced = common::read_listening_port(child.stdout.take().unwrap());
-        assert_eq!(announced, port);
-        SdkEndpoint { child, port }
-    }
-}
-
-impl Drop for SdkEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_real_sdk_registers_routers_and_grpc_services() {

@@ -371,3 +371,67 @@ pub fn request_json(
     };
     (status, value)
 }
+
+/// `node tests/sdk/services.js` (the real TypeScript SDK 0.4.1) on a free port, killed on drop.
+pub struct SdkEndpoint {
+    child: Child,
+    pub port: u16,
+}
+
+impl SdkEndpoint {
+    /// Starts the SDK services; fails loudly if `npm ci` has not been run in tests/sdk.
+    pub fn start() -> SdkEndpoint {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
+        assert!(
+            Path::new(dir)
+                .join("node_modules/@restatedev/restate-sdk")
+                .exists(),
+            "the SDK is not installed: run `npm ci` in tests/sdk (.ci/run does)"
+        );
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg("services.js")
+            .current_dir(dir)
+            .env("PORT", port.to_string())
+            .env("RESTATE_DEBUG_LOGGING", "OFF")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node is installed");
+        let announced = read_listening_port(child.stdout.take().unwrap());
+        assert_eq!(announced, port);
+        SdkEndpoint { child, port }
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SdkEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registers `uri` with the server and asserts success.
+pub fn register(server: &Server, uri: &str) {
+    let (status, body) = post_json(
+        server.meta,
+        "/endpoints",
+        &serde_json::json!({ "uri": uri }),
+    );
+    assert_eq!(status, 201, "registration failed: {body}");
+}
+
+/// A Connect JSON call on the ingress: (HTTP status, JSON body).
+pub fn connect_call(
+    server: &Server,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    request_json(server.ingress, "POST", path, Some(body))
+}
