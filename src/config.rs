@@ -205,6 +205,12 @@ pub struct Invoker {
     pub message_size_limit: usize,
     /// Attempts in flight on one core; more wait for a slot.
     pub concurrency_limit: usize,
+    /// HTTP/2 PING interval on connections to endpoints (0 = no pings).
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    /// A connection whose PING is not answered within this long is closed (its attempts retried).
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for Invoker {
@@ -218,6 +224,8 @@ impl Default for Invoker {
             eager_state_size_limit: 64 * 1024,
             message_size_limit: 32 << 20,
             concurrency_limit: 1000,
+            http2_keep_alive_interval: Duration::from_secs(40),
+            http2_keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -1,21 +1,54 @@
 //! The in-repo service endpoint for tests and benchmarks. It answers discovery for the services of
-//! `proto/restate/test/endpoint.proto`, or misbehaves on purpose (`--mode`), so tests can reach every
-//! error path that the real SDK cannot be made to take on demand.
+//! `proto/restate/test/endpoint.proto`, runs them over the service invocation protocol (the generation
+//! `@restatedev/restate-sdk@0.4.1` speaks, shared/docs/protocol.md §0.1 and §1), or misbehaves on purpose
+//! (`--mode`, `--fail-attempts`), so tests can reach every error path that the real SDK cannot be made to
+//! take on demand.
 //!
-//! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response] [--tls CERT KEY]`; prints
-//! `listening on <port>` once it accepts connections. Modes: ok (default), not-found, garbage,
-//! wrong-content-type, missing-dependency, bad-key, untyped, reserved, close.
+//! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response] [--fail-attempts K]
+//! [--tls CERT KEY]`; prints `listening on <port>` once it accepts connections.
+//!
+//! Discovery modes (`POST /discover`): ok (default), not-found, garbage, wrong-content-type,
+//! missing-dependency, bad-key, untyped, reserved, close. Invocation modes (discovery answers as `ok`):
+//! violate (every attempt sends a frame of the unknown type 0x0123 after the Start message), hang (every
+//! attempt reads the Start message, then never writes and never ends), error-terminal (`Counter/Add`
+//! answers a terminal failure, code 9, after its SetState).
+//!
+//! Invocations (`POST /invoke/{service}/{method}`, `application/restate`, any protocol mode: the endpoint
+//! suspends whenever it needs a completion after the runtime closed its side):
+//! - `restate.test.Counter/Add(AddRequest)`: GetState("total") (decimal i64, absent = 0), SetState("total",
+//!   old + delta), Output(CounterValue{old + delta}). `--fail-attempts K`: the first K attempts of each
+//!   invocation id send `ErrorMessage{13, "injected failure on attempt N"}` right after the SetState.
+//! - `restate.test.Counter/Get(KeyRequest)`: GetState("total"), Output(CounterValue).
+//! - `restate.test.Echo/Echo(EchoMessage)`: text `side-effect:<path>` first runs a side effect (entry
+//!   0xFC01, REQUIRES_ACK) appending "<invocation id hex>\n" to `<path>`; then Output(the input unchanged).
+//! - `restate.test.Config/Get(Empty)`: Output(EchoMessage{text: "config"}).
+//!
+//! `GET /stats`: `{"attempts": <invocation attempts started>, "side_effects": <side effects executed>}`.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::channel::mpsc;
+use futures::{FutureExt, SinkExt};
 use glommio::net::TcpListener;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
 use prost::Message;
 use restate::http::server::{self, CoreServers, Counters, Limits};
-use restate::http::{full, Body};
+use restate::http::{full, json_response, Body, BoxError};
 use restate::proto::discovery::ServiceDiscoveryResponse;
+use restate::proto::test::{AddRequest, CounterValue, EchoMessage, KeyRequest};
+use restate::protocol::messages::{
+    completion_message, get_state_entry_message, output_stream_entry_message, CompletionMessage,
+    ErrorMessage, Failure, GetStateEntryMessage, OutputStreamEntryMessage,
+    PollInputStreamEntryMessage, SetStateEntryMessage, StartMessage, SuspensionMessage,
+};
+use restate::protocol::{
+    types, Decoder, Frame, FLAG_COMPLETED, FLAG_PARTIAL_STATE, FLAG_REQUIRES_ACK,
+};
 use restate::shutdown::Shutdown;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,6 +62,9 @@ enum Mode {
     Untyped,
     Reserved,
     Close,
+    Violate,
+    Hang,
+    ErrorTerminal,
 }
 
 fn parse_mode(s: &str) -> Mode {
@@ -42,6 +78,9 @@ fn parse_mode(s: &str) -> Mode {
         "untyped" => Mode::Untyped,
         "reserved" => Mode::Reserved,
         "close" => Mode::Close,
+        "violate" => Mode::Violate,
+        "hang" => Mode::Hang,
+        "error-terminal" => Mode::ErrorTerminal,
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2)
@@ -107,6 +146,61 @@ fn respond(mode: Mode, request_response: bool, path: &str) -> http::Response<Bod
     }
 }
 
+/// What the command line asked for.
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    mode: Mode,
+    /// Announce REQUEST_RESPONSE at discovery (invocations work the same either way).
+    request_response: bool,
+    /// `Counter/Add` attempts of one invocation id that fail before one succeeds.
+    fail_attempts: u32,
+}
+
+/// State of the endpoint process (one executor: no locks).
+struct Endpoint {
+    options: Options,
+    /// `/invoke` attempts started (`/stats`).
+    attempts: Cell<u64>,
+    /// Side effects actually executed, not replayed (`/stats`).
+    side_effects: Cell<u64>,
+    /// `Counter/Add` attempts seen per invocation id, for `--fail-attempts`.
+    add_attempts: RefCell<HashMap<Vec<u8>, u32>>,
+}
+
+impl Endpoint {
+    /// Counts an attempt of `Counter/Add` for `id` and returns its number, from 1.
+    fn count_add_attempt(&self, id: &[u8]) -> u32 {
+        let mut attempts = self.add_attempts.borrow_mut();
+        let n = attempts.entry(id.to_vec()).or_insert(0);
+        *n += 1;
+        *n
+    }
+}
+
+fn handle(endpoint: &Rc<Endpoint>, request: http::Request<Incoming>) -> http::Response<Body> {
+    let path = request.uri().path().to_owned();
+    let Options {
+        mode,
+        request_response,
+        ..
+    } = endpoint.options;
+    if request.method() == http::Method::GET && path == "/stats" {
+        return json_response(
+            http::StatusCode::OK,
+            &serde_json::json!({
+                "attempts": endpoint.attempts.get(),
+                "side_effects": endpoint.side_effects.get(),
+            }),
+        );
+    }
+    if mode != Mode::NotFound && request.method() == http::Method::POST {
+        if let Some(target) = path.strip_prefix("/invoke/") {
+            return invoke(endpoint, target, request);
+        }
+    }
+    respond(mode, request_response, &path)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -116,8 +210,16 @@ fn main() {
             .cloned()
     };
     let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
-    let mode = parse_mode(&arg("--mode").unwrap_or_else(|| "ok".into()));
-    let request_response = args.iter().any(|a| a == "--request-response");
+    let options = Options {
+        mode: parse_mode(&arg("--mode").unwrap_or_else(|| "ok".into())),
+        request_response: args.iter().any(|a| a == "--request-response"),
+        fail_attempts: arg("--fail-attempts").map_or(0, |k| {
+            k.parse().unwrap_or_else(|_| {
+                eprintln!("--fail-attempts takes a number, not {k}");
+                std::process::exit(2)
+            })
+        }),
+    };
     let tls = args.iter().position(|a| a == "--tls").map(|i| {
         let (cert, key) = (&args[i + 1], &args[i + 2]);
         tls_acceptor(cert, key)
@@ -128,7 +230,7 @@ fn main() {
         .spawn(move || async move {
             let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
             println!("listening on {}", listener.local_addr().unwrap().port());
-            if mode == Mode::Close {
+            if options.mode == Mode::Close {
                 // Accept and hang up at once: no HTTP at all.
                 loop {
                     if let Ok(stream) = listener.accept().await {
@@ -136,9 +238,15 @@ fn main() {
                     }
                 }
             }
+            let endpoint = Rc::new(Endpoint {
+                options,
+                attempts: Cell::new(0),
+                side_effects: Cell::new(0),
+                add_attempts: RefCell::new(HashMap::new()),
+            });
             let handler: server::Handler = Rc::new(move |request| {
-                let path = request.uri().path().to_owned();
-                async move { respond(mode, request_response, &path) }.boxed_local()
+                let response = handle(&endpoint, request);
+                async move { response }.boxed_local()
             });
             if let Some(tls) = tls {
                 serve_tls(listener, tls, handler).await;
@@ -163,6 +271,577 @@ fn main() {
         })
         .expect("executor");
     executor.join().expect("endpoint");
+}
+
+// ---- Invocations: the service side of the invocation protocol. ----
+
+/// `ErrorMessage` / `Failure` codes used here (gRPC codes, and the protocol's own from §1.7).
+mod code {
+    pub const INVALID_ARGUMENT: u32 = 3;
+    pub const FAILED_PRECONDITION: u32 = 9;
+    pub const INTERNAL: u32 = 13;
+    pub const JOURNAL_MISMATCH: u32 = 32;
+    pub const PROTOCOL_VIOLATION: u32 = 33;
+}
+
+/// The largest message accepted from the runtime; the test services never come near it.
+const MESSAGE_LIMIT_BYTES: usize = 16 << 20;
+/// Response frames buffered ahead of the runtime reading them (back pressure beyond that).
+const RESPONSE_QUEUE_FRAMES: usize = 16;
+/// The state key of the counters.
+const TOTAL: &[u8] = b"total";
+
+/// A method of the test services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    CounterAdd,
+    CounterGet,
+    Echo,
+    ConfigGet,
+}
+
+impl Method {
+    /// The method at `target` (`{service}/{method}`, what follows `/invoke/`).
+    fn parse(target: &str) -> Option<Method> {
+        match target {
+            "restate.test.Counter/Add" => Some(Method::CounterAdd),
+            "restate.test.Counter/Get" => Some(Method::CounterGet),
+            "restate.test.Echo/Echo" => Some(Method::Echo),
+            "restate.test.Config/Get" => Some(Method::ConfigGet),
+            _ => None,
+        }
+    }
+}
+
+/// The response body's sending end: one HTTP data frame per protocol message.
+type Sender = mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>;
+
+/// Starts one invocation attempt: answers 200 at once and streams the protocol messages from a task, so
+/// the runtime can read entries while it still writes (BIDI_STREAM).
+fn invoke(
+    endpoint: &Rc<Endpoint>,
+    target: &str,
+    request: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let Some(method) = Method::parse(target) else {
+        return http::Response::builder()
+            .status(404)
+            .body(full(format!("unknown service method {target}")))
+            .unwrap();
+    };
+    let content_type = request.headers().get(http::header::CONTENT_TYPE);
+    if content_type.map(|v| v.as_bytes()) != Some(b"application/restate") {
+        return http::Response::builder()
+            .status(415)
+            .body(full("expected content-type: application/restate"))
+            .unwrap();
+    }
+    endpoint.attempts.set(endpoint.attempts.get() + 1);
+    let (sender, receiver) = mpsc::channel(RESPONSE_QUEUE_FRAMES);
+    let attempt = Attempt::new(endpoint.clone(), request.into_body(), sender);
+    glommio::spawn_local(attempt.run(method)).detach();
+    http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/restate")
+        .body(StreamBody::new(receiver).boxed_unsync())
+        .unwrap()
+}
+
+/// The attempt ended early: the terminal message (suspension or error) is sent, or the runtime is gone.
+struct Stopped;
+
+/// The JavaScript SDK's side effect entry (custom type 0xFC01): the side effect's result.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SideEffectEntryMessage {
+    #[prost(oneof = "SideEffectResult", tags = "14, 15")]
+    result: Option<SideEffectResult>,
+}
+
+/// The result of a side effect.
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum SideEffectResult {
+    #[prost(bytes, tag = "14")]
+    Value(Vec<u8>),
+    #[prost(message, tag = "15")]
+    Failure(Failure),
+}
+
+/// One invocation attempt: the runtime's request stream, our response stream, and the journal as far as
+/// this attempt knows it.
+struct Attempt {
+    endpoint: Rc<Endpoint>,
+    /// The runtime's side of the stream: Start, replayed entries, then completions (bidi only).
+    body: Incoming,
+    decoder: Decoder,
+    /// The runtime closed its side: after replay in REQUEST_RESPONSE mode, or to make us suspend.
+    body_ended: bool,
+    /// Our side of the stream.
+    out: Sender,
+    /// `StartMessage.id`.
+    id: Vec<u8>,
+    /// Replayed entries by index; index 0 is the input.
+    replayed: Vec<Frame>,
+    /// The index the next journal action gets.
+    next_index: u32,
+    /// The state map is incomplete: keys it lacks must be asked from the runtime.
+    partial_state: bool,
+    /// State this attempt knows: a value, or `None` when known absent.
+    state: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Completions that arrived before they were awaited, by entry index.
+    completions: HashMap<u32, Option<completion_message::Result>>,
+}
+
+impl Attempt {
+    fn new(endpoint: Rc<Endpoint>, body: Incoming, out: Sender) -> Attempt {
+        Attempt {
+            endpoint,
+            body,
+            decoder: Decoder::new(MESSAGE_LIMIT_BYTES),
+            body_ended: false,
+            out,
+            id: Vec::new(),
+            replayed: Vec::new(),
+            next_index: 1,
+            partial_state: false,
+            state: HashMap::new(),
+            completions: HashMap::new(),
+        }
+    }
+
+    /// Runs the attempt to its end; ending the response body is what closes our side.
+    async fn run(mut self, method: Method) {
+        let Ok(input) = self.start().await else {
+            return;
+        };
+        match self.endpoint.options.mode {
+            Mode::Hang => {
+                // Never write, never end: wait until the runtime gives up on the stream.
+                while !self.out.is_closed() {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+                return;
+            }
+            Mode::Violate => {
+                let _ = self.send(Frame::new(0x0123, 0, Vec::new())).await;
+                return;
+            }
+            _ => {}
+        }
+        let _ = match method {
+            Method::CounterAdd => self.counter_add(&input).await,
+            Method::CounterGet => self.counter_get(&input).await,
+            Method::Echo => self.echo(&input).await,
+            Method::ConfigGet => {
+                let config = EchoMessage {
+                    text: "config".into(),
+                    ..Default::default()
+                };
+                self.output(Ok(config.encode_to_vec())).await
+            }
+        };
+    }
+
+    /// Reads the Start message and, outside the misbehaving modes, the replayed journal; returns the
+    /// invocation's argument.
+    async fn start(&mut self) -> Result<Vec<u8>, Stopped> {
+        let frame = match self.read().await? {
+            Some(frame) if frame.ty == types::START => frame,
+            _ => return Err(self.violation("expected a StartMessage first").await),
+        };
+        let start: StartMessage = self.decode(&frame).await?;
+        self.id = start.id;
+        self.partial_state = start.partial_state || frame.flags & FLAG_PARTIAL_STATE != 0;
+        self.state = start
+            .state_map
+            .into_iter()
+            .map(|entry| (entry.key, Some(entry.value)))
+            .collect();
+        if matches!(self.endpoint.options.mode, Mode::Hang | Mode::Violate) {
+            return Ok(Vec::new());
+        }
+        while self.replayed.len() < start.known_entries as usize {
+            match self.read().await? {
+                Some(frame) if frame.ty == types::COMPLETION => {
+                    self.store_completion(&frame).await?
+                }
+                Some(frame) if frame.ty & 0xFC00 != 0 => self.replayed.push(frame),
+                Some(frame) => {
+                    let message = format!("unexpected message {:#06x} during replay", frame.ty);
+                    return Err(self.violation(&message).await);
+                }
+                None => {
+                    let message = format!(
+                        "the stream ended after {} of {} replayed entries",
+                        self.replayed.len(),
+                        start.known_entries
+                    );
+                    return Err(self.violation(&message).await);
+                }
+            }
+        }
+        match self.replayed.first().cloned() {
+            Some(frame) if frame.ty == types::POLL_INPUT_STREAM => {
+                let input: PollInputStreamEntryMessage = self.decode(&frame).await?;
+                Ok(input.value)
+            }
+            _ => Err(self
+                .violation("entry 0 is not a PollInputStream entry")
+                .await),
+        }
+    }
+
+    async fn counter_add(&mut self, input: &[u8]) -> Result<(), Stopped> {
+        let attempt = self.endpoint.count_add_attempt(&self.id);
+        let Ok(request) = AddRequest::decode(input) else {
+            return self.invalid_argument("AddRequest").await;
+        };
+        let total = self.counter().await?.wrapping_add(request.delta);
+        self.set_state(TOTAL, total.to_string().into_bytes())
+            .await?;
+        if attempt <= self.endpoint.options.fail_attempts {
+            let message = format!("injected failure on attempt {attempt}");
+            return Err(self.fail(code::INTERNAL, &message, "").await);
+        }
+        if self.endpoint.options.mode == Mode::ErrorTerminal {
+            return self
+                .output(Err(Failure {
+                    code: code::FAILED_PRECONDITION,
+                    message: "terminal failure".into(),
+                }))
+                .await;
+        }
+        self.output(Ok(CounterValue { value: total }.encode_to_vec()))
+            .await
+    }
+
+    async fn counter_get(&mut self, input: &[u8]) -> Result<(), Stopped> {
+        if KeyRequest::decode(input).is_err() {
+            return self.invalid_argument("KeyRequest").await;
+        }
+        let value = self.counter().await?;
+        self.output(Ok(CounterValue { value }.encode_to_vec()))
+            .await
+    }
+
+    async fn echo(&mut self, input: &[u8]) -> Result<(), Stopped> {
+        let Ok(message) = EchoMessage::decode(input) else {
+            return self.invalid_argument("EchoMessage").await;
+        };
+        if let Some(path) = message.text.strip_prefix("side-effect:") {
+            let line = format!("{}\n", hex(&self.id));
+            let result = self.side_effect(|| append_line(path, &line)).await?;
+            if let Err(failure) = result {
+                return self.output(Err(failure)).await;
+            }
+        }
+        self.output(Ok(input.to_vec())).await
+    }
+
+    /// The counter: GetState("total") as a decimal i64, absent = 0.
+    async fn counter(&mut self) -> Result<i64, Stopped> {
+        let Some(raw) = self.get_state(TOTAL).await? else {
+            return Ok(0);
+        };
+        match std::str::from_utf8(&raw).ok().and_then(|s| s.parse().ok()) {
+            Some(value) => Ok(value),
+            None => Err(self
+                .fail(code::INTERNAL, "state \"total\" is not a decimal i64", "")
+                .await),
+        }
+    }
+
+    async fn invalid_argument(&mut self, what: &str) -> Result<(), Stopped> {
+        self.output(Err(Failure {
+            code: code::INVALID_ARGUMENT,
+            message: format!("the argument is not a valid {what}"),
+        }))
+        .await
+    }
+
+    // ---- Journal actions. ----
+
+    /// Takes the next journal index and, while replaying, its stored entry, which must be of type `ty`.
+    async fn next_entry(&mut self, ty: u16) -> Result<(u32, Option<Frame>), Stopped> {
+        let index = self.next_index;
+        self.next_index += 1;
+        let Some(stored) = self.replayed.get(index as usize).cloned() else {
+            return Ok((index, None));
+        };
+        if stored.ty != ty {
+            let description = format!(
+                "entry {index}: the journal has type {:#06x}, the handler wants {ty:#06x}",
+                stored.ty
+            );
+            return Err(self.mismatch(&description).await);
+        }
+        Ok((index, Some(stored)))
+    }
+
+    /// GetState: from the journal while replaying, else answered locally when the state is known
+    /// (complete map, or a key this attempt saw), else asked from the runtime.
+    async fn get_state(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Stopped> {
+        use get_state_entry_message::Result as R;
+        let (index, stored) = self.next_entry(types::GET_STATE).await?;
+        let value = match stored {
+            Some(frame) => {
+                let entry: GetStateEntryMessage = self.decode(&frame).await?;
+                if entry.key != key {
+                    let description = format!("entry {index}: GetState of another key");
+                    return Err(self.mismatch(&description).await);
+                }
+                match entry.result {
+                    Some(R::Empty(())) => None,
+                    Some(R::Value(value)) => Some(value),
+                    None => self.state_completion(index).await?,
+                }
+            }
+            None => match self.known_state(key) {
+                Some(value) => {
+                    let entry = GetStateEntryMessage {
+                        key: key.to_vec(),
+                        result: Some(match &value {
+                            Some(value) => R::Value(value.clone()),
+                            None => R::Empty(()),
+                        }),
+                    };
+                    self.send(Frame::message(types::GET_STATE, FLAG_COMPLETED, &entry))
+                        .await?;
+                    value
+                }
+                None => {
+                    let entry = GetStateEntryMessage {
+                        key: key.to_vec(),
+                        result: None,
+                    };
+                    self.send(Frame::message(types::GET_STATE, 0, &entry))
+                        .await?;
+                    self.state_completion(index).await?
+                }
+            },
+        };
+        self.state.insert(key.to_vec(), value.clone());
+        Ok(value)
+    }
+
+    /// What this attempt knows of `key`: `Some(None)` is known absent, `None` unknown.
+    fn known_state(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        match self.state.get(key) {
+            Some(value) => Some(value.clone()),
+            None if !self.partial_state => Some(None),
+            None => None,
+        }
+    }
+
+    /// Waits for the completion of the GetState at `index`.
+    async fn state_completion(&mut self, index: u32) -> Result<Option<Vec<u8>>, Stopped> {
+        use completion_message::Result as R;
+        match self.completion(index).await? {
+            Some(R::Empty(())) => Ok(None),
+            Some(R::Value(value)) => Ok(Some(value)),
+            Some(R::Failure(failure)) => {
+                let message = format!("GetState failed: {}", failure.message);
+                Err(self.fail(failure.code, &message, "").await)
+            }
+            None => Err(self
+                .violation("a GetState completion without a result")
+                .await),
+        }
+    }
+
+    async fn set_state(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), Stopped> {
+        let (index, stored) = self.next_entry(types::SET_STATE).await?;
+        match stored {
+            Some(frame) => {
+                let entry: SetStateEntryMessage = self.decode(&frame).await?;
+                if entry.key != key {
+                    let description = format!("entry {index}: SetState of another key");
+                    return Err(self.mismatch(&description).await);
+                }
+            }
+            None => {
+                let entry = SetStateEntryMessage {
+                    key: key.to_vec(),
+                    value: value.clone(),
+                };
+                self.send(Frame::message(types::SET_STATE, 0, &entry))
+                    .await?;
+            }
+        }
+        self.state.insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
+    /// A side effect: while replaying, its stored result (the action does not run again); else runs
+    /// `action`, journals the result with REQUIRES_ACK and waits for the runtime's ack (suspending on it
+    /// when the runtime closed its side first).
+    async fn side_effect(
+        &mut self,
+        action: impl FnOnce() -> Result<Vec<u8>, Failure>,
+    ) -> Result<Result<Vec<u8>, Failure>, Stopped> {
+        let (index, stored) = self.next_entry(types::SIDE_EFFECT).await?;
+        if let Some(frame) = stored {
+            let entry: SideEffectEntryMessage = self.decode(&frame).await?;
+            return Ok(match entry.result {
+                Some(SideEffectResult::Value(value)) => Ok(value),
+                Some(SideEffectResult::Failure(failure)) => Err(failure),
+                None => Ok(Vec::new()),
+            });
+        }
+        let result = action();
+        self.endpoint
+            .side_effects
+            .set(self.endpoint.side_effects.get() + 1);
+        let entry = SideEffectEntryMessage {
+            result: Some(match &result {
+                Ok(value) => SideEffectResult::Value(value.clone()),
+                Err(failure) => SideEffectResult::Failure(failure.clone()),
+            }),
+        };
+        self.send(Frame::message(
+            types::SIDE_EFFECT,
+            FLAG_REQUIRES_ACK,
+            &entry,
+        ))
+        .await?;
+        match self.completion(index).await? {
+            None | Some(completion_message::Result::Empty(())) => Ok(result),
+            Some(_) => Err(self.violation("a side effect ack with a result").await),
+        }
+    }
+
+    /// The output entry; after it the attempt ends (a replayed output is not sent again).
+    async fn output(&mut self, result: Result<Vec<u8>, Failure>) -> Result<(), Stopped> {
+        let (_, stored) = self.next_entry(types::OUTPUT_STREAM).await?;
+        if stored.is_none() {
+            let entry = OutputStreamEntryMessage {
+                result: Some(match result {
+                    Ok(value) => output_stream_entry_message::Result::Value(value),
+                    Err(failure) => output_stream_entry_message::Result::Failure(failure),
+                }),
+            };
+            self.send(Frame::message(types::OUTPUT_STREAM, 0, &entry))
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ---- The stream. ----
+
+    /// The completion of entry `index`: waits for it on the request stream; when the runtime closed its
+    /// side first, suspends on `index`.
+    async fn completion(
+        &mut self,
+        index: u32,
+    ) -> Result<Option<completion_message::Result>, Stopped> {
+        loop {
+            if let Some(result) = self.completions.remove(&index) {
+                return Ok(result);
+            }
+            match self.read().await? {
+                Some(frame) if frame.ty == types::COMPLETION => {
+                    self.store_completion(&frame).await?
+                }
+                Some(frame) => {
+                    let message = format!("unexpected message {:#06x} after replay", frame.ty);
+                    return Err(self.violation(&message).await);
+                }
+                None => {
+                    let suspension = SuspensionMessage {
+                        entry_indexes: vec![index],
+                    };
+                    self.send(Frame::message(types::SUSPENSION, 0, &suspension))
+                        .await?;
+                    return Err(Stopped);
+                }
+            }
+        }
+    }
+
+    async fn store_completion(&mut self, frame: &Frame) -> Result<(), Stopped> {
+        let completion: CompletionMessage = self.decode(frame).await?;
+        self.completions
+            .insert(completion.entry_index, completion.result);
+        Ok(())
+    }
+
+    /// The next message from the runtime; `None` once its side has ended (a reset counts as an end).
+    async fn read(&mut self) -> Result<Option<Frame>, Stopped> {
+        loop {
+            match self.decoder.next() {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) if self.body_ended => return Ok(None),
+                Ok(None) => {}
+                Err(e) => return Err(self.violation(&e.to_string()).await),
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                Some(Err(_)) | None => self.body_ended = true,
+            }
+        }
+    }
+
+    /// Decodes a message's payload; a payload that does not decode is a protocol violation.
+    async fn decode<M: Message + Default>(&mut self, frame: &Frame) -> Result<M, Stopped> {
+        match M::decode(frame.payload.clone()) {
+            Ok(message) => Ok(message),
+            Err(e) => {
+                let message = format!("message {:#06x} does not decode: {e}", frame.ty);
+                Err(self.violation(&message).await)
+            }
+        }
+    }
+
+    /// Sends one message; fails when the runtime is gone.
+    async fn send(&mut self, frame: Frame) -> Result<(), Stopped> {
+        self.out
+            .send(Ok(hyper::body::Frame::data(frame.encode())))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Fails the attempt with an `ErrorMessage`.
+    async fn fail(&mut self, code: u32, message: &str, description: &str) -> Stopped {
+        let error = ErrorMessage {
+            code,
+            message: message.into(),
+            description: description.into(),
+        };
+        let _ = self.send(Frame::message(types::ERROR, 0, &error)).await;
+        Stopped
+    }
+
+    async fn mismatch(&mut self, description: &str) -> Stopped {
+        self.fail(code::JOURNAL_MISMATCH, "journal mismatch", description)
+            .await
+    }
+
+    async fn violation(&mut self, description: &str) -> Stopped {
+        self.fail(code::PROTOCOL_VIOLATION, "protocol violation", description)
+            .await
+    }
+}
+
+/// Appends `line` to the file at `path` (the side effect of `Echo`); the line is the result.
+fn append_line(path: &str, line: &str) -> Result<Vec<u8>, Failure> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map(|()| line.as_bytes().to_vec())
+        .map_err(|e| Failure {
+            code: code::INTERNAL,
+            message: format!("appending to {path}: {e}"),
+        })
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A TLS acceptor offering only HTTP/2 (ALPN h2), from PEM files.

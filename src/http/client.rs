@@ -135,6 +135,24 @@ impl Connection {
     /// Opens a TCP connection (TLS for https), and performs the HTTP/2 handshake. The connection task
     /// runs on the current core until the connection closes.
     pub async fn open(target: &Target, tls: &Arc<ClientConfig>) -> Result<Connection, Error> {
+        Self::open_with(target, tls, None).await
+    }
+
+    /// Like [`open`](Self::open), with HTTP/2 keep-alive pings every `keep_alive.0` (dropping the
+    /// connection when a ping gets no answer within `keep_alive.1`).
+    pub async fn open_with(
+        target: &Target,
+        tls: &Arc<ClientConfig>,
+        keep_alive: Option<(Duration, Duration)>,
+    ) -> Result<Connection, Error> {
+        let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
+        if let Some((interval, timeout)) = keep_alive {
+            builder
+                .timer(super::timer::ThreadTimer)
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
         let address = target.address.as_str();
         let stream = TcpStream::connect(address)
             .await
@@ -150,9 +168,7 @@ impl Connection {
         let (sender, connection) = match &target.tls_name {
             None => {
                 let io = Io::new(stream, Activity::new());
-                let (sender, connection) = hyper::client::conn::http2::handshake(LocalExec, io)
-                    .await
-                    .map_err(handshake_error)?;
+                let (sender, connection) = builder.handshake(io).await.map_err(handshake_error)?;
                 (sender, connection.boxed_local())
             }
             Some(name) => {
@@ -168,9 +184,7 @@ impl Connection {
                     )));
                 }
                 let io = Io::new(stream, Activity::new());
-                let (sender, connection) = hyper::client::conn::http2::handshake(LocalExec, io)
-                    .await
-                    .map_err(handshake_error)?;
+                let (sender, connection) = builder.handshake(io).await.map_err(handshake_error)?;
                 (sender, connection.boxed_local())
             }
         };

@@ -8,6 +8,7 @@
 pub mod client;
 mod io;
 pub mod server;
+pub mod timer;
 
 use std::convert::Infallible;
 

@@ -161,7 +161,11 @@ impl Invoker {
                 return Ok(sender.clone());
             }
         }
-        let connection = Connection::open(target, &self.tls).await?;
+        let keep_alive = (!self.config.http2_keep_alive_interval.is_zero()).then_some((
+            self.config.http2_keep_alive_interval,
+            self.config.http2_keep_alive_timeout,
+        ));
+        let connection = Connection::open_with(target, &self.tls, keep_alive).await?;
         let sender = connection.into_sender();
         self.connections.borrow_mut().insert(key, sender.clone());
         Ok(sender)

@@ -1,0 +1,333 @@
+//! Ingress → runtime → in-repo endpoint: requests per second, p50/p99 latency and runtime CPU per
+//! invocation, for a trivial handler (`restate.test.Echo/Echo`) and a keyed counter
+//! (`restate.test.Counter/Add`: GetState + SetState + Output), with `sync_writes` off and on.
+//!
+//! The baseline, run in the same command, calls the endpoint directly with the service protocol (no
+//! runtime, nothing durable): every runtime figure is reported against it.
+//!
+//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2]`
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn start_endpoint() -> (Process, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_restate-test-endpoint"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("endpoint output").unwrap();
+        if let Some(p) = line.strip_prefix("listening on ") {
+            break p.trim().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Process(child), port)
+}
+
+struct Runtime {
+    process: Process,
+    ingress: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn start_runtime(cores: u64, sync: bool, endpoint: u16) -> Runtime {
+    let dir = tempfile::tempdir().unwrap();
+    let (ingress, meta, storage) = (free_port(), free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_restate"))
+        .current_dir(dir.path())
+        .env(
+            "RESTATE_WORKER__INGRESS_GRPC__BIND_ADDRESS",
+            format!("127.0.0.1:{ingress}"),
+        )
+        .env("RESTATE_META__REST_ADDRESS", format!("127.0.0.1:{meta}"))
+        .env(
+            "RESTATE_WORKER__STORAGE_GRPC__BIND_ADDRESS",
+            format!("127.0.0.1:{storage}"),
+        )
+        .env("RESTATE_RUNTIME__CORES", cores.to_string())
+        .env(
+            "RESTATE_WORKER__STORAGE_ROCKSDB__SYNC_WRITES",
+            sync.to_string(),
+        )
+        .env("RESTATE_TRACING__FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = format!("{{\"uri\":\"http://127.0.0.1:{endpoint}\"}}");
+    loop {
+        assert!(Instant::now() < deadline, "runtime did not come up");
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", meta)) {
+            use std::io::{Read, Write};
+            let request = format!(
+                "POST /endpoints HTTP/1.1\r\nHost: x\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(request.as_bytes());
+            let mut response = String::new();
+            let _ = s.read_to_string(&mut response);
+            if response.starts_with("HTTP/1.1 201") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Runtime {
+        process,
+        ingress,
+        _dir: dir,
+    }
+}
+
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// The service protocol's opening for a direct call: Start + the input entry, then end of request.
+fn protocol_request(argument: &[u8]) -> Bytes {
+    use prost::Message;
+    use restate::protocol::messages::{PollInputStreamEntryMessage, StartMessage};
+    use restate::protocol::{types, Frame, FLAG_COMPLETED};
+    let start = StartMessage {
+        id: vec![7; 24],
+        debug_id: "bench".into(),
+        known_entries: 1,
+        state_map: vec![],
+        partial_state: false,
+    };
+    let input = PollInputStreamEntryMessage {
+        value: argument.to_vec(),
+    };
+    let mut out = Frame::message(types::START, 0, &start).encode().to_vec();
+    out.extend_from_slice(
+        &Frame::new(
+            types::POLL_INPUT_STREAM,
+            FLAG_COMPLETED,
+            input.encode_to_vec(),
+        )
+        .encode(),
+    );
+    out.into()
+}
+
+struct Load {
+    requests: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// Drives `concurrency` requests in flight for `seconds` over 4 HTTP/2 connections.
+fn drive(
+    port: u16,
+    path: &'static str,
+    content_type: &'static str,
+    body: impl Fn(u64) -> Bytes + Send + Sync + 'static,
+    concurrency: u64,
+    seconds: u64,
+) -> Load {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Arc::new(body);
+    rt.block_on(async move {
+        let mut senders = Vec::new();
+        for _ in 0..4 {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_stream_window_size(1 << 20)
+                    .handshake::<_, http_body_util::Full<Bytes>>(hyper_util::rt::TokioIo::new(
+                        stream,
+                    ))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            senders.push(sender);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let mut sender = senders[i as usize % senders.len()].clone();
+                let stop = stop.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+                            .header("content-type", content_type)
+                            .header("te", "trailers")
+                            .body(http_body_util::Full::new(body(i * 1_000_000 + n)))
+                            .unwrap();
+                        let t = Instant::now();
+                        let response = sender.send_request(request).await.expect("response");
+                        let ok = response.status().is_success();
+                        let collected = response.into_body().collect().await.expect("body");
+                        let grpc_ok = collected
+                            .trailers()
+                            .and_then(|t| t.get("grpc-status"))
+                            .is_none_or(|s| s == "0");
+                        assert!(ok && grpc_ok, "a call failed");
+                        latencies.push(t.elapsed());
+                        n += 1;
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        Load {
+            requests: latencies.len() as u64,
+            elapsed,
+            latencies,
+        }
+    })
+}
+
+fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies[((latencies.len() - 1) as f64 * p) as usize]
+}
+
+fn main() {
+    let seconds = arg("--seconds", 5);
+    let concurrency = arg("--concurrency", 64);
+    let cores = arg("--cores", 2);
+    println!(
+        "invocations: {concurrency} calls in flight for {seconds}s per case; runtime cores={cores}; \
+         client, runtime and endpoint share this machine ({} CPUs)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>14} {:>10}",
+        "case", "req/s", "p50 ms", "p99 ms", "runtime CPU/inv", "vs base"
+    );
+    let report = |name: &str, load: &Load, cpu: Option<f64>, base: Option<f64>| {
+        let rate = load.requests as f64 / load.elapsed.as_secs_f64();
+        println!(
+            "{name:<34} {rate:>10.0} {:>9.2} {:>9.2} {:>14} {:>10}",
+            percentile(&load.latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&load.latencies, 0.99).as_secs_f64() * 1e3,
+            cpu.map(|c| format!("{:.1} µs", c * 1e6 / load.requests.max(1) as f64))
+                .unwrap_or_else(|| "-".into()),
+            base.map(|b| format!("{:.2}x", rate / b))
+                .unwrap_or_else(|| "1.00x".into()),
+        );
+        rate
+    };
+    // EchoMessage { text = "hi" }.
+    let echo: &'static [u8] = &[0x0a, 0x02, b'h', b'i'];
+    let (endpoint, endpoint_port) = start_endpoint();
+    let baseline = drive(
+        endpoint_port,
+        "/invoke/restate.test.Echo/Echo",
+        "application/restate",
+        move |_| protocol_request(echo),
+        concurrency,
+        seconds,
+    );
+    let base = report("baseline: endpoint direct (echo)", &baseline, None, None);
+    for sync in [false, true] {
+        let runtime = start_runtime(cores, sync, endpoint_port);
+        let pid = runtime.process.0.id();
+        for (name, path) in [
+            ("echo", "/restate.test.Echo/Echo"),
+            ("counter add", "/restate.test.Counter/Add"),
+        ] {
+            let before = cpu_seconds(pid);
+            let load = drive(
+                runtime.ingress,
+                path,
+                "application/grpc",
+                move |n| {
+                    if path.ends_with("Add") {
+                        // AddRequest { key = "k<n % 1000>", delta = 1 }
+                        let key = format!("k{}", n % 1000);
+                        let mut m = vec![0x0a, key.len() as u8];
+                        m.extend_from_slice(key.as_bytes());
+                        m.extend_from_slice(&[0x10, 0x01]);
+                        grpc_frame(&m)
+                    } else {
+                        grpc_frame(echo)
+                    }
+                },
+                concurrency,
+                seconds,
+            );
+            let cpu = cpu_seconds(pid) - before;
+            report(
+                &format!("runtime {name}, sync {}", if sync { "on" } else { "off" }),
+                &load,
+                Some(cpu),
+                Some(base),
+            );
+        }
+        drop(runtime);
+    }
+    drop(endpoint);
+}
