@@ -344,7 +344,7 @@ impl Schemas {
         for mut service in discovered.services {
             let previous = self.services.get(&service.name);
             service.revision = previous.map_or(1, |p| p.revision + 1);
-            service.public = previous.map_or(true, |p| p.public);
+            service.public = previous.is_none_or(|p| p.public);
             service.endpoint_id = id.clone();
             registered.push((service.name.clone(), service.revision));
             next.services
