@@ -435,3 +435,31 @@ pub fn connect_call(
 ) -> (u16, serde_json::Value) {
     request_json(server.ingress, "POST", path, Some(body))
 }
+
+/// The in-repo endpoint's counters: (attempts started, side effects executed).
+pub fn endpoint_stats(endpoint: &Endpoint) -> (u64, u64) {
+    let (status, body) = http1_request(endpoint.port, "GET", "/stats", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (
+        stats["attempts"].as_u64().unwrap(),
+        stats["side_effects"].as_u64().unwrap(),
+    )
+}
+
+/// A Connect JSON POST with extra headers: (HTTP status, JSON body).
+pub fn request_json_with(
+    port: u16,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    let (status, text) =
+        http1_request(port, "POST", path, &all, body.to_string().as_bytes()).unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}

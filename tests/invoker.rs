@@ -1,0 +1,184 @@
+//! The invoker against the in-repo endpoint, for what the real SDK cannot be made to do on demand:
+//! replay after a failure mid-journal, suspension and resume, request/response mode, protocol
+//! violations, abort timeouts, terminal failures, caller timeouts and side-effect acks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{connect_call, endpoint_stats, register, Endpoint, Server};
+use serde_json::{json, Value};
+
+/// Retries kept short and bounded.
+const FAST: [(&str, &str); 3] = [
+    ("RESTATE_WORKER__INVOKER__RETRY_POLICY__TYPE", "fixed"),
+    (
+        "RESTATE_WORKER__INVOKER__RETRY_POLICY__INITIAL_INTERVAL",
+        "10ms",
+    ),
+    ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "3"),
+];
+
+fn env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = FAST.to_vec();
+    all.extend_from_slice(extra);
+    all
+}
+
+fn add(server: &Server, key: &str, delta: i64) -> (u16, Value) {
+    connect_call(
+        server,
+        "/restate.test.Counter/Add",
+        &json!({ "key": key, "delta": delta }),
+    )
+}
+
+#[test]
+fn a_failure_mid_journal_is_retried_with_replay_and_applies_once() {
+    let endpoint = Endpoint::start("ok", &["--fail-attempts", "2"]);
+    let server = Server::start(&env(&[]));
+    register(&server, &endpoint.uri());
+    assert_eq!(add(&server, "k", 1), (200, json!({ "value": "1" })));
+    assert_eq!(add(&server, "k", 2), (200, json!({ "value": "3" })));
+    // Each call: two failed attempts (after SetState was journaled) and one that replays and finishes.
+    assert_eq!(endpoint_stats(&endpoint).0, 6);
+}
+
+#[test]
+fn request_response_endpoints_suspend_and_resume() {
+    let endpoint = Endpoint::start("ok", &["--request-response"]);
+    // No eager state: GetState must be answered by the runtime, which a request/response stream cannot
+    // carry, so the endpoint suspends and the runtime resumes it with the completed entry.
+    let server = Server::start(&env(&[(
+        "RESTATE_WORKER__INVOKER__EAGER_STATE_SIZE_LIMIT",
+        "0",
+    )]));
+    register(&server, &endpoint.uri());
+    assert_eq!(add(&server, "rr", 5), (200, json!({ "value": "5" })));
+    assert_eq!(add(&server, "rr", 2), (200, json!({ "value": "7" })));
+    // The first call finds no state at all (a complete, empty map: answered by the endpoint); the
+    // second finds state over the limit, suspends once and is resumed.
+    assert_eq!(endpoint_stats(&endpoint).0, 3);
+}
+
+#[test]
+fn bidi_streams_carry_completions_and_always_suspend_mode_gives_the_same_results() {
+    let bidi = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[(
+        "RESTATE_WORKER__INVOKER__EAGER_STATE_SIZE_LIMIT",
+        "0",
+    )]));
+    register(&server, &bidi.uri());
+    assert_eq!(add(&server, "b", 5), (200, json!({ "value": "5" })));
+    assert_eq!(add(&server, "b", 2), (200, json!({ "value": "7" })));
+    assert_eq!(
+        endpoint_stats(&bidi).0,
+        2,
+        "completions flow on the open stream: one attempt each"
+    );
+
+    // inactivity_timeout = 0: every endpoint is driven request/response.
+    let always = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_WORKER__INVOKER__EAGER_STATE_SIZE_LIMIT", "0"),
+        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "0s"),
+    ]));
+    register(&server, &always.uri());
+    assert_eq!(add(&server, "b", 5), (200, json!({ "value": "5" })));
+    assert_eq!(add(&server, "b", 2), (200, json!({ "value": "7" })));
+    // As in request/response mode: the second call suspends and resumes.
+    assert_eq!(endpoint_stats(&always).0, 3);
+}
+
+#[test]
+fn protocol_violations_exhaust_retries_then_fail_the_caller_and_release_the_key() {
+    let endpoint = Endpoint::start("violate", &[]);
+    let server = Server::start(&env(&[]));
+    register(&server, &endpoint.uri());
+    let (status, body) = add(&server, "v", 1);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("0x0123"),
+        "{body}"
+    );
+    assert_eq!(endpoint_stats(&endpoint).0, 3);
+    // The key is free again: the next call on it runs (and fails the same way).
+    let (status, _) = add(&server, "v", 1);
+    assert_eq!(status, 500);
+    assert_eq!(endpoint_stats(&endpoint).0, 6);
+}
+
+#[test]
+fn a_silent_endpoint_is_aborted_and_callers_can_bound_their_wait() {
+    let endpoint = Endpoint::start("hang", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "100ms"),
+        ("RESTATE_WORKER__INVOKER__ABORT_TIMEOUT", "300ms"),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "2"),
+    ]));
+    register(&server, &endpoint.uri());
+    // The caller's own deadline answers first; the invocation carries on.
+    let started = Instant::now();
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/restate.test.Counter/Add",
+        &json!({ "key": "h", "delta": 1 }),
+        &[("connect-timeout-ms", "150")],
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Without a deadline: two attempts aborted after inactivity + abort timeouts, then the failure.
+    let (status, body) = add(&server, "h2", 1);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("abort timeout"),
+        "{body}"
+    );
+    let attempts = endpoint_stats(&endpoint).0;
+    assert!(
+        attempts >= 3,
+        "two attempts for h2 and at least one for h: {attempts}"
+    );
+}
+
+#[test]
+fn terminal_failures_reach_the_caller_without_retries() {
+    let endpoint = Endpoint::start("error-terminal", &[]);
+    let server = Server::start(&env(&[]));
+    register(&server, &endpoint.uri());
+    let (status, body) = add(&server, "t", 1);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({ "code": "failed_precondition", "message": "terminal failure" })
+    );
+    assert_eq!(endpoint_stats(&endpoint).0, 1);
+}
+
+#[test]
+fn side_effects_are_acknowledged_once_durable_and_run_once() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[]));
+    register(&server, &endpoint.uri());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects.log");
+    let text = format!("side-effect:{}", file.display());
+    let (status, body) = connect_call(&server, "/restate.test.Echo/Echo", &json!({ "text": text }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], text.as_str());
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count(), 1);
+    assert_eq!(endpoint_stats(&endpoint), (1, 1));
+}
