@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let files = [
         "proto/dev/restate/ext.proto",
+        "proto/dev/restate/services.proto",
         "proto/dev/restate/service/discovery.proto",
         "proto/dev/restate/service/protocol.proto",
         "proto/restate/test/endpoint.proto",

@@ -247,6 +247,24 @@ pub struct Worker {
     pub storage_rocksdb: StorageRocksdb,
     /// Calls to service endpoints.
     pub invoker: Invoker,
+    /// Durable timers (sleeps, delayed calls).
+    pub timers: Timers,
+}
+
+/// Durable timers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timers {
+    /// Timers each core keeps in memory (the nearest ones); the rest wait in storage.
+    pub num_timers_in_memory_limit: usize,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            num_timers_in_memory_limit: 16 * 1024,
+        }
+    }
 }
 
 impl Default for Worker {
@@ -258,6 +276,7 @@ impl Default for Worker {
             storage_grpc: StorageGrpc::default(),
             storage_rocksdb: StorageRocksdb::default(),
             invoker: Invoker::default(),
+            timers: Timers::default(),
         }
     }
 }
@@ -272,6 +291,9 @@ pub struct IngressGrpc {
     pub max_message_size: usize,
     /// Calls in flight on one core; past it calls get RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
+    /// How long the result of a call with an `idempotency-key` header is kept for repeated calls.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
 }
 
 impl Default for IngressGrpc {
@@ -280,6 +302,7 @@ impl Default for IngressGrpc {
             bind_address: ([0, 0, 0, 0], 9090).into(),
             max_message_size: 4 << 20,
             concurrency_limit: 1000,
+            idempotency_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -409,7 +432,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 13] = [
+        let positive: [(&str, usize); 14] = [
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -427,6 +450,10 @@ impl Config {
             ("runtime.max_header_bytes", self.runtime.max_header_bytes),
             ("meta.max_request_bytes", self.meta.max_request_bytes),
             ("worker.channel_size", self.worker.channel_size),
+            (
+                "worker.timers.num_timers_in_memory_limit",
+                self.worker.timers.num_timers_in_memory_limit,
+            ),
             (
                 "worker.ingress_grpc.max_message_size",
                 self.worker.ingress_grpc.max_message_size,

@@ -8,6 +8,11 @@ pub mod discovery {
     ));
 }
 
+/// Built-in services (`dev.restate`).
+pub mod restate {
+    include!(concat!(env!("OUT_DIR"), "/dev.restate.rs"));
+}
+
 /// Restate's options (`dev.restate.ext`).
 pub mod ext {
     include!(concat!(env!("OUT_DIR"), "/dev.restate.ext.rs"));

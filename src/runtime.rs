@@ -152,6 +152,7 @@ async fn run_core(
         Ordered::new(node.storage.clone()),
         schemas.clone(),
         config.clone(),
+        router.clone(),
     );
     let invoker_tls = crate::http::client::tls_config(&config.worker.invoker.tls_ca_file)
         .map_err(|e| Error::Tls(format!("worker.invoker.tls_ca_file: {e}")))?;
@@ -159,14 +160,20 @@ async fn run_core(
     let resumed = processor.recover().await?;
     log::info!(core, resumed, invocations = processor.invocation_count(); "partitions recovered");
     glommio::spawn_local(inbox.run(processor.clone())).detach();
+    glommio::spawn_local(purge_idempotency(
+        processor.clone(),
+        config.worker.ingress_grpc.idempotency_retention,
+    ))
+    .detach();
     let ingress_context = ingress::Context {
         config: config.worker.ingress_grpc.clone(),
         schemas,
-        router,
+        router: router.clone(),
         local: processor,
         core,
     };
     let meta_context = meta::Context {
+        router: router.clone(),
         node: node.clone(),
         registry,
         config: Arc::new(config.meta.clone()),
@@ -237,6 +244,19 @@ async fn drain(core: usize, servers: &Rc<CoreServers>, grace: Duration) {
         log::debug!(core; "drained");
     } else {
         log::warn!(core; "grace period of {grace:?} over; dropping the connections still open");
+    }
+}
+
+/// Deletes expired idempotency results now and then (every tenth of the retention, at most a minute).
+async fn purge_idempotency(processor: Processor, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        glommio::timer::sleep(every).await;
+        match processor.purge_idempotency().await {
+            Ok(0) => {}
+            Ok(n) => log::debug!(purged = n; "expired idempotency results deleted"),
+            Err(e) => log::warn!("purging idempotency results failed: {e}"),
+        }
     }
 }
 

@@ -146,6 +146,10 @@ async fn call(
         }
     };
     let timeout = request_timeout(request.headers());
+    let headers = request.headers().clone();
+    if service_name == "dev.restate.Ingress" {
+        return one_way(ctx, protocol, &method_name, request).await;
+    }
     let schemas = ctx.schemas.get();
     let service = schemas
         .services
@@ -209,40 +213,14 @@ async fn call(
             CallError::new(Code::InvalidArgument, format!("undecodable request: {e}"))
         })?;
     }
-    let key = service.extract_key(&method, &argument).map_err(|e| {
-        CallError::new(
-            Code::InvalidArgument,
-            format!("cannot extract the key: {e}"),
-        )
-    })?;
-    let keyed = key.is_some();
-    let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().as_bytes().to_vec());
-    debug_assert!(keyed || service.instance_type == ServiceType::Unkeyed);
-    let target = ServiceId {
-        service: service_name,
-        key: key.into(),
-    };
-    let id = InvocationId::new(target.partition_key());
-    let partition = id.partition(ctx.router.partitions());
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
+    let invocation = new_invocation(&service, &method, argument, idempotency_key)?;
     let (reply, outcome) = oneshot::channel();
-    let command = Command::Invoke {
-        invocation: NewInvocation {
-            id,
-            service: target,
-            method: method_name,
-            argument,
-            keyed,
-        },
-        reply: Some(reply),
-    };
-    if ctx.router.owner(partition) == ctx.core {
-        ctx.local.handle(command);
-    } else {
-        ctx.router
-            .send(partition, command)
-            .await
-            .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))?;
-    }
+    submit(ctx, invocation, Some(reply), None).await?;
     let outcome: Outcome = match timeout {
         Some(limit) => match select(outcome, glommio::timer::sleep(limit).boxed_local()).await {
             Either::Left((outcome, _)) => outcome,
@@ -259,6 +237,172 @@ async fn call(
     match outcome {
         Ok(output) => respond(protocol, &method.output, output),
         Err(Failure { code, message }) => Err(CallError::new(code_of(code), message)),
+    }
+}
+
+/// The invocation for a call: key from the service's key rules (random for unkeyed services), id
+/// derived from the idempotency key when there is one (so repeated calls meet the same invocation).
+fn new_invocation(
+    service: &crate::schema::Service,
+    method: &crate::schema::Method,
+    argument: Bytes,
+    idempotency_key: Option<String>,
+) -> Result<NewInvocation, CallError> {
+    let key = service
+        .extract_key(method, &argument)
+        .map_err(|e| CallError::new(Code::InvalidArgument, format!("cannot extract the key: {e}")))?;
+    let keyed = key.is_some();
+    debug_assert!(keyed || service.instance_type == ServiceType::Unkeyed);
+    let seed: Vec<&[u8]> = idempotency_key
+        .iter()
+        .map(|k| k.as_bytes())
+        .chain([service.name.as_bytes(), method.name.as_bytes()])
+        .collect();
+    let key = key.unwrap_or_else(|| match &idempotency_key {
+        // The same idempotency key must land on the same instance, hence the same partition.
+        Some(_) => InvocationId::derived(0, &seed).as_bytes()[8..].to_vec(),
+        None => uuid::Uuid::now_v7().as_bytes().to_vec(),
+    });
+    let target = ServiceId {
+        service: service.name.clone(),
+        key: key.into(),
+    };
+    let id = match &idempotency_key {
+        Some(_) => InvocationId::derived(target.partition_key(), &seed),
+        None => InvocationId::new(target.partition_key()),
+    };
+    Ok(NewInvocation {
+        id,
+        service: target,
+        method: method.name.clone(),
+        argument,
+        keyed,
+        response_sink: None,
+        idempotency_key,
+    })
+}
+
+/// Sends an invocation to the core owning its partition.
+async fn submit(
+    ctx: &Context,
+    invocation: NewInvocation,
+    reply: Option<oneshot::Sender<Outcome>>,
+    ack: Option<oneshot::Sender<()>>,
+) -> Result<(), CallError> {
+    let partition = invocation.id.partition(ctx.router.partitions());
+    let command = Command::Invoke {
+        invocation,
+        reply,
+        ack,
+    };
+    if ctx.router.owner(partition) == ctx.core {
+        ctx.local.handle(command);
+        Ok(())
+    } else {
+        ctx.router
+            .send(partition, command)
+            .await
+            .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))
+    }
+}
+
+/// The service invocation id token: `<service>-<base64 key>-<invocation id>`.
+pub fn sid(invocation: &NewInvocation) -> String {
+    use base64::Engine;
+    format!(
+        "{}-{}-{}",
+        invocation.service.service,
+        base64::engine::general_purpose::STANDARD.encode(&invocation.service.key),
+        invocation.id.to_hex()
+    )
+}
+
+/// The invocation id inside a sid (its last `-`-separated part).
+pub fn parse_sid(sid: &str) -> Option<InvocationId> {
+    InvocationId::from_hex(sid.rsplit('-').next()?)
+}
+
+/// `dev.restate.Ingress/Invoke`: enqueue an invocation durably and answer its sid without waiting.
+async fn one_way(
+    ctx: &Context,
+    protocol: Protocol,
+    method: &str,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<Body>, CallError> {
+    use crate::proto::restate::{InvokeRequest, InvokeResponse};
+    if method != "Invoke" {
+        return Err(CallError::new(
+            Code::NotFound,
+            format!("method dev.restate.Ingress/{method} not found"),
+        ));
+    }
+    let limit = ctx.config.max_message_size;
+    let body = http_body_util::Limited::new(request.into_body(), limit + 5)
+        .collect()
+        .await
+        .map_err(|e| CallError::new(Code::ResourceExhausted, format!("cannot read the request: {e}")))?
+        .to_bytes();
+    let schemas = ctx.schemas.get();
+    let lookup = |service: &str, method: &str| {
+        schemas
+            .method(service, method)
+            .map(|(s, m)| (s.clone(), m.clone()))
+            .map_err(|e| CallError::new(Code::NotFound, e.to_string()))
+    };
+    let (service, method, argument) = match protocol {
+        Protocol::ConnectJson => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Json {
+                service: String,
+                method: String,
+                #[serde(default)]
+                argument: serde_json::Value,
+            }
+            let json: Json = serde_json::from_slice(&body)
+                .map_err(|e| CallError::new(Code::InvalidArgument, format!("invalid JSON request: {e}")))?;
+            let (service, method) = lookup(&json.service, &json.method)?;
+            let argument = if json.argument.is_null() {
+                DynamicMessage::new(method.input.clone())
+            } else {
+                DynamicMessage::deserialize_with_options(
+                    method.input.clone(),
+                    json.argument,
+                    &DeserializeOptions::new(),
+                )
+                .map_err(|e| CallError::new(Code::InvalidArgument, format!("invalid argument: {e}")))?
+            };
+            (service, method, Bytes::from(argument.encode_to_vec()))
+        }
+        Protocol::Grpc | Protocol::ConnectProto => {
+            let bytes = if protocol == Protocol::Grpc { unframe(body)? } else { body };
+            let request = InvokeRequest::decode(bytes)
+                .map_err(|e| CallError::new(Code::InvalidArgument, format!("undecodable request: {e}")))?;
+            let (service, method) = lookup(&request.service, &request.method)?;
+            (service, method, Bytes::from(request.argument))
+        }
+    };
+    if !service.public {
+        return Err(CallError::new(
+            Code::PermissionDenied,
+            format!("service {} is not public", service.name),
+        ));
+    }
+    let invocation = new_invocation(&service, &method, argument, None)?;
+    let sid = sid(&invocation);
+    let (ack, acked) = oneshot::channel();
+    submit(ctx, invocation, None, Some(ack)).await?;
+    acked
+        .await
+        .map_err(|_| CallError::new(Code::Unavailable, "the invocation's core is shutting down"))?;
+    match protocol {
+        Protocol::ConnectJson => Ok(crate::http::json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "sid": sid }),
+        )),
+        Protocol::Grpc | Protocol::ConnectProto => {
+            respond_bytes(protocol, Bytes::from(InvokeResponse { sid }.encode_to_vec()))
+        }
     }
 }
 
@@ -323,26 +467,7 @@ fn respond(
     bytes: Bytes,
 ) -> Result<http::Response<Body>, CallError> {
     match protocol {
-        Protocol::Grpc => {
-            let mut framed = BytesMut::with_capacity(5 + bytes.len());
-            framed.put_u8(0);
-            framed.put_u32(bytes.len() as u32);
-            framed.put_slice(&bytes);
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            let frames = futures::stream::iter([
-                Ok::<_, BoxError>(hyper::body::Frame::data(framed.freeze())),
-                Ok(hyper::body::Frame::trailers(trailers)),
-            ]);
-            Ok(http::Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(Body::new(http_body_util::StreamBody::new(frames)))
-                .expect("valid response"))
-        }
-        Protocol::ConnectProto => Ok(http::Response::builder()
-            .header(http::header::CONTENT_TYPE, "application/proto")
-            .body(full(bytes))
-            .expect("valid response")),
+        Protocol::Grpc | Protocol::ConnectProto => respond_bytes(protocol, bytes),
         Protocol::ConnectJson => {
             let message = DynamicMessage::decode(output.clone(), bytes).map_err(|e| {
                 CallError::new(
@@ -364,6 +489,33 @@ fn respond(
                 .body(full(serde_json::to_vec(&value).expect("json serializes")))
                 .expect("valid response"))
         }
+    }
+}
+
+/// A protobuf response: gRPC-framed with trailers, or Connect proto.
+fn respond_bytes(protocol: Protocol, bytes: Bytes) -> Result<http::Response<Body>, CallError> {
+    match protocol {
+        Protocol::Grpc => {
+            let mut framed = BytesMut::with_capacity(5 + bytes.len());
+            framed.put_u8(0);
+            framed.put_u32(bytes.len() as u32);
+            framed.put_slice(&bytes);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = futures::stream::iter([
+                Ok::<_, BoxError>(hyper::body::Frame::data(framed.freeze())),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ]);
+            Ok(http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(Body::new(http_body_util::StreamBody::new(frames)))
+                .expect("valid response"))
+        }
+        Protocol::ConnectProto => Ok(http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/proto")
+            .body(full(bytes))
+            .expect("valid response")),
+        Protocol::ConnectJson => unreachable!("JSON responses are written by respond()"),
     }
 }
 

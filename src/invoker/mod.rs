@@ -104,6 +104,9 @@ impl Invoker {
 
     async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId) {
         loop {
+            if !processor.exists(id) {
+                return; // ended elsewhere (cancelled)
+            }
             let end = {
                 let _slot = self.slots.acquire().await;
                 self.attempt(&processor, id).await
@@ -193,10 +196,21 @@ impl Invoker {
         processor: &Processor,
         id: InvocationId,
     ) -> Result<AttemptEnd, AttemptError> {
-        let context = processor
+        let Some(mut context) = processor
             .attempt_context(id)
             .await
-            .map_err(|e| AttemptError::transient(Code::Internal, format!("storage: {e}")))?;
+            .map_err(|e| AttemptError::transient(Code::Internal, format!("storage: {e}")))?
+        else {
+            return Ok(AttemptEnd::Done);
+        };
+        // No completion reaches this attempt once it ends, however it ends.
+        struct Detach<'a>(&'a Processor, InvocationId);
+        impl Drop for Detach<'_> {
+            fn drop(&mut self) {
+                self.0.detach(self.1);
+            }
+        }
+        let _detach = Detach(processor, id);
         let schemas = processor.schemas().get();
         let Some(service) = schemas.services.get(&context.service.service) else {
             return Err(AttemptError::transient(
@@ -317,6 +331,7 @@ impl Invoker {
         let mut body = response.into_body();
         let mut decoder = Decoder::new(self.config.message_size_limit);
         let mut next_index = known_entries;
+        let mut completions_open = true;
         loop {
             // Bidi: inactivity closes our side (the SDK then suspends); after that, silence aborts.
             let wait = if request_open {
@@ -324,24 +339,50 @@ impl Invoker {
             } else {
                 self.config.abort_timeout
             };
-            let frame = match select(
-                body.frame(),
-                glommio::timer::sleep(wait).boxed_local_sleep(),
-            )
-            .await
-            {
-                Either::Left((frame, _)) => frame,
-                Either::Right(_) if request_open => {
+            let event = {
+                let frame = body.frame();
+                let completion = async {
+                    if completions_open {
+                        context.completions.next().await
+                    } else {
+                        futures::future::pending().await
+                    }
+                };
+                let timeout = glommio::timer::sleep(wait);
+                futures::pin_mut!(frame, completion, timeout);
+                match select(select(frame, completion), timeout).await {
+                    Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
+                    Either::Left((Either::Right((completion, _)), _)) => Event::Completion(completion),
+                    Either::Right(_) => Event::Timeout,
+                }
+            };
+            let frame = match event {
+                Event::Completion(Some(completion)) => {
+                    completed.insert(completion.entry_index);
+                    if request_open {
+                        send(&out, completion_frame(&completion));
+                    }
+                    continue;
+                }
+                Event::Completion(None) => {
+                    if !processor.exists(id) {
+                        return Ok(AttemptEnd::Done); // cancelled: drop the stream
+                    }
+                    completions_open = false;
+                    continue;
+                }
+                Event::Timeout if request_open => {
                     request_open = false;
                     out.close_channel();
                     continue;
                 }
-                Either::Right(_) => {
+                Event::Timeout => {
                     return Err(AttemptError::transient(
                         Code::DeadlineExceeded,
                         format!("no message from the endpoint for {wait:?} (abort timeout)"),
                     ))
                 }
+                Event::Frame(frame) => frame,
             };
             let data = match frame {
                 None => {
@@ -351,10 +392,7 @@ impl Invoker {
                     ))
                 }
                 Some(Err(e)) => {
-                    return Err(AttemptError::transient(
-                        Code::Unavailable,
-                        format!("stream broke: {e}"),
-                    ))
+                    return Err(AttemptError::transient(Code::Unavailable, format!("stream broke: {e}")))
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
@@ -480,18 +518,14 @@ impl Invoker {
     }
 }
 
+/// What woke the attempt loop.
+enum Event {
+    Frame(Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>),
+    Completion(Option<CompletionMessage>),
+    Timeout,
+}
+
 fn completion_frame(completion: &CompletionMessage) -> Frame {
     Frame::message(types::COMPLETION, 0, completion)
 }
 
-/// Boxes a glommio sleep so it can race in `select` (it is `Unpin` once boxed).
-trait BoxedSleep {
-    fn boxed_local_sleep(self) -> futures::future::LocalBoxFuture<'static, ()>;
-}
-
-impl<F: std::future::Future + 'static> BoxedSleep for F {
-    fn boxed_local_sleep(self) -> futures::future::LocalBoxFuture<'static, ()> {
-        use futures::FutureExt;
-        self.map(|_| ()).boxed_local()
-    }
-}

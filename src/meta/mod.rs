@@ -33,6 +33,8 @@ pub struct Context {
     pub proxy: Option<String>,
     /// TLS settings for https endpoints.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Reaches the core owning an invocation (cancellation).
+    pub router: crate::partition::router::Router,
 }
 
 /// An API error: status, message and Restate error code (`{"message", "restate_code"}`).
@@ -186,6 +188,10 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
             Method::DELETE => delete_endpoint(ctx, id, &query).await,
             _ => not_allowed(),
         },
+        ["invocations"] => match method {
+            Method::DELETE => cancel(ctx, read_json(ctx, request).await?).await,
+            _ => not_allowed(),
+        },
         ["services"] => match method {
             Method::GET => {
                 let schemas = ctx.registry.snapshot();
@@ -330,6 +336,36 @@ async fn register(
             .insert(http::header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// `DELETE /invocations`: `{"sid": "<token>"}` or `{"sid": {"service", "key"?, "invocation_id"|"id"}}`.
+async fn cancel(ctx: &Context, body: Value) -> Result<http::Response<Body>> {
+    let sid = &body["sid"];
+    let id = match sid {
+        Value::String(token) => crate::ingress::parse_sid(token),
+        Value::Object(parts) => parts
+            .get("invocation_id")
+            .or_else(|| parts.get("id"))
+            .and_then(Value::as_str)
+            .and_then(crate::partition::InvocationId::from_hex),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::bad_request(format!("not an invocation sid: {sid}")))?;
+    let partition = id.partition(ctx.router.partitions());
+    let (reply, found) = futures::channel::oneshot::channel();
+    let unavailable = |_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "META0010", "shutting down");
+    ctx.router
+        .send(partition, crate::partition::processor::Command::Cancel { id, reply })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "META0010", e.to_string()))?;
+    if found.await.map_err(unavailable)? {
+        Ok(http::Response::builder()
+            .status(StatusCode::OK)
+            .body(crate::http::empty())
+            .expect("valid response"))
+    } else {
+        Err(ApiError::not_found(format!("invocation {} not found", id.to_hex())))
+    }
 }
 
 async fn delete_endpoint(ctx: &Context, id: &str, query: &str) -> Result<http::Response<Body>> {

@@ -110,6 +110,8 @@ pub fn document() -> Value {
                 "uri": { "type": "string" },
                 "additional_headers": { "type": "object", "additionalProperties": { "type": "string" } },
                 "force": { "type": "boolean", "default": true } } },
+            "CancelInvocationRequest": { "type": "object", "required": ["sid"], "properties": {
+                "sid": { "description": "The sid token (string) or {service, key?, invocation_id}" } } },
             "ModifyServiceRequest": { "type": "object", "required": ["public"], "properties": {
                 "public": { "type": "boolean" } } }
         } }

@@ -53,6 +53,17 @@ impl InvocationId {
         InvocationId(bytes)
     }
 
+    /// An id derived from a caller-chosen key (idempotency): the same inputs give the same id.
+    pub fn derived(partition_key: u64, seed: &[&[u8]]) -> InvocationId {
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&partition_key.to_be_bytes());
+        bytes[8..16].copy_from_slice(&fnv1a(seed).to_be_bytes());
+        let mut salted: Vec<&[u8]> = vec![b"restate-idempotency"];
+        salted.extend_from_slice(seed);
+        bytes[16..].copy_from_slice(&fnv1a(&salted).to_be_bytes());
+        InvocationId(bytes)
+    }
+
     /// Parses the raw bytes.
     pub fn from_slice(bytes: &[u8]) -> Option<InvocationId> {
         Some(InvocationId(bytes.try_into().ok()?))
@@ -171,6 +182,50 @@ pub mod keys {
         let mut out = state_prefix(p, service);
         out.put_u64(sequence);
         out
+    }
+
+    /// Timers table: `[partition][wake-up ms][invocation id][entry index]`, ordered by wake-up time.
+    pub fn timer(p: PartitionId, wake_ms: u64, id: &InvocationId, index: EntryIndex) -> Vec<u8> {
+        let mut out = partition(p);
+        out.put_u64(wake_ms);
+        out.put_slice(id.as_bytes());
+        out.put_u32(index);
+        out
+    }
+
+    /// Splits a timer key into (wake-up ms, invocation id, entry index).
+    pub fn parse_timer(key: &[u8]) -> Option<(u64, InvocationId, EntryIndex)> {
+        if key.len() != 4 + 8 + InvocationId::LEN + 4 {
+            return None;
+        }
+        let wake = u64::from_be_bytes(key[4..12].try_into().ok()?);
+        let id = InvocationId::from_slice(&key[12..36])?;
+        let index = u32::from_be_bytes(key[36..40].try_into().ok()?);
+        Some((wake, id, index))
+    }
+
+    /// Outbox table: `[partition][sequence]`.
+    pub fn outbox(p: PartitionId, sequence: u64) -> Vec<u8> {
+        let mut out = partition(p);
+        out.put_u64(sequence);
+        out
+    }
+
+    /// Dedup table: `[target partition][producing partition]` → last sequence applied.
+    pub fn dedup(target: PartitionId, producer: PartitionId) -> Vec<u8> {
+        let mut out = partition(target);
+        out.put_u32(producer);
+        out
+    }
+
+    /// Completions table: `[partition][invocation id][entry index]`.
+    pub fn completion(p: PartitionId, id: &InvocationId, index: EntryIndex) -> Vec<u8> {
+        journal(p, id, index)
+    }
+
+    /// Idempotency table: `[partition][invocation id]`.
+    pub fn idempotency(p: PartitionId, id: &InvocationId) -> Vec<u8> {
+        status(p, id)
     }
 
     /// Splits an inbox key into (service, sequence).

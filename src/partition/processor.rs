@@ -1,26 +1,42 @@
 //! The partition processor of one core: owns the partitions `p` with `p % cores == core`, their
-//! invocations, per-key locks and inboxes, and applies every journal entry with its effects in one write.
+//! invocations, per-key locks, inboxes, timers and outboxes, and applies every journal entry with its
+//! effects in one write.
 //!
 //! Transitions are decided synchronously on the core (no lock, no other core touches this state) and
 //! their writes are submitted at once through the core's ordered storage path, so storage sees them in
 //! decision order. Nothing that depends on a write happens before it is durable: completions to the SDK,
-//! responses to callers, the next invocation of a key.
+//! responses to callers, messages to other partitions, the next invocation of a key.
+//!
+//! Between partitions the outbox pattern applies: a message (a call, a call's response, an awakeable's
+//! result) is written with the journal entry that caused it, shipped in sequence order to the owner of
+//! the target partition, applied there together with a per-(target, producer) sequence number that
+//! de-duplicates replays, and deleted from the outbox once acknowledged.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
-use futures::channel::oneshot;
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
 use prost::Message;
 
-use super::rows::{self, Entry, InboxEntry, Status};
+use super::router::Router;
+use super::rows::{
+    self, outbox_message, CompletionRequest, Entry, Idempotent, InboxEntry, InvocationRequest,
+    OutboxMessage, ResponseSink, Status, Timer,
+};
 use super::{keys, EntryIndex, InvocationId, PartitionId, ServiceId};
 use crate::config::Config;
+use crate::grpc::Code;
 use crate::protocol::messages::{
-    completion_message, get_state_entry_message, ClearStateEntryMessage, CompletionMessage,
-    GetStateEntryMessage, PollInputStreamEntryMessage, SetStateEntryMessage,
+    complete_awakeable_entry_message, completion_message, get_state_entry_message,
+    BackgroundInvokeEntryMessage, ClearStateEntryMessage, CompleteAwakeableEntryMessage,
+    CompletionMessage, GetStateEntryMessage, InvokeEntryMessage, PollInputStreamEntryMessage,
+    SetStateEntryMessage, SleepEntryMessage,
 };
 use crate::protocol::{self, types, Frame, Kind};
 use crate::retry::Delays;
@@ -41,7 +57,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure with this code and message.
-    pub fn new(code: crate::grpc::Code, message: impl Into<String>) -> Failure {
+    pub fn new(code: Code, message: impl Into<String>) -> Failure {
         Failure {
             code: code as u32,
             message: message.into(),
@@ -50,7 +66,7 @@ impl Failure {
 }
 
 /// A new invocation, as the ingress (or another invocation) asks for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewInvocation {
     pub id: InvocationId,
     pub service: ServiceId,
@@ -58,14 +74,61 @@ pub struct NewInvocation {
     pub argument: Bytes,
     /// Keyed or singleton: one invocation per key at a time, through the inbox.
     pub keyed: bool,
+    /// A calling invocation's entry that gets the result.
+    pub response_sink: Option<ResponseSink>,
+    /// Set: the result is kept for `idempotency_retention` and returned to repeated calls.
+    pub idempotency_key: Option<String>,
+}
+
+impl NewInvocation {
+    fn to_request(&self) -> InvocationRequest {
+        InvocationRequest {
+            invocation_id: Bytes::copy_from_slice(self.id.as_bytes()),
+            service: self.service.service.clone(),
+            key: self.service.key.clone(),
+            method: self.method.clone(),
+            argument: self.argument.clone(),
+            keyed: self.keyed,
+            response_sink: self.response_sink.clone(),
+        }
+    }
+
+    fn from_request(request: InvocationRequest) -> Option<NewInvocation> {
+        Some(NewInvocation {
+            id: InvocationId::from_slice(&request.invocation_id)?,
+            service: ServiceId {
+                service: request.service,
+                key: request.key,
+            },
+            method: request.method,
+            argument: request.argument,
+            keyed: request.keyed,
+            response_sink: request.response_sink,
+            idempotency_key: None,
+        })
+    }
 }
 
 /// Work sent to the core that owns a partition.
 pub enum Command {
-    /// Start (or enqueue) an invocation; `reply` gets its outcome once the output is durable.
+    /// Start (or enqueue) an invocation. `reply` gets its outcome once the output is durable; `ack`
+    /// fires once the invocation itself is durable (enqueued or started).
     Invoke {
         invocation: NewInvocation,
         reply: Option<oneshot::Sender<Outcome>>,
+        ack: Option<oneshot::Sender<()>>,
+    },
+    /// A message from another partition's outbox; `ack` once applied durably (or seen before).
+    Deliver {
+        producer: PartitionId,
+        sequence: u64,
+        message: OutboxMessage,
+        ack: oneshot::Sender<()>,
+    },
+    /// Fail an invocation with ABORTED and release its key; `reply` says whether it was found.
+    Cancel {
+        id: InvocationId,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -75,8 +138,18 @@ struct Invocation {
     service: ServiceId,
     method: String,
     keyed: bool,
+    response_sink: Option<ResponseSink>,
+    idempotency_key: String,
+    /// Entries stored so far.
+    journal_length: u32,
     /// Some while suspended: the entry indexes any of which resumes it.
     suspended: Option<Vec<EntryIndex>>,
+    /// Entries completed by the runtime since the journal was last loaded.
+    completed: HashSet<EntryIndex>,
+    /// Completions stored ahead of their entry (awakeables completed early).
+    early: HashSet<EntryIndex>,
+    /// The running attempt's channel for completions (bidi streams).
+    stream: Option<mpsc::UnboundedSender<CompletionMessage>>,
     /// Delays before the next retries; reset when an attempt makes progress.
     retries: Delays,
     /// Attempts started (for logs).
@@ -86,9 +159,15 @@ struct Invocation {
 /// An invocation waiting in an inbox (mirrored in the inbox table).
 struct Queued {
     sequence: u64,
-    id: InvocationId,
-    method: String,
-    argument: Bytes,
+    invocation: NewInvocation,
+}
+
+/// An ordered set of the nearest timers of this core; the others stay in storage.
+#[derive(Default)]
+struct Timers {
+    loaded: BTreeSet<(u64, PartitionId, InvocationId, EntryIndex)>,
+    /// Every stored timer is in `loaded` (nothing beyond the horizon in storage).
+    complete: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +178,15 @@ struct State {
     inboxes: HashMap<ServiceId, VecDeque<Queued>>,
     /// Callers waiting for outcomes (ingress requests on any core).
     waiters: HashMap<InvocationId, Vec<oneshot::Sender<Outcome>>>,
+    timers: Timers,
+    /// Outbox messages not yet acknowledged, in sequence order.
+    outbox: VecDeque<(PartitionId, u64, OutboxMessage)>,
+    /// Next outbox sequence per owned partition.
+    outbox_sequence: HashMap<PartitionId, u64>,
+    /// Last sequence applied per (target partition, producing partition).
+    dedup: HashMap<(PartitionId, PartitionId), u64>,
+    /// Idempotent invocations that just ended, for lookups that raced their end.
+    recently_finished: HashMap<InvocationId, Outcome>,
 }
 
 /// What the invoker needs to run an attempt.
@@ -110,6 +198,8 @@ pub struct AttemptContext {
     /// The instance's state (key, value) and whether it is complete (eager) or partial.
     pub state: Vec<(Bytes, Bytes)>,
     pub partial_state: bool,
+    /// Completions for this attempt's stream, while it runs.
+    pub completions: mpsc::UnboundedReceiver<CompletionMessage>,
 }
 
 /// How an attempt that sent a Suspension continues.
@@ -124,10 +214,33 @@ pub enum SuspendOutcome {
 /// A failure of a storage write the processor depends on: its in-memory state can no longer be
 /// trusted to match storage, so the process stops (and recovers from storage at restart).
 fn fatal(what: &str, error: impl std::fmt::Display) -> ! {
-    log::error!(
-        "storage failed while {what}: {error}; stopping so that a restart recovers from storage"
-    );
+    log::error!("storage failed while {what}: {error}; stopping so that a restart recovers from storage");
     std::process::abort()
+}
+
+/// The encoded result field of a completion (tags 13/14/15), appended to an entry to complete it.
+fn result_bytes(result: &completion_message::Result) -> Bytes {
+    CompletionMessage {
+        entry_index: 0,
+        result: Some(result.clone()),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// Decodes [`result_bytes`].
+fn decode_result(bytes: &[u8]) -> Option<completion_message::Result> {
+    CompletionMessage::decode(bytes).ok()?.result
+}
+
+fn outcome_result(outcome: &Outcome) -> completion_message::Result {
+    match outcome {
+        Ok(value) => completion_message::Result::Value(value.to_vec()),
+        Err(f) => completion_message::Result::Failure(crate::protocol::messages::Failure {
+            code: f.code,
+            message: f.message.clone(),
+        }),
+    }
 }
 
 /// Runs an invocation's attempts (installed by the invoker).
@@ -150,6 +263,13 @@ struct Inner {
     next_sequence: Cell<u64>,
     /// Starts attempts; set once at start-up (the invoker needs the processor back).
     driver: RefCell<Option<Driver>>,
+    router: Router,
+    /// Wakes the timer task (a nearer timer was added).
+    timer_wake: mpsc::UnboundedSender<()>,
+    timer_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
+    /// Wakes the outbox shipper.
+    outbox_wake: mpsc::UnboundedSender<()>,
+    outbox_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
 }
 
 impl Processor {
@@ -159,7 +279,10 @@ impl Processor {
         storage: Ordered,
         schemas: LocalSchemas,
         config: Arc<Config>,
+        router: Router,
     ) -> Processor {
+        let (timer_wake, timer_wake_rx) = mpsc::unbounded();
+        let (outbox_wake, outbox_wake_rx) = mpsc::unbounded();
         Processor {
             inner: Rc::new(Inner {
                 core,
@@ -171,6 +294,11 @@ impl Processor {
                 state: RefCell::new(State::default()),
                 next_sequence: Cell::new(0),
                 driver: RefCell::new(None),
+                router,
+                timer_wake,
+                timer_wake_rx: RefCell::new(Some(timer_wake_rx)),
+                outbox_wake,
+                outbox_wake_rx: RefCell::new(Some(outbox_wake_rx)),
             }),
         }
     }
@@ -181,12 +309,7 @@ impl Processor {
     }
 
     fn drive(&self, id: InvocationId) {
-        let driver = self
-            .inner
-            .driver
-            .borrow()
-            .clone()
-            .expect("driver installed at start-up");
+        let driver = self.inner.driver.borrow().clone().expect("driver installed at start-up");
         driver(self.clone(), id);
     }
 
@@ -200,15 +323,9 @@ impl Processor {
         &self.inner.config
     }
 
-    /// The core's ordered storage path.
-    pub fn storage(&self) -> &Ordered {
-        &self.inner.storage
-    }
-
     /// The partitions this core owns.
     pub fn owned_partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
-        (0..self.inner.partitions)
-            .filter(move |p| *p as usize % self.inner.cores == self.inner.core)
+        (0..self.inner.partitions).filter(move |p| *p as usize % self.inner.cores == self.inner.core)
     }
 
     /// Invocations this core holds (invoked or suspended).
@@ -216,20 +333,72 @@ impl Processor {
         self.inner.state.borrow().invocations.len()
     }
 
+    /// True while `id` is invoked or suspended here.
+    pub fn exists(&self, id: InvocationId) -> bool {
+        self.inner.state.borrow().invocations.contains_key(&id)
+    }
+
+    fn partition_of(&self, id: &InvocationId) -> PartitionId {
+        id.partition(self.inner.partitions)
+    }
+
     /// Handles a command (synchronously decides; writes and attempts run as tasks).
     pub fn handle(&self, command: Command) {
         match command {
-            Command::Invoke { invocation, reply } => self.invoke(invocation, reply),
+            Command::Invoke {
+                invocation,
+                reply,
+                ack,
+            } => {
+                if invocation.idempotency_key.is_some() {
+                    let this = self.clone();
+                    glommio::spawn_local(async move { this.invoke_idempotent(invocation, reply, ack).await })
+                        .detach();
+                } else {
+                    self.invoke(invocation, reply, ack, WriteBatch::new());
+                }
+            }
+            Command::Deliver {
+                producer,
+                sequence,
+                message,
+                ack,
+            } => self.deliver(producer, sequence, message, ack),
+            Command::Cancel { id, reply } => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let found = this.cancel(id).await;
+                    let _ = reply.send(found);
+                })
+                .detach();
+            }
         }
     }
 
-    fn invoke(&self, new: NewInvocation, reply: Option<oneshot::Sender<Outcome>>) {
-        let partition = new.id.partition(self.inner.partitions);
+    /// Starts or enqueues an invocation; `extra` is written with it (dedup rows of delivered calls).
+    fn invoke(
+        &self,
+        new: NewInvocation,
+        reply: Option<oneshot::Sender<Outcome>>,
+        ack: Option<oneshot::Sender<()>>,
+        mut batch: WriteBatch,
+    ) {
+        let partition = self.partition_of(&new.id);
         let mut state = self.inner.state.borrow_mut();
         if let Some(reply) = reply {
             state.waiters.entry(new.id).or_default().push(reply);
         }
-        if state.invocations.contains_key(&new.id) {
+        let queued = state
+            .inboxes
+            .get(&new.service)
+            .is_some_and(|q| q.iter().any(|e| e.invocation.id == new.id));
+        if state.invocations.contains_key(&new.id) || queued {
+            drop(state);
+            self.write_then(batch, move || {
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            });
             return;
         }
         if new.keyed && state.locks.contains_key(&new.service) {
@@ -240,99 +409,90 @@ impl Processor {
                 method: new.method.clone(),
                 argument: new.argument.clone(),
                 created_ms: rows::now_ms(),
+                response_sink: new.response_sink.clone(),
+                idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
             };
-            let mut batch = WriteBatch::new();
-            batch.put(
-                Table::Inbox,
-                keys::inbox(partition, &new.service, sequence),
-                row.encode_to_vec(),
-            );
+            batch.put(Table::Inbox, keys::inbox(partition, &new.service, sequence), row.encode_to_vec());
             state
                 .inboxes
                 .entry(new.service.clone())
                 .or_default()
-                .push_back(Queued {
-                    sequence,
-                    id: new.id,
-                    method: new.method,
-                    argument: new.argument,
-                });
+                .push_back(Queued { sequence, invocation: new });
             drop(state);
-            let write = self.inner.storage.write(batch);
-            glommio::spawn_local(async move {
-                if let Err(e) = write.await {
-                    fatal("enqueueing an invocation", e);
+            self.write_then(batch, move || {
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
                 }
-            })
-            .detach();
+            });
             return;
         }
-        let batch = self.start_locked(
-            &mut state,
-            partition,
-            new.id,
-            new.service,
-            new.method,
-            new.keyed,
-            new.argument,
-        );
+        let id = new.id;
+        batch.extend(self.start_locked(&mut state, partition, new));
         drop(state);
-        self.write_then_drive(batch, new.id);
+        let this = self.clone();
+        self.write_then(batch, move || {
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+            this.drive(id);
+        });
+    }
+
+    /// Submits `batch` and runs `then` once it is durable.
+    fn write_then(&self, batch: WriteBatch, then: impl FnOnce() + 'static) {
+        let write = self.inner.storage.write(batch);
+        glommio::spawn_local(async move {
+            if let Err(e) = write.await {
+                fatal("writing a transition", e);
+            }
+            then();
+        })
+        .detach();
     }
 
     /// Registers a new running invocation (taking its key's lock) and returns the batch that makes it
     /// durable: status row and journal entry 0.
-    #[allow(clippy::too_many_arguments)]
-    fn start_locked(
-        &self,
-        state: &mut State,
-        partition: PartitionId,
-        id: InvocationId,
-        service: ServiceId,
-        method: String,
-        keyed: bool,
-        argument: Bytes,
-    ) -> WriteBatch {
-        if keyed {
-            state.locks.insert(service.clone(), id);
+    fn start_locked(&self, state: &mut State, partition: PartitionId, new: NewInvocation) -> WriteBatch {
+        if new.keyed {
+            state.locks.insert(new.service.clone(), new.id);
         }
         let status = Status {
-            service: service.service.clone(),
-            key: service.key.clone(),
-            method: method.clone(),
-            keyed,
+            service: new.service.service.clone(),
+            key: new.service.key.clone(),
+            method: new.method.clone(),
+            keyed: new.keyed,
             suspended: false,
             waiting: Vec::new(),
             created_ms: rows::now_ms(),
+            response_sink: new.response_sink.clone(),
+            idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
         };
         let input = Entry {
             ty: types::POLL_INPUT_STREAM,
             completed: true,
             payload: PollInputStreamEntryMessage {
-                value: argument.to_vec(),
+                value: new.argument.to_vec(),
             }
             .encode_to_vec()
             .into(),
         };
         let mut batch = WriteBatch::new();
-        batch.put(
-            Table::Status,
-            keys::status(partition, &id),
-            status.encode_to_vec(),
-        );
-        batch.put(
-            Table::Journal,
-            keys::journal(partition, &id, 0),
-            input.encode(),
-        );
+        batch.put(Table::Status, keys::status(partition, &new.id), status.encode_to_vec());
+        batch.put(Table::Journal, keys::journal(partition, &new.id, 0), input.encode());
         state.invocations.insert(
-            id,
+            new.id,
             Invocation {
                 partition,
-                service,
-                method,
-                keyed,
+                service: new.service,
+                method: new.method,
+                keyed: new.keyed,
+                response_sink: new.response_sink,
+                idempotency_key: new.idempotency_key.unwrap_or_default(),
+                journal_length: 1,
                 suspended: None,
+                completed: HashSet::new(),
+                early: HashSet::new(),
+                stream: None,
                 retries: self.inner.config.worker.invoker.retry_policy.delays(),
                 attempts: 0,
             },
@@ -340,66 +500,81 @@ impl Processor {
         batch
     }
 
-    fn write_then_drive(&self, batch: WriteBatch, id: InvocationId) {
-        let write = self.inner.storage.write(batch);
-        let this = self.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = write.await {
-                fatal("starting an invocation", e);
+    /// An invocation with an idempotency key: attach to the running one, answer a kept result, or start.
+    async fn invoke_idempotent(
+        &self,
+        new: NewInvocation,
+        reply: Option<oneshot::Sender<Outcome>>,
+        ack: Option<oneshot::Sender<()>>,
+    ) {
+        let partition = self.partition_of(&new.id);
+        let kept = self
+            .inner
+            .storage
+            .get(Table::Idempotency, keys::idempotency(partition, &new.id))
+            .await
+            .unwrap_or_else(|e| fatal("reading an idempotency key", e));
+        let recent = self.inner.state.borrow().recently_finished.get(&new.id).cloned();
+        let kept = recent.or_else(|| {
+            let row = Idempotent::decode(kept?.as_slice()).ok()?;
+            (row.expires_ms > rows::now_ms()).then(|| {
+                if row.failed {
+                    Err(Failure {
+                        code: row.code,
+                        message: row.message,
+                    })
+                } else {
+                    Ok(row.value)
+                }
+            })
+        });
+        match kept {
+            Some(outcome) => {
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
             }
-            this.drive(id);
-        })
-        .detach();
+            None => self.invoke(new, reply, ack, WriteBatch::new()),
+        }
     }
 
-    /// Loads what an attempt needs: the journal and (eagerly, when small) the instance's state.
-    pub async fn attempt_context(
-        &self,
-        id: InvocationId,
-    ) -> Result<AttemptContext, crate::storage::Error> {
+    /// Loads what an attempt needs: the journal and (eagerly, when small) the instance's state, and
+    /// attaches the attempt's completion channel.
+    pub async fn attempt_context(&self, id: InvocationId) -> Result<Option<AttemptContext>, crate::storage::Error> {
         let (partition, service, method) = {
             let mut state = self.inner.state.borrow_mut();
-            let invocation = state
-                .invocations
-                .get_mut(&id)
-                .ok_or(crate::storage::Error::Closed)?;
+            let Some(invocation) = state.invocations.get_mut(&id) else {
+                return Ok(None);
+            };
             invocation.attempts += 1;
-            (
-                invocation.partition,
-                invocation.service.clone(),
-                invocation.method.clone(),
-            )
+            (invocation.partition, invocation.service.clone(), invocation.method.clone())
         };
         let journal_rows = self
             .inner
             .storage
-            .scan_prefix(
-                Table::Journal,
-                keys::journal_prefix(partition, &id),
-                usize::MAX,
-            )
+            .scan_prefix(Table::Journal, keys::journal_prefix(partition, &id), usize::MAX)
             .await?;
         let mut journal = Vec::with_capacity(journal_rows.len());
         for (index, (key, value)) in journal_rows.iter().enumerate() {
-            let stored_index =
-                u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
-            assert_eq!(
-                stored_index as usize, index,
-                "journal of {id} has a gap at {index}"
-            );
+            let stored_index = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+            assert_eq!(stored_index as usize, index, "journal of {id} has a gap at {index}");
             journal.push(Entry::decode(value).expect("journal entries are written by us"));
         }
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
         let prefix = keys::state_prefix(partition, &service);
-        // Reading one row past the limit's worth tells whether the state fits.
+        // Reading a bounded number of rows tells whether the state fits.
+        let max_rows = limit / 16 + 2;
         let rows = self
             .inner
             .storage
-            .scan_prefix(Table::State, prefix.clone(), limit / 16 + 2)
+            .scan_prefix(Table::State, prefix.clone(), max_rows)
             .await?;
         let mut size = 0usize;
         let mut state_map = Vec::with_capacity(rows.len());
-        let mut partial = false;
+        let mut partial = rows.len() == max_rows;
         for (key, value) in rows.iter() {
             size += key.len() - prefix.len() + value.len();
             if size > limit {
@@ -411,41 +586,56 @@ impl Processor {
                 Bytes::copy_from_slice(value),
             ));
         }
-        if rows.len() == limit / 16 + 2 {
-            partial = true;
-        }
         if partial {
             state_map.clear();
         }
-        Ok(AttemptContext {
+        let (tx, completions) = mpsc::unbounded();
+        {
+            let mut state = self.inner.state.borrow_mut();
+            let Some(invocation) = state.invocations.get_mut(&id) else {
+                return Ok(None);
+            };
+            invocation.journal_length = journal.len() as u32;
+            invocation.completed.clear();
+            invocation.stream = Some(tx);
+        }
+        Ok(Some(AttemptContext {
             partition,
             service,
             method,
             journal,
             state: state_map,
             partial_state: partial,
-        })
+            completions,
+        }))
+    }
+
+    /// The attempt ended: no more completions go to its stream.
+    pub fn detach(&self, id: InvocationId) {
+        if let Some(invocation) = self.inner.state.borrow_mut().invocations.get_mut(&id) {
+            invocation.stream = None;
+        }
     }
 
     /// Appends an entry the SDK sent at `index` with its effects, durably. Returns the completion to
-    /// send back (an answered GetState, an ack of a custom entry), if any.
+    /// send back (an answered GetState, an ack of a custom entry, a call to an unknown service, an
+    /// awakeable completed early), if any.
     pub async fn append(
         &self,
         id: InvocationId,
         index: EntryIndex,
         frame: &Frame,
     ) -> Result<Option<CompletionMessage>, AppendError> {
-        let (partition, service) = {
+        let (partition, service, early) = {
             let state = self.inner.state.borrow();
             let invocation = state.invocations.get(&id).ok_or(AppendError::Gone)?;
-            (invocation.partition, invocation.service.clone())
+            (invocation.partition, invocation.service.clone(), invocation.early.contains(&index))
         };
         let kind = protocol::kind(frame.ty).ok_or(AppendError::Protocol(format!(
             "unknown message type {:#06x}",
             frame.ty
         )))?;
-        let decode_error =
-            |e: prost::DecodeError| AppendError::Protocol(format!("entry {index}: {e}"));
+        let decode_error = |e: prost::DecodeError| AppendError::Protocol(format!("entry {index}: {e}"));
         let mut batch = WriteBatch::new();
         let mut entry = Entry {
             ty: frame.ty,
@@ -453,10 +643,11 @@ impl Processor {
             payload: frame.payload.clone(),
         };
         let mut completion = None;
+        let mut outbox = Vec::new();
+        let mut timer = None;
         match frame.ty {
             types::GET_STATE if !entry.completed => {
-                let get =
-                    GetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let get = GetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 let value = self
                     .inner
                     .storage
@@ -485,30 +676,92 @@ impl Processor {
                 });
             }
             types::SET_STATE => {
-                let set =
-                    SetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
-                batch.put(
-                    Table::State,
-                    keys::state(partition, &service, &set.key),
-                    set.value.to_vec(),
-                );
+                let set = SetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                batch.put(Table::State, keys::state(partition, &service, &set.key), set.value);
             }
             types::CLEAR_STATE => {
-                let clear =
-                    ClearStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let clear = ClearStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 batch.delete(Table::State, keys::state(partition, &service, &clear.key));
             }
             types::GET_STATE | types::POLL_INPUT_STREAM => {}
-            types::SLEEP
-            | types::INVOKE
-            | types::BACKGROUND_INVOKE
-            | types::AWAKEABLE
-            | types::COMPLETE_AWAKEABLE => {
-                return Err(AppendError::Unsupported(format!(
-                    "journal entry type {:#06x} is not supported by this runtime yet",
-                    frame.ty
-                )));
+            types::SLEEP if !entry.completed => {
+                let sleep = SleepEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                batch.put(
+                    Table::Timers,
+                    keys::timer(partition, sleep.wake_up_time, &id, index),
+                    Timer { invoke: None }.encode_to_vec(),
+                );
+                timer = Some(sleep.wake_up_time);
             }
+            types::INVOKE if !entry.completed => {
+                let invoke = InvokeEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let sink = ResponseSink {
+                    caller: Bytes::copy_from_slice(id.as_bytes()),
+                    entry_index: index,
+                };
+                match self.resolve(&invoke.service_name, &invoke.method_name, invoke.parameter.into(), Some(sink)) {
+                    Ok(callee) => outbox.push(outbox_message::Message::Invoke(callee.to_request())),
+                    Err(failure) => {
+                        let result = outcome_result(&Err(failure));
+                        let mut payload = frame.payload.to_vec();
+                        payload.extend_from_slice(&result_bytes(&result));
+                        entry.payload = payload.into();
+                        entry.completed = true;
+                        completion = Some(CompletionMessage {
+                            entry_index: index,
+                            result: Some(result),
+                        });
+                    }
+                }
+            }
+            types::BACKGROUND_INVOKE => {
+                let invoke = BackgroundInvokeEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                match self.resolve(&invoke.service_name, &invoke.method_name, invoke.parameter.into(), None) {
+                    Ok(callee) if invoke.invoke_time > rows::now_ms() => {
+                        batch.put(
+                            Table::Timers,
+                            keys::timer(partition, invoke.invoke_time, &id, index),
+                            Timer {
+                                invoke: Some(callee.to_request()),
+                            }
+                            .encode_to_vec(),
+                        );
+                        timer = Some(invoke.invoke_time);
+                    }
+                    Ok(callee) => outbox.push(outbox_message::Message::Invoke(callee.to_request())),
+                    Err(failure) => log::warn!(
+                        invocation = id.to_hex();
+                        "one-way call dropped: {}", failure.message
+                    ),
+                }
+            }
+            types::COMPLETE_AWAKEABLE => {
+                let complete =
+                    CompleteAwakeableEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                match parse_awakeable_id(&complete.id) {
+                    Some((target, target_index)) => {
+                        let result = match complete.result {
+                            Some(complete_awakeable_entry_message::Result::Value(v)) => {
+                                completion_message::Result::Value(v)
+                            }
+                            Some(complete_awakeable_entry_message::Result::Failure(f)) => {
+                                completion_message::Result::Failure(f)
+                            }
+                            None => completion_message::Result::Value(Vec::new()),
+                        };
+                        outbox.push(outbox_message::Message::Complete(CompletionRequest {
+                            invocation_id: Bytes::copy_from_slice(target.as_bytes()),
+                            entry_index: target_index,
+                            result: result_bytes(&result),
+                        }));
+                    }
+                    None => log::warn!(
+                        invocation = id.to_hex();
+                        "CompleteAwakeable with an id that is not ours ({:?}): ignored", complete.id
+                    ),
+                }
+            }
+            types::INVOKE | types::SLEEP | types::AWAKEABLE => {}
             types::OUTPUT_STREAM => unreachable!("outputs end the invocation through finish()"),
             _ if kind == Kind::Custom => {
                 if frame.flag_bit() {
@@ -526,25 +779,119 @@ impl Processor {
                 )))
             }
         }
-        batch.put(
-            Table::Journal,
-            keys::journal(partition, &id, index),
-            entry.encode(),
-        );
-        self.inner
-            .storage
-            .write(batch)
-            .await
-            .map_err(AppendError::Storage)?;
-        // Progress: the next failure starts its backoff afresh.
-        if let Some(invocation) = self.inner.state.borrow_mut().invocations.get_mut(&id) {
+        // An awakeable (or call) completed before its entry was stored: merge the stored completion.
+        if early && kind == Kind::Completable && !entry.completed {
+            let key = keys::completion(partition, &id, index);
+            if let Some(stored) = self
+                .inner
+                .storage
+                .get(Table::Completions, key.clone())
+                .await
+                .map_err(AppendError::Storage)?
+            {
+                let mut payload = entry.payload.to_vec();
+                payload.extend_from_slice(&stored);
+                entry.payload = payload.into();
+                entry.completed = true;
+                completion = Some(CompletionMessage {
+                    entry_index: index,
+                    result: decode_result(&stored),
+                });
+            }
+            batch.delete(Table::Completions, key);
+        }
+        batch.put(Table::Journal, keys::journal(partition, &id, index), entry.encode());
+        let sequences = self.queue_outbox(partition, outbox, &mut batch);
+        let write = self.inner.storage.write(batch);
+        {
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(invocation) = state.invocations.get_mut(&id) {
+                invocation.journal_length = invocation.journal_length.max(index + 1);
+                invocation.early.remove(&index);
+            }
+        }
+        write.await.map_err(AppendError::Storage)?;
+        self.ship(sequences);
+        if let Some(wake) = timer {
+            self.add_timer(wake, partition, id, index);
+        }
+        let mut state = self.inner.state.borrow_mut();
+        if let Some(invocation) = state.invocations.get_mut(&id) {
+            // Progress: the next failure starts its backoff afresh.
             invocation.retries = self.inner.config.worker.invoker.retry_policy.delays();
+            if entry.completed {
+                invocation.completed.insert(index);
+            }
         }
         Ok(completion)
     }
 
+    /// Resolves a call's target: the service and method must exist; the key comes from the parameter.
+    fn resolve(
+        &self,
+        service: &str,
+        method: &str,
+        parameter: Bytes,
+        response_sink: Option<ResponseSink>,
+    ) -> Result<NewInvocation, Failure> {
+        let schemas = self.inner.schemas.get();
+        let (target, m) = schemas
+            .method(service, method)
+            .map_err(|_| Failure::new(Code::NotFound, format!("{service}/{method} not found")))?;
+        let key = target
+            .extract_key(m, &parameter)
+            .map_err(|e| Failure::new(Code::Internal, format!("cannot extract the key of {service}/{method}: {e}")))?;
+        let keyed = key.is_some();
+        let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().as_bytes().to_vec());
+        let service_id = ServiceId {
+            service: service.to_owned(),
+            key: key.into(),
+        };
+        Ok(NewInvocation {
+            id: InvocationId::new(service_id.partition_key()),
+            service: service_id,
+            method: method.to_owned(),
+            argument: parameter,
+            keyed,
+            response_sink,
+            idempotency_key: None,
+        })
+    }
+
+    /// Adds outbox rows for `messages` to `batch`; returns them for shipping once the batch is durable.
+    fn queue_outbox(
+        &self,
+        partition: PartitionId,
+        messages: Vec<outbox_message::Message>,
+        batch: &mut WriteBatch,
+    ) -> Vec<(PartitionId, u64, OutboxMessage)> {
+        let mut state = self.inner.state.borrow_mut();
+        messages
+            .into_iter()
+            .map(|message| {
+                let sequence = state.outbox_sequence.entry(partition).or_insert(0);
+                let seq = *sequence;
+                *sequence += 1;
+                let row = OutboxMessage {
+                    message: Some(message),
+                };
+                batch.put(Table::Outbox, keys::outbox(partition, seq), row.encode_to_vec());
+                (partition, seq, row)
+            })
+            .collect()
+    }
+
+    /// Hands durable outbox messages to the shipper.
+    fn ship(&self, messages: Vec<(PartitionId, u64, OutboxMessage)>) {
+        if messages.is_empty() {
+            return;
+        }
+        self.inner.state.borrow_mut().outbox.extend(messages);
+        let _ = self.inner.outbox_wake.unbounded_send(());
+    }
+
     /// The delay before the next retry of `id`, or `None` when its attempts are exhausted.
-    pub fn next_retry(&self, id: InvocationId) -> Option<std::time::Duration> {
+    pub fn next_retry(&self, id: InvocationId) -> Option<Duration> {
         self.inner
             .state
             .borrow_mut()
@@ -563,21 +910,26 @@ impl Processor {
             .map_or(0, |i| i.attempts)
     }
 
-    /// The SDK suspended waiting for any of `indexes`; `completed` are the entries known completed.
+    /// The SDK suspended waiting for any of `indexes`; `completed` are the entries the attempt knows
+    /// completed (the processor adds those completed while the attempt ran).
     pub async fn suspend(
         &self,
         id: InvocationId,
         indexes: Vec<EntryIndex>,
         completed: &HashSet<EntryIndex>,
     ) -> SuspendOutcome {
-        if indexes.iter().any(|i| completed.contains(i)) {
-            return SuspendOutcome::Resume;
-        }
         let batch = {
             let mut state = self.inner.state.borrow_mut();
             let Some(invocation) = state.invocations.get_mut(&id) else {
                 return SuspendOutcome::Suspended;
             };
+            invocation.stream = None;
+            if indexes
+                .iter()
+                .any(|i| completed.contains(i) || invocation.completed.contains(i))
+            {
+                return SuspendOutcome::Resume;
+            }
             invocation.suspended = Some(indexes.clone());
             let status = Status {
                 service: invocation.service.service.clone(),
@@ -587,13 +939,11 @@ impl Processor {
                 suspended: true,
                 waiting: indexes,
                 created_ms: rows::now_ms(),
+                response_sink: invocation.response_sink.clone(),
+                idempotency_key: invocation.idempotency_key.clone(),
             };
             let mut batch = WriteBatch::new();
-            batch.put(
-                Table::Status,
-                keys::status(invocation.partition, &id),
-                status.encode_to_vec(),
-            );
+            batch.put(Table::Status, keys::status(invocation.partition, &id), status.encode_to_vec());
             batch
         };
         if let Err(e) = self.inner.storage.write(batch).await {
@@ -602,10 +952,109 @@ impl Processor {
         SuspendOutcome::Suspended
     }
 
-    /// Ends an invocation with `outcome`: its journal and status go, its key passes to the next
-    /// invocation in the inbox (in the same write), and its callers get the outcome once that is durable.
+    /// Completes entry `index` of `id` with `result` (tags 13/14/15 bytes), writing `extra` with it.
+    /// Resumes the invocation if it waits for that entry; forwards to its stream if one is open.
+    fn complete(&self, id: InvocationId, index: EntryIndex, result: Bytes, mut extra: WriteBatch, then: impl FnOnce() + 'static) {
+        let partition = self.partition_of(&id);
+        let known = {
+            let mut state = self.inner.state.borrow_mut();
+            match state.invocations.get_mut(&id) {
+                None => None,
+                Some(invocation) if index < invocation.journal_length => Some(true),
+                Some(invocation) => {
+                    invocation.early.insert(index);
+                    Some(false)
+                }
+            }
+        };
+        match known {
+            // Ended or unknown (a late response, a stale awakeable): nothing to complete.
+            None => self.write_then(extra, then),
+            Some(false) => {
+                extra.put(Table::Completions, keys::completion(partition, &id, index), result.to_vec());
+                self.write_then(extra, then);
+            }
+            Some(true) => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let key = keys::journal(partition, &id, index);
+                    let stored = this
+                        .inner
+                        .storage
+                        .get(Table::Journal, key.clone())
+                        .await
+                        .unwrap_or_else(|e| fatal("reading an entry to complete", e));
+                    let Some(mut entry) = stored.as_deref().and_then(Entry::decode) else {
+                        this.write_then(extra, then);
+                        return;
+                    };
+                    if entry.completed {
+                        this.write_then(extra, then);
+                        return;
+                    }
+                    let mut payload = entry.payload.to_vec();
+                    payload.extend_from_slice(&result);
+                    entry.payload = payload.into();
+                    entry.completed = true;
+                    extra.put(Table::Journal, key, entry.encode());
+                    let resume = {
+                        let mut state = this.inner.state.borrow_mut();
+                        match state.invocations.get_mut(&id) {
+                            Some(invocation) => {
+                                invocation.completed.insert(index);
+                                let waiting = invocation.suspended.as_ref().is_some_and(|w| w.contains(&index));
+                                if waiting {
+                                    invocation.suspended = None;
+                                    let status = Status {
+                                        service: invocation.service.service.clone(),
+                                        key: invocation.service.key.clone(),
+                                        method: invocation.method.clone(),
+                                        keyed: invocation.keyed,
+                                        suspended: false,
+                                        waiting: Vec::new(),
+                                        created_ms: rows::now_ms(),
+                                        response_sink: invocation.response_sink.clone(),
+                                        idempotency_key: invocation.idempotency_key.clone(),
+                                    };
+                                    extra.put(Table::Status, keys::status(partition, &id), status.encode_to_vec());
+                                }
+                                waiting
+                            }
+                            None => false,
+                        }
+                    };
+                    let write = this.inner.storage.write(extra);
+                    if let Err(e) = write.await {
+                        fatal("completing an entry", e);
+                    }
+                    then();
+                    let stream = this
+                        .inner
+                        .state
+                        .borrow()
+                        .invocations
+                        .get(&id)
+                        .and_then(|i| i.stream.clone());
+                    if let Some(stream) = stream {
+                        let _ = stream.unbounded_send(CompletionMessage {
+                            entry_index: index,
+                            result: decode_result(&result),
+                        });
+                    }
+                    if resume {
+                        this.drive(id);
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Ends an invocation with `outcome`: its journal and status go, its caller (if an invocation) is
+    /// answered through the outbox, its key passes to the next invocation in the inbox (all in the same
+    /// write), and ingress callers get the outcome once that is durable.
     pub async fn finish(&self, id: InvocationId, outcome: Outcome) {
-        let (batch, next) = {
+        let (batch, next, shipped) = {
             let mut state = self.inner.state.borrow_mut();
             let Some(invocation) = state.invocations.remove(&id) else {
                 return;
@@ -614,8 +1063,35 @@ impl Processor {
             let mut batch = WriteBatch::new();
             let prefix = keys::journal_prefix(p, &id);
             let end = crate::storage::prefix_end(&prefix).expect("ids are not all 0xff");
-            batch.delete_range(Table::Journal, prefix, end);
+            batch.delete_range(Table::Journal, prefix.clone(), end.clone());
+            batch.delete_range(Table::Completions, prefix, end);
             batch.delete(Table::Status, keys::status(p, &id));
+            if !invocation.idempotency_key.is_empty() {
+                let retention = self.inner.config.worker.ingress_grpc.idempotency_retention;
+                let row = match &outcome {
+                    Ok(value) => Idempotent {
+                        failed: false,
+                        value: value.clone(),
+                        expires_ms: rows::now_ms() + retention.as_millis() as u64,
+                        ..Default::default()
+                    },
+                    Err(f) => Idempotent {
+                        failed: true,
+                        code: f.code,
+                        message: f.message.clone(),
+                        expires_ms: rows::now_ms() + retention.as_millis() as u64,
+                        ..Default::default()
+                    },
+                };
+                batch.put(Table::Idempotency, keys::idempotency(p, &id), row.encode_to_vec());
+                state.recently_finished.insert(id, outcome.clone());
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(Duration::from_secs(10)).await;
+                    this.inner.state.borrow_mut().recently_finished.remove(&id);
+                })
+                .detach();
+            }
             let mut next = None;
             if invocation.keyed {
                 state.locks.remove(&invocation.service);
@@ -623,36 +1099,31 @@ impl Processor {
                     .inboxes
                     .get_mut(&invocation.service)
                     .and_then(|queue| queue.pop_front());
-                if state
-                    .inboxes
-                    .get(&invocation.service)
-                    .is_some_and(|q| q.is_empty())
-                {
+                if state.inboxes.get(&invocation.service).is_some_and(|q| q.is_empty()) {
                     state.inboxes.remove(&invocation.service);
                 }
                 if let Some(queued) = queued {
-                    batch.delete(
-                        Table::Inbox,
-                        keys::inbox(p, &invocation.service, queued.sequence),
-                    );
-                    let start = self.start_locked(
-                        &mut state,
-                        p,
-                        queued.id,
-                        invocation.service.clone(),
-                        queued.method,
-                        true,
-                        queued.argument,
-                    );
-                    batch.extend(start);
-                    next = Some(queued.id);
+                    batch.delete(Table::Inbox, keys::inbox(p, &invocation.service, queued.sequence));
+                    next = Some(queued.invocation.id);
+                    batch.extend(self.start_locked(&mut state, p, queued.invocation));
                 }
             }
-            (batch, next)
+            drop(state);
+            let mut messages = Vec::new();
+            if let Some(sink) = &invocation.response_sink {
+                messages.push(outbox_message::Message::Complete(CompletionRequest {
+                    invocation_id: sink.caller.clone(),
+                    entry_index: sink.entry_index,
+                    result: result_bytes(&outcome_result(&outcome)),
+                }));
+            }
+            let shipped = self.queue_outbox(p, messages, &mut batch);
+            (batch, next, shipped)
         };
         if let Err(e) = self.inner.storage.write(batch).await {
             fatal("ending an invocation", e);
         }
+        self.ship(shipped);
         let waiters = self.inner.state.borrow_mut().waiters.remove(&id);
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(outcome.clone());
@@ -662,8 +1133,264 @@ impl Processor {
         }
     }
 
-    /// Rebuilds this core's partitions from storage and restarts their invocations. Runs before the
-    /// core accepts work.
+    /// Fails `id` with ABORTED wherever it is (running, suspended, in an inbox). False if unknown.
+    async fn cancel(&self, id: InvocationId) -> bool {
+        let aborted = Err(Failure::new(Code::Aborted, "the invocation was cancelled"));
+        if self.exists(id) {
+            self.finish(id, aborted).await;
+            return true;
+        }
+        let removed = {
+            let mut state = self.inner.state.borrow_mut();
+            let mut found = None;
+            for (service, queue) in state.inboxes.iter_mut() {
+                if let Some(position) = queue.iter().position(|q| q.invocation.id == id) {
+                    found = queue.remove(position).map(|q| (service.clone(), q));
+                    break;
+                }
+            }
+            found
+        };
+        let Some((service, queued)) = removed else {
+            return false;
+        };
+        let p = self.partition_of(&id);
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Inbox, keys::inbox(p, &service, queued.sequence));
+        let messages = queued
+            .invocation
+            .response_sink
+            .as_ref()
+            .map(|sink| {
+                outbox_message::Message::Complete(CompletionRequest {
+                    invocation_id: sink.caller.clone(),
+                    entry_index: sink.entry_index,
+                    result: result_bytes(&outcome_result(&aborted)),
+                })
+            })
+            .into_iter()
+            .collect();
+        let shipped = self.queue_outbox(p, messages, &mut batch);
+        if let Err(e) = self.inner.storage.write(batch).await {
+            fatal("cancelling a queued invocation", e);
+        }
+        self.ship(shipped);
+        let waiters = self.inner.state.borrow_mut().waiters.remove(&id);
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(aborted.clone());
+        }
+        true
+    }
+
+    /// Applies a message from another partition's outbox, once.
+    fn deliver(&self, producer: PartitionId, sequence: u64, message: OutboxMessage, ack: oneshot::Sender<()>) {
+        let target = match &message.message {
+            Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
+            Some(outbox_message::Message::Complete(c)) => InvocationId::from_slice(&c.invocation_id),
+            None => None,
+        };
+        let Some(target) = target else {
+            log::error!("undecodable outbox message from partition {producer}; dropped");
+            let _ = ack.send(());
+            return;
+        };
+        let target_partition = self.partition_of(&target);
+        {
+            let mut state = self.inner.state.borrow_mut();
+            let last = state.dedup.get(&(target_partition, producer)).copied();
+            if last.is_some_and(|last| sequence <= last) {
+                let _ = ack.send(());
+                return;
+            }
+            state.dedup.insert((target_partition, producer), sequence);
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Table::Dedup,
+            keys::dedup(target_partition, producer),
+            sequence.to_be_bytes().to_vec(),
+        );
+        match message.message {
+            Some(outbox_message::Message::Invoke(request)) => match NewInvocation::from_request(request) {
+                Some(invocation) => self.invoke(invocation, None, Some(ack), batch),
+                None => self.write_then(batch, move || {
+                    let _ = ack.send(());
+                }),
+            },
+            Some(outbox_message::Message::Complete(c)) => self.complete(target, c.entry_index, c.result, batch, move || {
+                let _ = ack.send(());
+            }),
+            None => unreachable!("checked above"),
+        }
+    }
+
+    /// Ships outbox messages in sequence order to the owner of their target, one at a time; each is
+    /// deleted once acknowledged.
+    async fn run_shipper(self) {
+        let Some(mut wake) = self.inner.outbox_wake_rx.borrow_mut().take() else { return };
+        loop {
+            let next = self.inner.state.borrow_mut().outbox.pop_front();
+            let Some((producer, sequence, message)) = next else {
+                if wake.next().await.is_none() {
+                    return;
+                }
+                continue;
+            };
+            let target = match &message.message {
+                Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
+                Some(outbox_message::Message::Complete(c)) => InvocationId::from_slice(&c.invocation_id),
+                None => None,
+            };
+            if let Some(target) = target {
+                let partition = self.partition_of(&target);
+                let (ack, acked) = oneshot::channel();
+                let command = Command::Deliver {
+                    producer,
+                    sequence,
+                    message,
+                    ack,
+                };
+                if self.inner.router.owner(partition) == self.inner.core {
+                    self.handle(command);
+                } else if self.inner.router.send(partition, command).await.is_err() {
+                    return; // shutting down: the outbox row stays and is shipped after restart
+                }
+                if acked.await.is_err() {
+                    return;
+                }
+            }
+            let mut batch = WriteBatch::new();
+            batch.delete(Table::Outbox, keys::outbox(producer, sequence));
+            let write = self.inner.storage.write(batch);
+            glommio::spawn_local(async move {
+                if let Err(e) = write.await {
+                    fatal("deleting a shipped outbox message", e);
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Registers a durable timer in memory (if it is among the nearest).
+    fn add_timer(&self, wake: u64, partition: PartitionId, id: InvocationId, index: EntryIndex) {
+        let limit = self.inner.config.worker.timers.num_timers_in_memory_limit;
+        let mut state = self.inner.state.borrow_mut();
+        let timers = &mut state.timers;
+        let key = (wake, partition, id, index);
+        let beyond = timers.loaded.last().is_some_and(|last| key > *last);
+        if !timers.complete && beyond {
+            return; // storage has nearer ones still to load; this one waits there
+        }
+        timers.loaded.insert(key);
+        if timers.loaded.len() > limit {
+            timers.loaded.pop_last();
+            timers.complete = false;
+        }
+        drop(state);
+        let _ = self.inner.timer_wake.unbounded_send(());
+    }
+
+    /// Loads the nearest timers of every owned partition (at most the in-memory limit).
+    async fn load_timers(&self) -> Result<(), crate::storage::Error> {
+        let limit = self.inner.config.worker.timers.num_timers_in_memory_limit;
+        let mut loaded = BTreeSet::new();
+        let mut complete = true;
+        let partitions: Vec<PartitionId> = self.owned_partitions().collect();
+        for p in partitions {
+            let rows = self
+                .inner
+                .storage
+                .scan_prefix(Table::Timers, keys::partition(p), limit)
+                .await?;
+            if rows.len() == limit {
+                complete = false;
+            }
+            for (key, _) in rows {
+                if let Some((wake, id, index)) = keys::parse_timer(&key) {
+                    loaded.insert((wake, p, id, index));
+                }
+            }
+        }
+        while loaded.len() > limit {
+            loaded.pop_last();
+            complete = false;
+        }
+        let mut state = self.inner.state.borrow_mut();
+        // Timers added while loading are in storage too: the scan or a later load finds them.
+        state.timers.loaded = loaded;
+        state.timers.complete = complete;
+        Ok(())
+    }
+
+    /// Fires timers in wake-up order.
+    async fn run_timers(self) {
+        let Some(mut wake) = self.inner.timer_wake_rx.borrow_mut().take() else { return };
+        loop {
+            let (next, reload) = {
+                let state = self.inner.state.borrow();
+                (state.timers.loaded.first().copied(), !state.timers.complete)
+            };
+            let Some((at, partition, id, index)) = next else {
+                if reload {
+                    if let Err(e) = self.load_timers().await {
+                        fatal("loading timers", e);
+                    }
+                    if self.inner.state.borrow().timers.loaded.is_empty() {
+                        self.inner.state.borrow_mut().timers.complete = true;
+                    }
+                    continue;
+                }
+                if wake.next().await.is_none() {
+                    return;
+                }
+                continue;
+            };
+            let now = rows::now_ms();
+            if at > now {
+                let sleep = glommio::timer::sleep(Duration::from_millis(at - now));
+                futures::pin_mut!(sleep);
+                let woken = wake.next();
+                futures::pin_mut!(woken);
+                if let futures::future::Either::Right((None, _)) = futures::future::select(sleep, woken).await {
+                    return;
+                }
+                continue;
+            }
+            self.inner.state.borrow_mut().timers.loaded.pop_first();
+            self.fire(at, partition, id, index).await;
+        }
+    }
+
+    async fn fire(&self, at: u64, partition: PartitionId, id: InvocationId, index: EntryIndex) {
+        let key = keys::timer(partition, at, &id, index);
+        let row = self
+            .inner
+            .storage
+            .get(Table::Timers, key.clone())
+            .await
+            .unwrap_or_else(|e| fatal("reading a timer", e));
+        let Some(row) = row.and_then(|r| Timer::decode(r.as_slice()).ok()) else {
+            return; // already fired (a reload raced the delete)
+        };
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Timers, key);
+        match row.invoke {
+            None => {
+                let result = result_bytes(&completion_message::Result::Empty(()));
+                self.complete(id, index, result, batch, || {});
+            }
+            Some(request) => {
+                let shipped = self.queue_outbox(partition, vec![outbox_message::Message::Invoke(request)], &mut batch);
+                if let Err(e) = self.inner.storage.write(batch).await {
+                    fatal("firing a delayed call", e);
+                }
+                self.ship(shipped);
+            }
+        }
+    }
+
+    /// Rebuilds this core's partitions from storage and restarts their invocations, timers and outbox
+    /// shipping. Runs before the core accepts work.
     pub async fn recover(&self) -> Result<usize, crate::storage::Error> {
         let partitions: Vec<PartitionId> = self.owned_partitions().collect();
         let mut to_drive = Vec::new();
@@ -675,9 +1402,7 @@ impl Processor {
                 .scan_prefix(Table::Status, keys::partition(p), usize::MAX)
                 .await?;
             for (key, value) in statuses {
-                let Some(id) = InvocationId::from_slice(&key[4..]) else {
-                    continue;
-                };
+                let Some(id) = InvocationId::from_slice(&key[4..]) else { continue };
                 let Ok(status) = Status::decode(value.as_slice()) else {
                     log::error!(invocation = id.to_hex(); "unreadable status row; skipped");
                     continue;
@@ -686,11 +1411,27 @@ impl Processor {
                     service: status.service,
                     key: status.key,
                 };
-                let suspended = status.suspended.then_some(status.waiting);
-                let resume = match &suspended {
-                    None => true,
-                    Some(waiting) => self.any_completed(p, id, waiting).await?,
+                let journal = self
+                    .inner
+                    .storage
+                    .scan_prefix(Table::Journal, keys::journal_prefix(p, &id), usize::MAX)
+                    .await?;
+                let early: HashSet<EntryIndex> = self
+                    .inner
+                    .storage
+                    .scan_prefix(Table::Completions, keys::journal_prefix(p, &id), usize::MAX)
+                    .await?
+                    .iter()
+                    .map(|(k, _)| u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4 bytes")))
+                    .collect();
+                let completed = |i: &EntryIndex| {
+                    journal
+                        .get(*i as usize)
+                        .and_then(|(_, v)| Entry::decode(v))
+                        .is_some_and(|e| e.completed)
                 };
+                let suspended = status.suspended.then_some(status.waiting);
+                let resume = suspended.as_ref().is_none_or(|w| w.iter().any(completed));
                 let mut state = self.inner.state.borrow_mut();
                 if status.keyed {
                     state.locks.insert(service.clone(), id);
@@ -702,7 +1443,13 @@ impl Processor {
                         service,
                         method: status.method,
                         keyed: status.keyed,
+                        response_sink: status.response_sink,
+                        idempotency_key: status.idempotency_key,
+                        journal_length: journal.len() as u32,
                         suspended: if resume { None } else { suspended },
+                        completed: HashSet::new(),
+                        early,
+                        stream: None,
                         retries: self.inner.config.worker.invoker.retry_policy.delays(),
                         attempts: 0,
                     },
@@ -718,33 +1465,70 @@ impl Processor {
                 .scan_prefix(Table::Inbox, keys::partition(p), usize::MAX)
                 .await?;
             for (key, value) in inbox {
-                let (Some((service, sequence)), Ok(row)) = (
-                    keys::parse_inbox(&key),
-                    InboxEntry::decode(value.as_slice()),
-                ) else {
+                let (Some((service, sequence)), Ok(row)) =
+                    (keys::parse_inbox(&key), InboxEntry::decode(value.as_slice()))
+                else {
                     log::error!("unreadable inbox row; skipped");
                     continue;
                 };
-                let Some(id) = InvocationId::from_slice(&row.invocation_id) else {
-                    continue;
-                };
+                let Some(id) = InvocationId::from_slice(&row.invocation_id) else { continue };
                 max_sequence = max_sequence.max(sequence + 1);
+                let invocation = NewInvocation {
+                    id,
+                    service: service.clone(),
+                    method: row.method,
+                    argument: row.argument,
+                    keyed: true,
+                    response_sink: row.response_sink,
+                    idempotency_key: Some(row.idempotency_key).filter(|k| !k.is_empty()),
+                };
                 self.inner
                     .state
                     .borrow_mut()
                     .inboxes
                     .entry(service)
                     .or_default()
-                    .push_back(Queued {
-                        sequence,
-                        id,
-                        method: row.method,
-                        argument: row.argument,
-                    });
+                    .push_back(Queued { sequence, invocation });
             }
+            for (key, value) in self
+                .inner
+                .storage
+                .scan_prefix(Table::Dedup, keys::partition(p), usize::MAX)
+                .await?
+            {
+                let producer = u32::from_be_bytes(key[4..8].try_into().expect("4 bytes"));
+                let last = u64::from_be_bytes(value.as_slice().try_into().unwrap_or([0; 8]));
+                self.inner.state.borrow_mut().dedup.insert((p, producer), last);
+            }
+            let outbox = self
+                .inner
+                .storage
+                .scan_prefix(Table::Outbox, keys::partition(p), usize::MAX)
+                .await?;
+            let mut next_outbox = 0;
+            let mut pending = Vec::new();
+            for (key, value) in outbox {
+                let sequence = u64::from_be_bytes(key[4..12].try_into().expect("8 bytes"));
+                next_outbox = sequence + 1;
+                if let Ok(message) = OutboxMessage::decode(value.as_slice()) {
+                    pending.push((p, sequence, message));
+                }
+            }
+            // Sequences only grow: a partition whose outbox is empty continues after its last one.
+            let mut state = self.inner.state.borrow_mut();
+            let floor = state
+                .dedup
+                .iter()
+                .filter(|((_, producer), _)| *producer == p)
+                .map(|(_, last)| last + 1)
+                .max()
+                .unwrap_or(0);
+            state.outbox_sequence.insert(p, next_outbox.max(floor).max(self.outbox_floor(p)));
+            state.outbox.extend(pending);
         }
         self.inner.next_sequence.set(max_sequence);
-        // Inboxes whose key is free (should not happen: finishing and popping are one write).
+        self.load_timers().await?;
+        // Inboxes whose key is free (should not happen: ending and popping are one write).
         let orphaned: Vec<ServiceId> = {
             let state = self.inner.state.borrow();
             state
@@ -759,24 +1543,19 @@ impl Processor {
                 let mut state = self.inner.state.borrow_mut();
                 let queued = state.inboxes.get_mut(&service).and_then(|q| q.pop_front());
                 let Some(queued) = queued else { continue };
-                let p = queued.id.partition(self.inner.partitions);
+                let p = self.partition_of(&queued.invocation.id);
                 let mut batch = WriteBatch::new();
                 batch.delete(Table::Inbox, keys::inbox(p, &service, queued.sequence));
-                let id = queued.id;
-                batch.extend(self.start_locked(
-                    &mut state,
-                    p,
-                    id,
-                    service.clone(),
-                    queued.method,
-                    true,
-                    queued.argument,
-                ));
+                let id = queued.invocation.id;
+                batch.extend(self.start_locked(&mut state, p, queued.invocation));
                 (batch, id)
             };
             self.inner.storage.write(batch).await?;
             to_drive.push(id);
         }
+        glommio::spawn_local(self.clone().run_timers()).detach();
+        glommio::spawn_local(self.clone().run_shipper()).detach();
+        let _ = self.inner.outbox_wake.unbounded_send(());
         let count = to_drive.len();
         for id in to_drive {
             self.drive(id);
@@ -784,26 +1563,48 @@ impl Processor {
         Ok(count)
     }
 
-    async fn any_completed(
-        &self,
-        p: PartitionId,
-        id: InvocationId,
-        indexes: &[EntryIndex],
-    ) -> Result<bool, crate::storage::Error> {
-        for index in indexes {
-            if let Some(raw) = self
+    /// Outbox sequences must never be reused while a target may still hold a dedup row for them:
+    /// they start from the wall clock in microseconds, which only grows across restarts.
+    fn outbox_floor(&self, _p: PartitionId) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Deletes expired idempotency results of this core's partitions (run periodically).
+    pub async fn purge_idempotency(&self) -> Result<usize, crate::storage::Error> {
+        let now = rows::now_ms();
+        let mut purged = 0;
+        let partitions: Vec<PartitionId> = self.owned_partitions().collect();
+        for p in partitions {
+            let rows = self
                 .inner
                 .storage
-                .get(Table::Journal, keys::journal(p, &id, *index))
-                .await?
-            {
-                if Entry::decode(&raw).is_some_and(|e| e.completed) {
-                    return Ok(true);
+                .scan_prefix(Table::Idempotency, keys::partition(p), usize::MAX)
+                .await?;
+            let mut batch = WriteBatch::new();
+            for (key, value) in rows {
+                if Idempotent::decode(value.as_slice()).map_or(true, |r| r.expires_ms <= now) {
+                    batch.delete(Table::Idempotency, key);
+                    purged += 1;
                 }
             }
+            self.inner.storage.write(batch).await?;
         }
-        Ok(false)
+        Ok(purged)
     }
+}
+
+/// Parses a 0.4.1 awakeable id: base64url_nopad(invocation id ++ u32_be(entry index)).
+pub fn parse_awakeable_id(id: &str) -> Option<(InvocationId, EntryIndex)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.trim_end_matches('=')).ok()?;
+    if bytes.len() != InvocationId::LEN + 4 {
+        return None;
+    }
+    let invocation = InvocationId::from_slice(&bytes[..InvocationId::LEN])?;
+    let index = u32::from_be_bytes(bytes[InvocationId::LEN..].try_into().ok()?);
+    Some((invocation, index))
 }
 
 /// Why an entry could not be appended.
@@ -827,5 +1628,31 @@ impl AppendError {
     /// Whether a new attempt may succeed.
     pub fn is_transient(&self) -> bool {
         !matches!(self, AppendError::Unsupported(_) | AppendError::Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn awakeable_ids_round_trip_the_sdk_format() {
+        let id = InvocationId::new(42);
+        let mut raw = id.as_bytes().to_vec();
+        raw.extend_from_slice(&7u32.to_be_bytes());
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(parse_awakeable_id(&encoded), Some((id, 7)));
+        assert_eq!(parse_awakeable_id("not base64!"), None);
+        assert_eq!(parse_awakeable_id("AAAA"), None);
+    }
+
+    #[test]
+    fn completion_results_are_the_entry_result_fields() {
+        let bytes = result_bytes(&completion_message::Result::Value(b"v".to_vec()));
+        // tag 14 (value), length 1.
+        assert_eq!(bytes.as_ref(), &[0x72, 0x01, b'v']);
+        assert_eq!(decode_result(&bytes), Some(completion_message::Result::Value(b"v".to_vec())));
+        let empty = result_bytes(&completion_message::Result::Empty(()));
+        assert_eq!(empty.as_ref(), &[0x6a, 0x00]);
     }
 }

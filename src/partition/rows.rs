@@ -22,6 +22,12 @@ pub struct Status {
     /// Creation time, unix milliseconds.
     #[prost(uint64, tag = "7")]
     pub created_ms: u64,
+    /// A calling invocation waiting for the result.
+    #[prost(message, optional, tag = "8")]
+    pub response_sink: Option<ResponseSink>,
+    /// The idempotency key the invocation was started with (its result is kept for the retention).
+    #[prost(string, tag = "9")]
+    pub idempotency_key: String,
 }
 
 /// Inbox table row: an invocation waiting for its key.
@@ -35,6 +41,10 @@ pub struct InboxEntry {
     pub argument: Bytes,
     #[prost(uint64, tag = "4")]
     pub created_ms: u64,
+    #[prost(message, optional, tag = "5")]
+    pub response_sink: Option<ResponseSink>,
+    #[prost(string, tag = "6")]
+    pub idempotency_key: String,
 }
 
 /// A stored journal entry: the frame's type and flags, then its payload.
@@ -75,4 +85,87 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where an invocation's result goes besides ingress waiters: the Invoke entry of a calling invocation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResponseSink {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub caller: Bytes,
+    #[prost(uint32, tag = "2")]
+    pub entry_index: u32,
+}
+
+/// An invocation travelling between partitions (outbox, delayed calls).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InvocationRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub invocation_id: Bytes,
+    #[prost(string, tag = "2")]
+    pub service: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub key: Bytes,
+    #[prost(string, tag = "4")]
+    pub method: String,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub argument: Bytes,
+    #[prost(bool, tag = "6")]
+    pub keyed: bool,
+    #[prost(message, optional, tag = "7")]
+    pub response_sink: Option<ResponseSink>,
+}
+
+/// A completion for an entry of an invocation (a call's response, an awakeable's result).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CompletionRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub invocation_id: Bytes,
+    #[prost(uint32, tag = "2")]
+    pub entry_index: u32,
+    /// The encoded result field(s) of a `CompletionMessage` (tags 13/14/15).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub result: Bytes,
+}
+
+/// Outbox row: a message to another partition, deleted once the target has it durably.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxMessage {
+    #[prost(oneof = "outbox_message::Message", tags = "1, 2")]
+    pub message: Option<outbox_message::Message>,
+}
+
+/// Outbox message kinds.
+pub mod outbox_message {
+    /// The kinds.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Invoke(super::InvocationRequest),
+        #[prost(message, tag = "2")]
+        Complete(super::CompletionRequest),
+    }
+}
+
+/// Timer row: what happens when it fires.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Timer {
+    /// Set: start this invocation (a delayed one-way call). Unset: complete the sleep entry.
+    #[prost(message, optional, tag = "1")]
+    pub invoke: Option<InvocationRequest>,
+}
+
+/// Idempotency table row: the result of an invocation started with an idempotency key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Idempotent {
+    #[prost(bool, tag = "1")]
+    pub failed: bool,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+    #[prost(uint32, tag = "3")]
+    pub code: u32,
+    #[prost(string, tag = "4")]
+    pub message: String,
+    /// Purged after this (unix ms).
+    #[prost(uint64, tag = "5")]
+    pub expires_ms: u64,
 }

@@ -44,11 +44,13 @@ pub enum Table {
     Journal,
     /// Idempotency keys and the results they map to.
     Idempotency,
+    /// Completions that arrived before the journal entry they complete.
+    Completions,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::System,
         Table::State,
         Table::Status,
@@ -59,6 +61,7 @@ impl Table {
         Table::Timers,
         Table::Journal,
         Table::Idempotency,
+        Table::Completions,
     ];
 
     /// The column family's name.
@@ -74,6 +77,7 @@ impl Table {
             Table::Timers => "timers",
             Table::Journal => "journal",
             Table::Idempotency => "idempotency",
+            Table::Completions => "completions",
         }
     }
 }
