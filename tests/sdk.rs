@@ -25,7 +25,18 @@ fn the_real_sdk_registers_routers_and_grpc_services() {
     names.sort();
     assert_eq!(
         names,
-        vec!["counter", "example.Echo", "example.Greeter", "greeter"]
+        vec![
+            "awaiter",
+            "caller",
+            "counter",
+            "effects",
+            "example.Echo",
+            "example.Greeter",
+            "greeter",
+            "mailbox",
+            "resolver",
+            "sleeper",
+        ]
     );
 
     let service = |name: &str| {

@@ -248,9 +248,12 @@ fn new_invocation(
     argument: Bytes,
     idempotency_key: Option<String>,
 ) -> Result<NewInvocation, CallError> {
-    let key = service
-        .extract_key(method, &argument)
-        .map_err(|e| CallError::new(Code::InvalidArgument, format!("cannot extract the key: {e}")))?;
+    let key = service.extract_key(method, &argument).map_err(|e| {
+        CallError::new(
+            Code::InvalidArgument,
+            format!("cannot extract the key: {e}"),
+        )
+    })?;
     let keyed = key.is_some();
     debug_assert!(keyed || service.instance_type == ServiceType::Unkeyed);
     let seed: Vec<&[u8]> = idempotency_key
@@ -340,7 +343,12 @@ async fn one_way(
     let body = http_body_util::Limited::new(request.into_body(), limit + 5)
         .collect()
         .await
-        .map_err(|e| CallError::new(Code::ResourceExhausted, format!("cannot read the request: {e}")))?
+        .map_err(|e| {
+            CallError::new(
+                Code::ResourceExhausted,
+                format!("cannot read the request: {e}"),
+            )
+        })?
         .to_bytes();
     let schemas = ctx.schemas.get();
     let lookup = |service: &str, method: &str| {
@@ -359,8 +367,9 @@ async fn one_way(
                 #[serde(default)]
                 argument: serde_json::Value,
             }
-            let json: Json = serde_json::from_slice(&body)
-                .map_err(|e| CallError::new(Code::InvalidArgument, format!("invalid JSON request: {e}")))?;
+            let json: Json = serde_json::from_slice(&body).map_err(|e| {
+                CallError::new(Code::InvalidArgument, format!("invalid JSON request: {e}"))
+            })?;
             let (service, method) = lookup(&json.service, &json.method)?;
             let argument = if json.argument.is_null() {
                 DynamicMessage::new(method.input.clone())
@@ -370,14 +379,21 @@ async fn one_way(
                     json.argument,
                     &DeserializeOptions::new(),
                 )
-                .map_err(|e| CallError::new(Code::InvalidArgument, format!("invalid argument: {e}")))?
+                .map_err(|e| {
+                    CallError::new(Code::InvalidArgument, format!("invalid argument: {e}"))
+                })?
             };
             (service, method, Bytes::from(argument.encode_to_vec()))
         }
         Protocol::Grpc | Protocol::ConnectProto => {
-            let bytes = if protocol == Protocol::Grpc { unframe(body)? } else { body };
-            let request = InvokeRequest::decode(bytes)
-                .map_err(|e| CallError::new(Code::InvalidArgument, format!("undecodable request: {e}")))?;
+            let bytes = if protocol == Protocol::Grpc {
+                unframe(body)?
+            } else {
+                body
+            };
+            let request = InvokeRequest::decode(bytes).map_err(|e| {
+                CallError::new(Code::InvalidArgument, format!("undecodable request: {e}"))
+            })?;
             let (service, method) = lookup(&request.service, &request.method)?;
             (service, method, Bytes::from(request.argument))
         }
@@ -400,9 +416,10 @@ async fn one_way(
             StatusCode::OK,
             &serde_json::json!({ "sid": sid }),
         )),
-        Protocol::Grpc | Protocol::ConnectProto => {
-            respond_bytes(protocol, Bytes::from(InvokeResponse { sid }.encode_to_vec()))
-        }
+        Protocol::Grpc | Protocol::ConnectProto => respond_bytes(
+            protocol,
+            Bytes::from(InvokeResponse { sid }.encode_to_vec()),
+        ),
     }
 }
 

@@ -352,7 +352,9 @@ impl Invoker {
                 futures::pin_mut!(frame, completion, timeout);
                 match select(select(frame, completion), timeout).await {
                     Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
-                    Either::Left((Either::Right((completion, _)), _)) => Event::Completion(completion),
+                    Either::Left((Either::Right((completion, _)), _)) => {
+                        Event::Completion(completion)
+                    }
                     Either::Right(_) => Event::Timeout,
                 }
             };
@@ -392,7 +394,10 @@ impl Invoker {
                     ))
                 }
                 Some(Err(e)) => {
-                    return Err(AttemptError::transient(Code::Unavailable, format!("stream broke: {e}")))
+                    return Err(AttemptError::transient(
+                        Code::Unavailable,
+                        format!("stream broke: {e}"),
+                    ))
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
@@ -528,4 +533,3 @@ enum Event {
 fn completion_frame(completion: &CompletionMessage) -> Frame {
     Frame::message(types::COMPLETION, 0, completion)
 }
-

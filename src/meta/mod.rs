@@ -353,9 +353,13 @@ async fn cancel(ctx: &Context, body: Value) -> Result<http::Response<Body>> {
     .ok_or_else(|| ApiError::bad_request(format!("not an invocation sid: {sid}")))?;
     let partition = id.partition(ctx.router.partitions());
     let (reply, found) = futures::channel::oneshot::channel();
-    let unavailable = |_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "META0010", "shutting down");
+    let unavailable =
+        |_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "META0010", "shutting down");
     ctx.router
-        .send(partition, crate::partition::processor::Command::Cancel { id, reply })
+        .send(
+            partition,
+            crate::partition::processor::Command::Cancel { id, reply },
+        )
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "META0010", e.to_string()))?;
     if found.await.map_err(unavailable)? {
@@ -364,7 +368,10 @@ async fn cancel(ctx: &Context, body: Value) -> Result<http::Response<Body>> {
             .body(crate::http::empty())
             .expect("valid response"))
     } else {
-        Err(ApiError::not_found(format!("invocation {} not found", id.to_hex())))
+        Err(ApiError::not_found(format!(
+            "invocation {} not found",
+            id.to_hex()
+        )))
     }
 }
 

@@ -214,7 +214,9 @@ pub enum SuspendOutcome {
 /// A failure of a storage write the processor depends on: its in-memory state can no longer be
 /// trusted to match storage, so the process stops (and recovers from storage at restart).
 fn fatal(what: &str, error: impl std::fmt::Display) -> ! {
-    log::error!("storage failed while {what}: {error}; stopping so that a restart recovers from storage");
+    log::error!(
+        "storage failed while {what}: {error}; stopping so that a restart recovers from storage"
+    );
     std::process::abort()
 }
 
@@ -309,7 +311,12 @@ impl Processor {
     }
 
     fn drive(&self, id: InvocationId) {
-        let driver = self.inner.driver.borrow().clone().expect("driver installed at start-up");
+        let driver = self
+            .inner
+            .driver
+            .borrow()
+            .clone()
+            .expect("driver installed at start-up");
         driver(self.clone(), id);
     }
 
@@ -325,7 +332,8 @@ impl Processor {
 
     /// The partitions this core owns.
     pub fn owned_partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
-        (0..self.inner.partitions).filter(move |p| *p as usize % self.inner.cores == self.inner.core)
+        (0..self.inner.partitions)
+            .filter(move |p| *p as usize % self.inner.cores == self.inner.core)
     }
 
     /// Invocations this core holds (invoked or suspended).
@@ -352,8 +360,10 @@ impl Processor {
             } => {
                 if invocation.idempotency_key.is_some() {
                     let this = self.clone();
-                    glommio::spawn_local(async move { this.invoke_idempotent(invocation, reply, ack).await })
-                        .detach();
+                    glommio::spawn_local(async move {
+                        this.invoke_idempotent(invocation, reply, ack).await
+                    })
+                    .detach();
                 } else {
                     self.invoke(invocation, reply, ack, WriteBatch::new());
                 }
@@ -412,12 +422,19 @@ impl Processor {
                 response_sink: new.response_sink.clone(),
                 idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
             };
-            batch.put(Table::Inbox, keys::inbox(partition, &new.service, sequence), row.encode_to_vec());
+            batch.put(
+                Table::Inbox,
+                keys::inbox(partition, &new.service, sequence),
+                row.encode_to_vec(),
+            );
             state
                 .inboxes
                 .entry(new.service.clone())
                 .or_default()
-                .push_back(Queued { sequence, invocation: new });
+                .push_back(Queued {
+                    sequence,
+                    invocation: new,
+                });
             drop(state);
             self.write_then(batch, move || {
                 if let Some(ack) = ack {
@@ -452,7 +469,12 @@ impl Processor {
 
     /// Registers a new running invocation (taking its key's lock) and returns the batch that makes it
     /// durable: status row and journal entry 0.
-    fn start_locked(&self, state: &mut State, partition: PartitionId, new: NewInvocation) -> WriteBatch {
+    fn start_locked(
+        &self,
+        state: &mut State,
+        partition: PartitionId,
+        new: NewInvocation,
+    ) -> WriteBatch {
         if new.keyed {
             state.locks.insert(new.service.clone(), new.id);
         }
@@ -477,8 +499,16 @@ impl Processor {
             .into(),
         };
         let mut batch = WriteBatch::new();
-        batch.put(Table::Status, keys::status(partition, &new.id), status.encode_to_vec());
-        batch.put(Table::Journal, keys::journal(partition, &new.id, 0), input.encode());
+        batch.put(
+            Table::Status,
+            keys::status(partition, &new.id),
+            status.encode_to_vec(),
+        );
+        batch.put(
+            Table::Journal,
+            keys::journal(partition, &new.id, 0),
+            input.encode(),
+        );
         state.invocations.insert(
             new.id,
             Invocation {
@@ -514,7 +544,13 @@ impl Processor {
             .get(Table::Idempotency, keys::idempotency(partition, &new.id))
             .await
             .unwrap_or_else(|e| fatal("reading an idempotency key", e));
-        let recent = self.inner.state.borrow().recently_finished.get(&new.id).cloned();
+        let recent = self
+            .inner
+            .state
+            .borrow()
+            .recently_finished
+            .get(&new.id)
+            .cloned();
         let kept = recent.or_else(|| {
             let row = Idempotent::decode(kept?.as_slice()).ok()?;
             (row.expires_ms > rows::now_ms()).then(|| {
@@ -543,24 +579,39 @@ impl Processor {
 
     /// Loads what an attempt needs: the journal and (eagerly, when small) the instance's state, and
     /// attaches the attempt's completion channel.
-    pub async fn attempt_context(&self, id: InvocationId) -> Result<Option<AttemptContext>, crate::storage::Error> {
+    pub async fn attempt_context(
+        &self,
+        id: InvocationId,
+    ) -> Result<Option<AttemptContext>, crate::storage::Error> {
         let (partition, service, method) = {
             let mut state = self.inner.state.borrow_mut();
             let Some(invocation) = state.invocations.get_mut(&id) else {
                 return Ok(None);
             };
             invocation.attempts += 1;
-            (invocation.partition, invocation.service.clone(), invocation.method.clone())
+            (
+                invocation.partition,
+                invocation.service.clone(),
+                invocation.method.clone(),
+            )
         };
         let journal_rows = self
             .inner
             .storage
-            .scan_prefix(Table::Journal, keys::journal_prefix(partition, &id), usize::MAX)
+            .scan_prefix(
+                Table::Journal,
+                keys::journal_prefix(partition, &id),
+                usize::MAX,
+            )
             .await?;
         let mut journal = Vec::with_capacity(journal_rows.len());
         for (index, (key, value)) in journal_rows.iter().enumerate() {
-            let stored_index = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
-            assert_eq!(stored_index as usize, index, "journal of {id} has a gap at {index}");
+            let stored_index =
+                u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+            assert_eq!(
+                stored_index as usize, index,
+                "journal of {id} has a gap at {index}"
+            );
             journal.push(Entry::decode(value).expect("journal entries are written by us"));
         }
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
@@ -629,13 +680,18 @@ impl Processor {
         let (partition, service, early) = {
             let state = self.inner.state.borrow();
             let invocation = state.invocations.get(&id).ok_or(AppendError::Gone)?;
-            (invocation.partition, invocation.service.clone(), invocation.early.contains(&index))
+            (
+                invocation.partition,
+                invocation.service.clone(),
+                invocation.early.contains(&index),
+            )
         };
         let kind = protocol::kind(frame.ty).ok_or(AppendError::Protocol(format!(
             "unknown message type {:#06x}",
             frame.ty
         )))?;
-        let decode_error = |e: prost::DecodeError| AppendError::Protocol(format!("entry {index}: {e}"));
+        let decode_error =
+            |e: prost::DecodeError| AppendError::Protocol(format!("entry {index}: {e}"));
         let mut batch = WriteBatch::new();
         let mut entry = Entry {
             ty: frame.ty,
@@ -647,7 +703,8 @@ impl Processor {
         let mut timer = None;
         match frame.ty {
             types::GET_STATE if !entry.completed => {
-                let get = GetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let get =
+                    GetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 let value = self
                     .inner
                     .storage
@@ -676,16 +733,23 @@ impl Processor {
                 });
             }
             types::SET_STATE => {
-                let set = SetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
-                batch.put(Table::State, keys::state(partition, &service, &set.key), set.value);
+                let set =
+                    SetStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                batch.put(
+                    Table::State,
+                    keys::state(partition, &service, &set.key),
+                    set.value,
+                );
             }
             types::CLEAR_STATE => {
-                let clear = ClearStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let clear =
+                    ClearStateEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 batch.delete(Table::State, keys::state(partition, &service, &clear.key));
             }
             types::GET_STATE | types::POLL_INPUT_STREAM => {}
             types::SLEEP if !entry.completed => {
-                let sleep = SleepEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let sleep =
+                    SleepEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 batch.put(
                     Table::Timers,
                     keys::timer(partition, sleep.wake_up_time, &id, index),
@@ -694,12 +758,18 @@ impl Processor {
                 timer = Some(sleep.wake_up_time);
             }
             types::INVOKE if !entry.completed => {
-                let invoke = InvokeEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let invoke =
+                    InvokeEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
                 let sink = ResponseSink {
                     caller: Bytes::copy_from_slice(id.as_bytes()),
                     entry_index: index,
                 };
-                match self.resolve(&invoke.service_name, &invoke.method_name, invoke.parameter.into(), Some(sink)) {
+                match self.resolve(
+                    &invoke.service_name,
+                    &invoke.method_name,
+                    invoke.parameter.into(),
+                    Some(sink),
+                ) {
                     Ok(callee) => outbox.push(outbox_message::Message::Invoke(callee.to_request())),
                     Err(failure) => {
                         let result = outcome_result(&Err(failure));
@@ -715,8 +785,14 @@ impl Processor {
                 }
             }
             types::BACKGROUND_INVOKE => {
-                let invoke = BackgroundInvokeEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
-                match self.resolve(&invoke.service_name, &invoke.method_name, invoke.parameter.into(), None) {
+                let invoke = BackgroundInvokeEntryMessage::decode(frame.payload.clone())
+                    .map_err(decode_error)?;
+                match self.resolve(
+                    &invoke.service_name,
+                    &invoke.method_name,
+                    invoke.parameter.into(),
+                    None,
+                ) {
                     Ok(callee) if invoke.invoke_time > rows::now_ms() => {
                         batch.put(
                             Table::Timers,
@@ -736,8 +812,8 @@ impl Processor {
                 }
             }
             types::COMPLETE_AWAKEABLE => {
-                let complete =
-                    CompleteAwakeableEntryMessage::decode(frame.payload.clone()).map_err(decode_error)?;
+                let complete = CompleteAwakeableEntryMessage::decode(frame.payload.clone())
+                    .map_err(decode_error)?;
                 match parse_awakeable_id(&complete.id) {
                     Some((target, target_index)) => {
                         let result = match complete.result {
@@ -800,7 +876,11 @@ impl Processor {
             }
             batch.delete(Table::Completions, key);
         }
-        batch.put(Table::Journal, keys::journal(partition, &id, index), entry.encode());
+        batch.put(
+            Table::Journal,
+            keys::journal(partition, &id, index),
+            entry.encode(),
+        );
         let sequences = self.queue_outbox(partition, outbox, &mut batch);
         let write = self.inner.storage.write(batch);
         {
@@ -838,9 +918,12 @@ impl Processor {
         let (target, m) = schemas
             .method(service, method)
             .map_err(|_| Failure::new(Code::NotFound, format!("{service}/{method} not found")))?;
-        let key = target
-            .extract_key(m, &parameter)
-            .map_err(|e| Failure::new(Code::Internal, format!("cannot extract the key of {service}/{method}: {e}")))?;
+        let key = target.extract_key(m, &parameter).map_err(|e| {
+            Failure::new(
+                Code::Internal,
+                format!("cannot extract the key of {service}/{method}: {e}"),
+            )
+        })?;
         let keyed = key.is_some();
         let key = key.unwrap_or_else(|| uuid::Uuid::now_v7().as_bytes().to_vec());
         let service_id = ServiceId {
@@ -875,7 +958,11 @@ impl Processor {
                 let row = OutboxMessage {
                     message: Some(message),
                 };
-                batch.put(Table::Outbox, keys::outbox(partition, seq), row.encode_to_vec());
+                batch.put(
+                    Table::Outbox,
+                    keys::outbox(partition, seq),
+                    row.encode_to_vec(),
+                );
                 (partition, seq, row)
             })
             .collect()
@@ -943,7 +1030,11 @@ impl Processor {
                 idempotency_key: invocation.idempotency_key.clone(),
             };
             let mut batch = WriteBatch::new();
-            batch.put(Table::Status, keys::status(invocation.partition, &id), status.encode_to_vec());
+            batch.put(
+                Table::Status,
+                keys::status(invocation.partition, &id),
+                status.encode_to_vec(),
+            );
             batch
         };
         if let Err(e) = self.inner.storage.write(batch).await {
@@ -954,7 +1045,14 @@ impl Processor {
 
     /// Completes entry `index` of `id` with `result` (tags 13/14/15 bytes), writing `extra` with it.
     /// Resumes the invocation if it waits for that entry; forwards to its stream if one is open.
-    fn complete(&self, id: InvocationId, index: EntryIndex, result: Bytes, mut extra: WriteBatch, then: impl FnOnce() + 'static) {
+    fn complete(
+        &self,
+        id: InvocationId,
+        index: EntryIndex,
+        result: Bytes,
+        mut extra: WriteBatch,
+        then: impl FnOnce() + 'static,
+    ) {
         let partition = self.partition_of(&id);
         let known = {
             let mut state = self.inner.state.borrow_mut();
@@ -971,7 +1069,11 @@ impl Processor {
             // Ended or unknown (a late response, a stale awakeable): nothing to complete.
             None => self.write_then(extra, then),
             Some(false) => {
-                extra.put(Table::Completions, keys::completion(partition, &id, index), result.to_vec());
+                extra.put(
+                    Table::Completions,
+                    keys::completion(partition, &id, index),
+                    result.to_vec(),
+                );
                 self.write_then(extra, then);
             }
             Some(true) => {
@@ -1002,7 +1104,10 @@ impl Processor {
                         match state.invocations.get_mut(&id) {
                             Some(invocation) => {
                                 invocation.completed.insert(index);
-                                let waiting = invocation.suspended.as_ref().is_some_and(|w| w.contains(&index));
+                                let waiting = invocation
+                                    .suspended
+                                    .as_ref()
+                                    .is_some_and(|w| w.contains(&index));
                                 if waiting {
                                     invocation.suspended = None;
                                     let status = Status {
@@ -1016,7 +1121,11 @@ impl Processor {
                                         response_sink: invocation.response_sink.clone(),
                                         idempotency_key: invocation.idempotency_key.clone(),
                                     };
-                                    extra.put(Table::Status, keys::status(partition, &id), status.encode_to_vec());
+                                    extra.put(
+                                        Table::Status,
+                                        keys::status(partition, &id),
+                                        status.encode_to_vec(),
+                                    );
                                 }
                                 waiting
                             }
@@ -1083,7 +1192,11 @@ impl Processor {
                         ..Default::default()
                     },
                 };
-                batch.put(Table::Idempotency, keys::idempotency(p, &id), row.encode_to_vec());
+                batch.put(
+                    Table::Idempotency,
+                    keys::idempotency(p, &id),
+                    row.encode_to_vec(),
+                );
                 state.recently_finished.insert(id, outcome.clone());
                 let this = self.clone();
                 glommio::spawn_local(async move {
@@ -1099,11 +1212,18 @@ impl Processor {
                     .inboxes
                     .get_mut(&invocation.service)
                     .and_then(|queue| queue.pop_front());
-                if state.inboxes.get(&invocation.service).is_some_and(|q| q.is_empty()) {
+                if state
+                    .inboxes
+                    .get(&invocation.service)
+                    .is_some_and(|q| q.is_empty())
+                {
                     state.inboxes.remove(&invocation.service);
                 }
                 if let Some(queued) = queued {
-                    batch.delete(Table::Inbox, keys::inbox(p, &invocation.service, queued.sequence));
+                    batch.delete(
+                        Table::Inbox,
+                        keys::inbox(p, &invocation.service, queued.sequence),
+                    );
                     next = Some(queued.invocation.id);
                     batch.extend(self.start_locked(&mut state, p, queued.invocation));
                 }
@@ -1183,10 +1303,18 @@ impl Processor {
     }
 
     /// Applies a message from another partition's outbox, once.
-    fn deliver(&self, producer: PartitionId, sequence: u64, message: OutboxMessage, ack: oneshot::Sender<()>) {
+    fn deliver(
+        &self,
+        producer: PartitionId,
+        sequence: u64,
+        message: OutboxMessage,
+        ack: oneshot::Sender<()>,
+    ) {
         let target = match &message.message {
             Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
-            Some(outbox_message::Message::Complete(c)) => InvocationId::from_slice(&c.invocation_id),
+            Some(outbox_message::Message::Complete(c)) => {
+                InvocationId::from_slice(&c.invocation_id)
+            }
             None => None,
         };
         let Some(target) = target else {
@@ -1211,15 +1339,19 @@ impl Processor {
             sequence.to_be_bytes().to_vec(),
         );
         match message.message {
-            Some(outbox_message::Message::Invoke(request)) => match NewInvocation::from_request(request) {
-                Some(invocation) => self.invoke(invocation, None, Some(ack), batch),
-                None => self.write_then(batch, move || {
+            Some(outbox_message::Message::Invoke(request)) => {
+                match NewInvocation::from_request(request) {
+                    Some(invocation) => self.invoke(invocation, None, Some(ack), batch),
+                    None => self.write_then(batch, move || {
+                        let _ = ack.send(());
+                    }),
+                }
+            }
+            Some(outbox_message::Message::Complete(c)) => {
+                self.complete(target, c.entry_index, c.result, batch, move || {
                     let _ = ack.send(());
-                }),
-            },
-            Some(outbox_message::Message::Complete(c)) => self.complete(target, c.entry_index, c.result, batch, move || {
-                let _ = ack.send(());
-            }),
+                })
+            }
             None => unreachable!("checked above"),
         }
     }
@@ -1227,7 +1359,9 @@ impl Processor {
     /// Ships outbox messages in sequence order to the owner of their target, one at a time; each is
     /// deleted once acknowledged.
     async fn run_shipper(self) {
-        let Some(mut wake) = self.inner.outbox_wake_rx.borrow_mut().take() else { return };
+        let Some(mut wake) = self.inner.outbox_wake_rx.borrow_mut().take() else {
+            return;
+        };
         loop {
             let next = self.inner.state.borrow_mut().outbox.pop_front();
             let Some((producer, sequence, message)) = next else {
@@ -1237,8 +1371,12 @@ impl Processor {
                 continue;
             };
             let target = match &message.message {
-                Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
-                Some(outbox_message::Message::Complete(c)) => InvocationId::from_slice(&c.invocation_id),
+                Some(outbox_message::Message::Invoke(r)) => {
+                    InvocationId::from_slice(&r.invocation_id)
+                }
+                Some(outbox_message::Message::Complete(c)) => {
+                    InvocationId::from_slice(&c.invocation_id)
+                }
                 None => None,
             };
             if let Some(target) = target {
@@ -1324,7 +1462,9 @@ impl Processor {
 
     /// Fires timers in wake-up order.
     async fn run_timers(self) {
-        let Some(mut wake) = self.inner.timer_wake_rx.borrow_mut().take() else { return };
+        let Some(mut wake) = self.inner.timer_wake_rx.borrow_mut().take() else {
+            return;
+        };
         loop {
             let (next, reload) = {
                 let state = self.inner.state.borrow();
@@ -1351,7 +1491,9 @@ impl Processor {
                 futures::pin_mut!(sleep);
                 let woken = wake.next();
                 futures::pin_mut!(woken);
-                if let futures::future::Either::Right((None, _)) = futures::future::select(sleep, woken).await {
+                if let futures::future::Either::Right((None, _)) =
+                    futures::future::select(sleep, woken).await
+                {
                     return;
                 }
                 continue;
@@ -1380,7 +1522,11 @@ impl Processor {
                 self.complete(id, index, result, batch, || {});
             }
             Some(request) => {
-                let shipped = self.queue_outbox(partition, vec![outbox_message::Message::Invoke(request)], &mut batch);
+                let shipped = self.queue_outbox(
+                    partition,
+                    vec![outbox_message::Message::Invoke(request)],
+                    &mut batch,
+                );
                 if let Err(e) = self.inner.storage.write(batch).await {
                     fatal("firing a delayed call", e);
                 }
@@ -1402,7 +1548,9 @@ impl Processor {
                 .scan_prefix(Table::Status, keys::partition(p), usize::MAX)
                 .await?;
             for (key, value) in statuses {
-                let Some(id) = InvocationId::from_slice(&key[4..]) else { continue };
+                let Some(id) = InvocationId::from_slice(&key[4..]) else {
+                    continue;
+                };
                 let Ok(status) = Status::decode(value.as_slice()) else {
                     log::error!(invocation = id.to_hex(); "unreadable status row; skipped");
                     continue;
@@ -1465,13 +1613,16 @@ impl Processor {
                 .scan_prefix(Table::Inbox, keys::partition(p), usize::MAX)
                 .await?;
             for (key, value) in inbox {
-                let (Some((service, sequence)), Ok(row)) =
-                    (keys::parse_inbox(&key), InboxEntry::decode(value.as_slice()))
-                else {
+                let (Some((service, sequence)), Ok(row)) = (
+                    keys::parse_inbox(&key),
+                    InboxEntry::decode(value.as_slice()),
+                ) else {
                     log::error!("unreadable inbox row; skipped");
                     continue;
                 };
-                let Some(id) = InvocationId::from_slice(&row.invocation_id) else { continue };
+                let Some(id) = InvocationId::from_slice(&row.invocation_id) else {
+                    continue;
+                };
                 max_sequence = max_sequence.max(sequence + 1);
                 let invocation = NewInvocation {
                     id,
@@ -1488,7 +1639,10 @@ impl Processor {
                     .inboxes
                     .entry(service)
                     .or_default()
-                    .push_back(Queued { sequence, invocation });
+                    .push_back(Queued {
+                        sequence,
+                        invocation,
+                    });
             }
             for (key, value) in self
                 .inner
@@ -1498,7 +1652,11 @@ impl Processor {
             {
                 let producer = u32::from_be_bytes(key[4..8].try_into().expect("4 bytes"));
                 let last = u64::from_be_bytes(value.as_slice().try_into().unwrap_or([0; 8]));
-                self.inner.state.borrow_mut().dedup.insert((p, producer), last);
+                self.inner
+                    .state
+                    .borrow_mut()
+                    .dedup
+                    .insert((p, producer), last);
             }
             let outbox = self
                 .inner
@@ -1523,7 +1681,9 @@ impl Processor {
                 .map(|(_, last)| last + 1)
                 .max()
                 .unwrap_or(0);
-            state.outbox_sequence.insert(p, next_outbox.max(floor).max(self.outbox_floor(p)));
+            state
+                .outbox_sequence
+                .insert(p, next_outbox.max(floor).max(self.outbox_floor(p)));
             state.outbox.extend(pending);
         }
         self.inner.next_sequence.set(max_sequence);
@@ -1598,7 +1758,9 @@ impl Processor {
 
 /// Parses a 0.4.1 awakeable id: base64url_nopad(invocation id ++ u32_be(entry index)).
 pub fn parse_awakeable_id(id: &str) -> Option<(InvocationId, EntryIndex)> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id.trim_end_matches('='))
+        .ok()?;
     if bytes.len() != InvocationId::LEN + 4 {
         return None;
     }
@@ -1651,7 +1813,10 @@ mod tests {
         let bytes = result_bytes(&completion_message::Result::Value(b"v".to_vec()));
         // tag 14 (value), length 1.
         assert_eq!(bytes.as_ref(), &[0x72, 0x01, b'v']);
-        assert_eq!(decode_result(&bytes), Some(completion_message::Result::Value(b"v".to_vec())));
+        assert_eq!(
+            decode_result(&bytes),
+            Some(completion_message::Result::Value(b"v".to_vec()))
+        );
         let empty = result_bytes(&completion_message::Result::Empty(()));
         assert_eq!(empty.as_ref(), &[0x6a, 0x00]);
     }

@@ -381,6 +381,11 @@ pub struct SdkEndpoint {
 impl SdkEndpoint {
     /// Starts the SDK services; fails loudly if `npm ci` has not been run in tests/sdk.
     pub fn start() -> SdkEndpoint {
+        Self::start_on(free_port())
+    }
+
+    /// Starts the SDK services on `port` (a restart of an endpoint that died).
+    pub fn start_on(port: u16) -> SdkEndpoint {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
         assert!(
             Path::new(dir)
@@ -388,7 +393,6 @@ impl SdkEndpoint {
                 .exists(),
             "the SDK is not installed: run `npm ci` in tests/sdk (.ci/run does)"
         );
-        let port = free_port();
         let mut child = Command::new("node")
             .arg("services.js")
             .current_dir(dir)

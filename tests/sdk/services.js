@@ -4,6 +4,12 @@
 //   greeter          unkeyed router  greet(name) -> "Hello <name> #<n>" (calls counter.add, sleeps 100ms)
 //   example.Greeter  gRPC, KEYED     Greet / Count   (proto/greeter.proto)
 //   example.Echo     gRPC, UNKEYED   Echo returns its input unchanged
+//   sleeper          keyed router    sleepUntil(key, atMs) records when it woke; get(key)
+//   awaiter          keyed router    park(key, delayMs) waits on an awakeable (id sent to mailbox); ping(key)
+//   mailbox          keyed router    put(key, value) / get(key)
+//   resolver         unkeyed router  resolve({id, value}) / reject({id, reason})
+//   effects          unkeyed router  appendOnce({path, holdMs}): side effect appends a line, then sleeps
+//   caller           unkeyed router  callMissing() calls a service that does not exist
 // The gRPC code under ./generated is produced by ./generate.sh and committed; tests never run it.
 // Prints "listening on <port>" once the socket is bound.
 "use strict";
@@ -50,6 +56,68 @@ const greeter = restate.router({
   },
 });
 
+const fs = require("fs");
+
+const sleeper = restate.keyedRouter({
+  // The wake-up time is absolute so that many invocations can be lined up; replay reuses the journaled one.
+  sleepUntil: async (ctx, key, atMs) => {
+    await ctx.sleep(Math.max(0, atMs - Date.now()));
+    const firedMs = await ctx.sideEffect(async () => Date.now());
+    ctx.set("fired", firedMs);
+    return firedMs;
+  },
+  get: async (ctx, key) => (await ctx.get("fired")) ?? null,
+});
+
+const awaiter = restate.keyedRouter({
+  park: async (ctx, key, delayMs) => {
+    if (delayMs) await ctx.sleep(delayMs);
+    const awakeable = ctx.awakeable();
+    ctx.send({ path: "mailbox" }).put(key, awakeable.id);
+    return await awakeable.promise;
+  },
+  ping: async (ctx, key) => "pong",
+});
+
+const mailbox = restate.keyedRouter({
+  put: async (ctx, key, value) => {
+    ctx.set("value", value);
+  },
+  get: async (ctx, key) => (await ctx.get("value")) ?? null,
+});
+
+const resolver = restate.router({
+  resolve: async (ctx, { id, value }) => {
+    ctx.resolveAwakeable(id, value);
+    return "resolved";
+  },
+  reject: async (ctx, { id, reason }) => {
+    ctx.rejectAwakeable(id, reason);
+    return "rejected";
+  },
+});
+
+const effects = restate.router({
+  appendOnce: async (ctx, { path, holdMs }) => {
+    await ctx.sideEffect(async () => {
+      fs.appendFileSync(path, "ran\n");
+    });
+    await ctx.sleep(holdMs);
+    return "done";
+  },
+});
+
+const caller = restate.router({
+  callMissing: async (ctx) => {
+    try {
+      await ctx.rpc({ path: "nope" }).anything("x");
+      return "no error";
+    } catch (e) {
+      return `error: ${e.message}`;
+    }
+  },
+});
+
 // example.Greeter (keyed by GreetRequest.name / CountRequest.name).
 class GreeterImpl {
   async greet(request) {
@@ -77,6 +145,12 @@ restate
   .createServer()
   .bindKeyedRouter("counter", counter)
   .bindRouter("greeter", greeter)
+  .bindKeyedRouter("sleeper", sleeper)
+  .bindKeyedRouter("awaiter", awaiter)
+  .bindKeyedRouter("mailbox", mailbox)
+  .bindRouter("resolver", resolver)
+  .bindRouter("effects", effects)
+  .bindRouter("caller", caller)
   .bindService({ descriptor: example.protoMetadata, service: "Greeter", instance: new GreeterImpl() })
   .bindService({ descriptor: example.protoMetadata, service: "Echo", instance: new EchoImpl() })
   .listen(PORT);

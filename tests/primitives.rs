@@ -1,0 +1,426 @@
+//! Durable primitives with the real TypeScript SDK 0.4.1: calls between services and sleeps, timers
+//! across `kill -9`, many timers under a tiny in-memory limit, awakeables, side effects when the
+//! endpoint dies, one-way calls across `kill -9`, cancellation, and idempotency keys.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::{connect_call, register, request_json, request_json_with, SdkEndpoint, Server};
+use restate::partition::{partition_key, InvocationId};
+use serde_json::json;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Polls `check` every 50 ms until it returns Some, at most `limit`.
+fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The RpcRequest key of a keyed router call with this key (string field 1, §2.4 encoding).
+fn router_key(key: &str) -> Vec<u8> {
+    let mut out = vec![key.len() as u8];
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The id an idempotent call to a keyed router gets (it derives from the idempotency key).
+fn idempotent_id(service: &str, method: &str, key: &str, idempotency_key: &str) -> InvocationId {
+    InvocationId::derived(
+        partition_key(service, &router_key(key)),
+        &[
+            idempotency_key.as_bytes(),
+            service.as_bytes(),
+            method.as_bytes(),
+        ],
+    )
+}
+
+fn awakeable_id(id: &InvocationId, index: u32) -> String {
+    let mut raw = id.as_bytes().to_vec();
+    raw.extend_from_slice(&index.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+#[test]
+fn a_call_to_another_service_and_a_sleep() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let started = Instant::now();
+    let (status, body) = connect_call(&server, "/greeter/greet", &json!({ "request": "bob" }));
+    assert_eq!((status, body), (200, json!({ "response": "Hello bob #1" })));
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "the 100 ms sleep was skipped"
+    );
+    let (_, body) = connect_call(&server, "/greeter/greet", &json!({ "request": "bob" }));
+    assert_eq!(body, json!({ "response": "Hello bob #2" }));
+    // A call to a service that does not exist completes with NOT_FOUND inside the handler.
+    let (status, body) = connect_call(&server, "/caller/callMissing", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["response"].as_str().unwrap().contains("not found"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_sleep_survives_kill_9_and_ends_no_earlier_than_asked() {
+    let sdk = SdkEndpoint::start();
+    let mut server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let at = now_ms() + 3000;
+    let (status, body) = connect_call(
+        &server,
+        "/dev.restate.Ingress/Invoke",
+        &json!({ "service": "sleeper", "method": "sleepUntil", "argument": { "key": "s", "request": at } }),
+    );
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(1));
+    server.kill();
+    server.restart();
+    let fired = eventually(Duration::from_secs(20), || {
+        let (_, body) = connect_call(&server, "/sleeper/get", &json!({ "key": "s" }));
+        body["response"].as_i64()
+    });
+    assert!(
+        fired >= at,
+        "woke at {fired}, {} ms before {at}",
+        at - fired
+    );
+}
+
+#[test]
+fn a_thousand_timers_fire_in_order_with_ten_in_memory() {
+    let sdk = SdkEndpoint::start();
+    // Sleeping invocations suspend after 100 ms of silence, so a thousand of them do not hold a thousand
+    // HTTP/2 streams to the endpoint (Node allows 100 per connection) while they wait.
+    let server = Server::start(&[
+        ("RESTATE_WORKER__TIMERS__NUM_TIMERS_IN_MEMORY_LIMIT", "10"),
+        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "100ms"),
+    ]);
+    register(&server, &sdk.uri());
+    let start = now_ms() + 6000;
+    let count = 1000;
+    // Scheduled in a shuffled order by 8 clients, waking 3 ms apart.
+    let mut order: Vec<i64> = (0..count).collect();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..order.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    let ingress = server.ingress;
+    let clients: Vec<_> = order
+        .chunks(count as usize / 8)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                for i in chunk {
+                    let (status, body) = common::request_json(
+                        ingress,
+                        "POST",
+                        "/dev.restate.Ingress/Invoke",
+                        Some(&json!({ "service": "sleeper", "method": "sleepUntil",
+                                      "argument": { "key": format!("t{i}"), "request": start + i * 3 } })),
+                    );
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(
+        now_ms() < start,
+        "scheduling took longer than the lead time; the test proves nothing"
+    );
+    let fired: Vec<i64> = (0..count)
+        .map(|i| {
+            eventually(Duration::from_secs(60), || {
+                let (_, body) =
+                    connect_call(&server, "/sleeper/get", &json!({ "key": format!("t{i}") }));
+                body["response"].as_i64()
+            })
+        })
+        .collect();
+    for (i, fired_at) in fired.iter().enumerate() {
+        let at = start + i as i64 * 3;
+        assert!(
+            *fired_at >= at,
+            "timer {i} fired {} ms early",
+            at - fired_at
+        );
+    }
+    // In wake-up order: a timer due 150 ms after another never fires before it.
+    for i in 0..fired.len() {
+        for j in (i + 50)..fired.len() {
+            assert!(fired[j] >= fired[i], "timer {j} fired before timer {i}");
+        }
+    }
+}
+
+fn mailbox(server: &Server, key: &str) -> Option<String> {
+    let (_, body) = connect_call(server, "/mailbox/get", &json!({ "key": key }));
+    body["response"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn awakeables_resolve_reject_and_accept_an_early_completion() {
+    let sdk = SdkEndpoint::start();
+    let server = std::sync::Arc::new(Server::start(&[]));
+    register(&server, &sdk.uri());
+    let park = |key: &'static str, delay: i64, idempotency: Option<&'static str>| {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let headers: Vec<(&str, &str)> = idempotency
+                .map(|k| ("idempotency-key", k))
+                .into_iter()
+                .collect();
+            request_json_with(
+                server.ingress,
+                "/awaiter/park",
+                &json!({ "key": key, "request": delay }),
+                &headers,
+            )
+        })
+    };
+
+    // Resolve: the parked invocation returns the value.
+    let parked = park("a", 0, None);
+    let id = eventually(Duration::from_secs(10), || mailbox(&server, "a"));
+    let (status, _) = connect_call(
+        &server,
+        "/resolver/resolve",
+        &json!({ "request": { "id": id, "value": "hello" } }),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        parked.join().unwrap(),
+        (200, json!({ "response": "hello" }))
+    );
+
+    // Reject: the parked invocation fails with the reason.
+    let parked = park("b", 0, None);
+    let id = eventually(Duration::from_secs(10), || mailbox(&server, "b"));
+    connect_call(
+        &server,
+        "/resolver/reject",
+        &json!({ "request": { "id": id, "reason": "no way" } }),
+    );
+    let (status, body) = parked.join().unwrap();
+    assert_ne!(status, 200);
+    assert!(
+        body["message"].as_str().unwrap().contains("no way"),
+        "{body}"
+    );
+
+    // Resolved before the awakeable entry exists: the invocation sleeps 500 ms first (entry 1), and the
+    // awakeable will be entry 2 of an invocation whose id the idempotency key fixes.
+    let parked = park("c", 500, Some("early"));
+    let id = awakeable_id(&idempotent_id("awaiter", "park", "c", "early"), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _) = connect_call(
+        &server,
+        "/resolver/resolve",
+        &json!({ "request": { "id": id, "value": "early bird" } }),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        parked.join().unwrap(),
+        (200, json!({ "response": "early bird" }))
+    );
+    assert_eq!(mailbox(&server, "c").as_deref(), Some(id.as_str()));
+}
+
+#[test]
+fn a_side_effect_runs_once_when_the_endpoint_dies_right_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effects.log");
+    let mut sdk = SdkEndpoint::start();
+    let port = sdk.port;
+    let server = std::sync::Arc::new(Server::start(&[
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__INITIAL_INTERVAL",
+            "20ms",
+        ),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_INTERVAL",
+            "200ms",
+        ),
+    ]));
+    register(&server, &sdk.uri());
+    let call = {
+        let server = server.clone();
+        let path = file.display().to_string();
+        std::thread::spawn(move || {
+            connect_call(
+                &server,
+                "/effects/appendOnce",
+                &json!({ "request": { "path": path, "holdMs": 1500 } }),
+            )
+        })
+    };
+    eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    // The side effect ran and was journaled; the endpoint dies during the sleep that follows.
+    drop(sdk);
+    std::thread::sleep(Duration::from_millis(300));
+    sdk = SdkEndpoint::start_on(port);
+    assert_eq!(call.join().unwrap(), (200, json!({ "response": "done" })));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "ran\n",
+        "the side effect ran again"
+    );
+    drop(sdk);
+}
+
+#[test]
+fn one_way_calls_accepted_before_kill_9_all_run_exactly_once() {
+    let sdk = SdkEndpoint::start();
+    let mut server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let n = 100;
+    for i in 0..n {
+        let (status, body) = connect_call(
+            &server,
+            "/dev.restate.Ingress/Invoke",
+            &json!({ "service": "counter", "method": "add", "argument": { "key": format!("ow{i}"), "request": 1 } }),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body["sid"].as_str().unwrap().starts_with("counter-"));
+    }
+    server.kill();
+    server.restart();
+    for i in 0..n {
+        let value = eventually(Duration::from_secs(20), || {
+            let (_, body) =
+                connect_call(&server, "/counter/get", &json!({ "key": format!("ow{i}") }));
+            body["response"].as_i64().filter(|v| *v > 0)
+        });
+        assert_eq!(value, 1, "one-way call {i} ran {value} times");
+    }
+}
+
+#[test]
+fn cancelling_a_parked_invocation_aborts_its_caller_and_frees_its_key() {
+    let sdk = SdkEndpoint::start();
+    let server = std::sync::Arc::new(Server::start(&[]));
+    register(&server, &sdk.uri());
+    let parked = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            request_json_with(
+                server.ingress,
+                "/awaiter/park",
+                &json!({ "key": "x", "request": 0 }),
+                &[("idempotency-key", "cancel-me")],
+            )
+        })
+    };
+    eventually(Duration::from_secs(10), || mailbox(&server, "x"));
+    // A call queued behind the parked one on the same key.
+    let queued = {
+        let server = server.clone();
+        std::thread::spawn(move || connect_call(&server, "/awaiter/ping", &json!({ "key": "x" })))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let id = idempotent_id("awaiter", "park", "x", "cancel-me");
+    let sid = format!("awaiter-eHg=-{}", id.to_hex());
+    let (status, body) = request_json(
+        server.meta,
+        "DELETE",
+        "/invocations",
+        Some(&json!({ "sid": sid })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = parked.join().unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("aborted")),
+        "{body}"
+    );
+    assert_eq!(queued.join().unwrap(), (200, json!({ "response": "pong" })));
+    let (status, _) = request_json(
+        server.meta,
+        "DELETE",
+        "/invocations",
+        Some(&json!({ "sid": sid })),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = request_json(
+        server.meta,
+        "DELETE",
+        "/invocations",
+        Some(&json!({ "sid": "garbage" })),
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn an_idempotency_key_runs_once_and_answers_the_same_also_after_a_restart() {
+    let sdk = SdkEndpoint::start();
+    let mut server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let call = |server: &Server, key: &str| {
+        request_json_with(
+            server.ingress,
+            "/counter/add",
+            &json!({ "key": "idem", "request": 5 }),
+            &[("idempotency-key", key)],
+        )
+    };
+    assert_eq!(call(&server, "one"), (200, json!({ "response": 5 })));
+    assert_eq!(call(&server, "one"), (200, json!({ "response": 5 })));
+    assert_eq!(call(&server, "two"), (200, json!({ "response": 10 })));
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    server.restart();
+    assert_eq!(call(&server, "one"), (200, json!({ "response": 5 })));
+    let (_, body) = connect_call(&server, "/counter/get", &json!({ "key": "idem" }));
+    assert_eq!(body, json!({ "response": 10 }), "a repeated key ran again");
+}
+
+#[test]
+fn idempotency_results_expire_after_the_retention() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[("RESTATE_WORKER__INGRESS_GRPC__IDEMPOTENCY_RETENTION", "1s")]);
+    register(&server, &sdk.uri());
+    let call = || {
+        request_json_with(
+            server.ingress,
+            "/counter/add",
+            &json!({ "key": "exp", "request": 1 }),
+            &[("idempotency-key", "k")],
+        )
+    };
+    assert_eq!(call(), (200, json!({ "response": 1 })));
+    assert_eq!(call(), (200, json!({ "response": 1 })));
+    std::thread::sleep(Duration::from_millis(1500));
+    eventually(Duration::from_secs(15), || {
+        (call() == (200, json!({ "response": 2 }))).then_some(())
+    });
+}
