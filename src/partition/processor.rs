@@ -154,6 +154,9 @@ struct Invocation {
     retries: Delays,
     /// Attempts started (for logs).
     attempts: u32,
+    /// The journal of a just-started invocation (its input entry), so the first attempt need not
+    /// read back what was just written.
+    fresh: Option<Entry>,
 }
 
 /// An invocation waiting in an inbox (mirrored in the inbox table).
@@ -509,6 +512,7 @@ impl Processor {
             keys::journal(partition, &new.id, 0),
             input.encode(),
         );
+        let fresh = Some(input);
         state.invocations.insert(
             new.id,
             Invocation {
@@ -525,6 +529,7 @@ impl Processor {
                 stream: None,
                 retries: self.inner.config.worker.invoker.retry_policy.delays(),
                 attempts: 0,
+                fresh,
             },
         );
         batch
@@ -583,7 +588,7 @@ impl Processor {
         &self,
         id: InvocationId,
     ) -> Result<Option<AttemptContext>, crate::storage::Error> {
-        let (partition, service, method) = {
+        let (partition, service, method, keyed, fresh) = {
             let mut state = self.inner.state.borrow_mut();
             let Some(invocation) = state.invocations.get_mut(&id) else {
                 return Ok(None);
@@ -593,36 +598,49 @@ impl Processor {
                 invocation.partition,
                 invocation.service.clone(),
                 invocation.method.clone(),
+                invocation.keyed,
+                invocation.fresh.take(),
             )
         };
-        let journal_rows = self
-            .inner
-            .storage
-            .scan_prefix(
-                Table::Journal,
-                keys::journal_prefix(partition, &id),
-                usize::MAX,
-            )
-            .await?;
-        let mut journal = Vec::with_capacity(journal_rows.len());
-        for (index, (key, value)) in journal_rows.iter().enumerate() {
-            let stored_index =
-                u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
-            assert_eq!(
-                stored_index as usize, index,
-                "journal of {id} has a gap at {index}"
-            );
-            journal.push(Entry::decode(value).expect("journal entries are written by us"));
-        }
+        // A fresh unkeyed invocation has a new instance key: no state can exist for it yet.
+        let read_state = keyed || fresh.is_none();
+        let journal = match fresh {
+            Some(input) => vec![input],
+            None => {
+                let rows = self
+                    .inner
+                    .storage
+                    .scan_prefix(
+                        Table::Journal,
+                        keys::journal_prefix(partition, &id),
+                        usize::MAX,
+                    )
+                    .await?;
+                let mut journal = Vec::with_capacity(rows.len());
+                for (index, (key, value)) in rows.iter().enumerate() {
+                    let stored_index =
+                        u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
+                    assert_eq!(
+                        stored_index as usize, index,
+                        "journal of {id} has a gap at {index}"
+                    );
+                    journal.push(Entry::decode(value).expect("journal entries are written by us"));
+                }
+                journal
+            }
+        };
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
         let prefix = keys::state_prefix(partition, &service);
         // Reading a bounded number of rows tells whether the state fits.
         let max_rows = limit / 16 + 2;
-        let rows = self
-            .inner
-            .storage
-            .scan_prefix(Table::State, prefix.clone(), max_rows)
-            .await?;
+        let rows = if read_state {
+            self.inner
+                .storage
+                .scan_prefix(Table::State, prefix.clone(), max_rows)
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut size = 0usize;
         let mut state_map = Vec::with_capacity(rows.len());
         let mut partial = rows.len() == max_rows;
@@ -1170,10 +1188,14 @@ impl Processor {
             };
             let p = invocation.partition;
             let mut batch = WriteBatch::new();
-            let prefix = keys::journal_prefix(p, &id);
-            let end = crate::storage::prefix_end(&prefix).expect("ids are not all 0xff");
-            batch.delete_range(Table::Journal, prefix.clone(), end.clone());
-            batch.delete_range(Table::Completions, prefix, end);
+            // Point deletes, not a range delete: RocksDB fragments every range tombstone in the memtable
+            // each time an iterator opens, which made every scan slower as invocations ended.
+            for index in 0..invocation.journal_length {
+                batch.delete(Table::Journal, keys::journal(p, &id, index));
+            }
+            for index in &invocation.early {
+                batch.delete(Table::Completions, keys::completion(p, &id, *index));
+            }
             batch.delete(Table::Status, keys::status(p, &id));
             if !invocation.idempotency_key.is_empty() {
                 let retention = self.inner.config.worker.ingress_grpc.idempotency_retention;
@@ -1504,6 +1526,7 @@ impl Processor {
     }
 
     async fn fire(&self, at: u64, partition: PartitionId, id: InvocationId, index: EntryIndex) {
+        log::debug!(core = self.inner.core, wake = at, partition; "timer fired");
         let key = keys::timer(partition, at, &id, index);
         let row = self
             .inner
@@ -1600,6 +1623,7 @@ impl Processor {
                         stream: None,
                         retries: self.inner.config.worker.invoker.retry_policy.delays(),
                         attempts: 0,
+                        fresh: None,
                     },
                 );
                 drop(state);

@@ -619,8 +619,14 @@ impl Worker {
         limit: usize,
     ) -> Result<Vec<Row>, Error> {
         let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        let mut options = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            // Without a bound, finding that nothing follows the range means stepping over every
+            // deleted key after it.
+            options.set_iterate_upper_bound(end);
+        }
         let mut rows = Vec::new();
-        for item in self.db.iterator_cf(self.cf(table), mode) {
+        for item in self.db.iterator_cf_opt(self.cf(table), options, mode) {
             let (key, value) = item?;
             if end.is_some_and(|end| key.as_ref() >= end) || rows.len() >= limit {
                 break;
