@@ -5,7 +5,12 @@
 //! The baseline, run in the same command, calls the endpoint directly with the service protocol (no
 //! runtime, nothing durable): every runtime figure is reported against it.
 //!
-//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2]`
+//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2 --sync both|off|on
+//! --endpoint-threads 1 --client-threads 1]`
+//!
+//! For scaling runs on a bigger machine the binaries and CPU sets can be set from the environment:
+//! `RESTATE_BIN`, `RESTATE_ENDPOINT_BIN` (paths), `RUNTIME_CPUS`, `ENDPOINT_CPUS` (taskset lists; the
+//! bench's own affinity is the client's).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +28,28 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn arg_str(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// `program args…`, under `taskset -c $cpus_var` when that variable is set.
+fn command(program_var: &str, default: &str, cpus_var: &str) -> Command {
+    let program = std::env::var(program_var).unwrap_or_else(|_| default.to_owned());
+    match std::env::var(cpus_var) {
+        Ok(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, &program]);
+            c
+        }
+        Err(_) => Command::new(program),
+    }
 }
 
 fn free_port() -> u16 {
@@ -52,13 +79,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn start_endpoint() -> (Process, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_restate-test-endpoint"))
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start_endpoint(threads: u64) -> (Process, u16) {
+    let mut child = command(
+        "RESTATE_ENDPOINT_BIN",
+        env!("CARGO_BIN_EXE_restate-test-endpoint"),
+        "ENDPOINT_CPUS",
+    )
+    .args(["--port", "0", "--threads", &threads.to_string()])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let port = loop {
         let line = lines.next().expect("endpoint output").unwrap();
@@ -79,7 +110,7 @@ struct Runtime {
 fn start_runtime(cores: u64, sync: bool, endpoint: u16) -> Runtime {
     let dir = tempfile::tempdir().unwrap();
     let (ingress, meta, storage) = (free_port(), free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_restate"))
+    let child = command("RESTATE_BIN", env!("CARGO_BIN_EXE_restate"), "RUNTIME_CPUS")
         .current_dir(dir.path())
         .env(
             "RESTATE_WORKER__INGRESS_GRPC__BIND_ADDRESS",
@@ -183,7 +214,7 @@ fn drive(
     let body = Arc::new(body);
     rt.block_on(async move {
         let mut senders = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..(4 * arg("--client-threads", 1)) {
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
@@ -282,7 +313,7 @@ fn main() {
     };
     // EchoMessage { text = "hi" }.
     let echo: &'static [u8] = &[0x0a, 0x02, b'h', b'i'];
-    let (endpoint, endpoint_port) = start_endpoint();
+    let (endpoint, endpoint_port) = start_endpoint(arg("--endpoint-threads", 1));
     let baseline = drive(
         endpoint_port,
         "/invoke/restate.test.Echo/Echo",
@@ -292,7 +323,12 @@ fn main() {
         seconds,
     );
     let base = report("baseline: endpoint direct (echo)", &baseline, None, None);
-    for sync in [false, true] {
+    let syncs: &[bool] = match arg_str("--sync", "both").as_str() {
+        "off" => &[false],
+        "on" => &[true],
+        _ => &[false, true],
+    };
+    for &sync in syncs {
         let runtime = start_runtime(cores, sync, endpoint_port);
         let pid = runtime.process.0.id();
         for (name, path) in [

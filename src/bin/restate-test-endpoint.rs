@@ -224,12 +224,45 @@ fn main() {
         let (cert, key) = (&args[i + 1], &args[i + 2]);
         tls_acceptor(cert, key)
     });
-    let executor = glommio::LocalExecutorBuilder::default()
+    // Benchmarks run several executors on one port (SO_REUSEPORT); /stats then counts per executor.
+    let threads: usize = arg("--threads")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let port = if threads > 1 && port == 0 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    } else {
+        port
+    };
+    let executors: Vec<_> = (0..threads)
+        .map(|thread| {
+            let tls = tls.clone();
+            spawn_executor(thread, port, options, tls)
+        })
+        .collect();
+    for executor in executors {
+        executor.join().expect("endpoint");
+    }
+}
+
+/// One executor serving the endpoint on `port`; the first announces the port.
+fn spawn_executor(
+    thread: usize,
+    port: u16,
+    options: Options,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) -> glommio::ExecutorJoinHandle<()> {
+    glommio::LocalExecutorBuilder::default()
         .name("test-endpoint")
         .io_memory(1 << 20)
         .spawn(move || async move {
             let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-            println!("listening on {}", listener.local_addr().unwrap().port());
+            if thread == 0 {
+                println!("listening on {}", listener.local_addr().unwrap().port());
+            }
             if options.mode == Mode::Close {
                 // Accept and hang up at once: no HTTP at all.
                 loop {
@@ -269,8 +302,7 @@ fn main() {
             )
             .await;
         })
-        .expect("executor");
-    executor.join().expect("endpoint");
+        .expect("executor")
 }
 
 // ---- Invocations: the service side of the invocation protocol. ----
