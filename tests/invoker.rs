@@ -182,3 +182,43 @@ fn side_effects_are_acknowledged_once_durable_and_run_once() {
     assert_eq!(lines.lines().count(), 1);
     assert_eq!(endpoint_stats(&endpoint), (1, 1));
 }
+
+#[test]
+fn calls_past_the_per_core_concurrency_limit_get_resource_exhausted() {
+    let endpoint = Endpoint::start("hang", &[]);
+    let server = std::sync::Arc::new(Server::start(&env(&[
+        ("RESTATE_RUNTIME__CORES", "1"),
+        ("RESTATE_WORKER__INGRESS_GRPC__CONCURRENCY_LIMIT", "2"),
+    ])));
+    register(&server, &endpoint.uri());
+    // Two calls that never finish occupy the only core's two slots.
+    let hanging: Vec<_> = (0..2)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                common::request_json_with(
+                    server.ingress,
+                    "/restate.test.Counter/Add",
+                    &json!({ "key": format!("c{i}"), "delta": 1 }),
+                    &[("connect-timeout-ms", "3000")],
+                )
+            })
+        })
+        .collect();
+    let limited = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        // Bounded: if it is admitted (the two are not in flight yet) it gives up after 100 ms.
+        let (status, body) = common::request_json_with(
+            server.ingress,
+            "/restate.test.Counter/Add",
+            &json!({ "key": "other", "delta": 1 }),
+            &[("connect-timeout-ms", "100")],
+        );
+        (status == 429).then_some(body)
+    });
+    let body = limited.expect("a third call was never refused");
+    assert_eq!(body["code"], "resource_exhausted");
+    for call in hanging {
+        assert_eq!(call.join().unwrap().0, 504);
+    }
+}
