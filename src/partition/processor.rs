@@ -248,6 +248,32 @@ fn outcome_result(outcome: &Outcome) -> completion_message::Result {
     }
 }
 
+/// The outbox message that answers a calling invocation's Invoke entry.
+fn response_message(sink: &ResponseSink, outcome: &Outcome) -> outbox_message::Message {
+    outbox_message::Message::Complete(CompletionRequest {
+        invocation_id: sink.caller.clone(),
+        entry_index: sink.entry_index,
+        result: result_bytes(&outcome_result(outcome)),
+    })
+}
+
+impl Invocation {
+    /// Its status row: suspended on `waiting`, or invoked.
+    fn status_row(&self, waiting: Option<Vec<EntryIndex>>) -> Status {
+        Status {
+            service: self.service.service.clone(),
+            key: self.service.key.clone(),
+            method: self.method.clone(),
+            keyed: self.keyed,
+            suspended: waiting.is_some(),
+            waiting: waiting.unwrap_or_default(),
+            created_ms: rows::now_ms(),
+            response_sink: self.response_sink.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
 /// Runs an invocation's attempts (installed by the invoker).
 pub type Driver = Rc<dyn Fn(Processor, InvocationId)>;
 
@@ -1035,18 +1061,8 @@ impl Processor {
             {
                 return SuspendOutcome::Resume;
             }
-            invocation.suspended = Some(indexes.clone());
-            let status = Status {
-                service: invocation.service.service.clone(),
-                key: invocation.service.key.clone(),
-                method: invocation.method.clone(),
-                keyed: invocation.keyed,
-                suspended: true,
-                waiting: indexes,
-                created_ms: rows::now_ms(),
-                response_sink: invocation.response_sink.clone(),
-                idempotency_key: invocation.idempotency_key.clone(),
-            };
+            let status = invocation.status_row(Some(indexes.clone()));
+            invocation.suspended = Some(indexes);
             let mut batch = WriteBatch::new();
             batch.put(
                 Table::Status,
@@ -1128,17 +1144,7 @@ impl Processor {
                                     .is_some_and(|w| w.contains(&index));
                                 if waiting {
                                     invocation.suspended = None;
-                                    let status = Status {
-                                        service: invocation.service.service.clone(),
-                                        key: invocation.service.key.clone(),
-                                        method: invocation.method.clone(),
-                                        keyed: invocation.keyed,
-                                        suspended: false,
-                                        waiting: Vec::new(),
-                                        created_ms: rows::now_ms(),
-                                        response_sink: invocation.response_sink.clone(),
-                                        idempotency_key: invocation.idempotency_key.clone(),
-                                    };
+                                    let status = invocation.status_row(None);
                                     extra.put(
                                         Table::Status,
                                         keys::status(partition, &id),
@@ -1251,14 +1257,11 @@ impl Processor {
                 }
             }
             drop(state);
-            let mut messages = Vec::new();
-            if let Some(sink) = &invocation.response_sink {
-                messages.push(outbox_message::Message::Complete(CompletionRequest {
-                    invocation_id: sink.caller.clone(),
-                    entry_index: sink.entry_index,
-                    result: result_bytes(&outcome_result(&outcome)),
-                }));
-            }
+            let messages = invocation
+                .response_sink
+                .iter()
+                .map(|sink| response_message(sink, &outcome))
+                .collect();
             let shipped = self.queue_outbox(p, messages, &mut batch);
             (batch, next, shipped)
         };
@@ -1302,15 +1305,8 @@ impl Processor {
         let messages = queued
             .invocation
             .response_sink
-            .as_ref()
-            .map(|sink| {
-                outbox_message::Message::Complete(CompletionRequest {
-                    invocation_id: sink.caller.clone(),
-                    entry_index: sink.entry_index,
-                    result: result_bytes(&outcome_result(&aborted)),
-                })
-            })
-            .into_iter()
+            .iter()
+            .map(|sink| response_message(sink, &aborted))
             .collect();
         let shipped = self.queue_outbox(p, messages, &mut batch);
         if let Err(e) = self.inner.storage.write(batch).await {

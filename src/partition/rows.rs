@@ -19,7 +19,7 @@ pub struct Status {
     pub suspended: bool,
     #[prost(uint32, repeated, tag = "6")]
     pub waiting: Vec<u32>,
-    /// Creation time, unix milliseconds.
+    /// When the row was last written, unix milliseconds.
     #[prost(uint64, tag = "7")]
     pub created_ms: u64,
     /// A calling invocation waiting for the result.
