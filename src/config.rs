@@ -211,6 +211,10 @@ pub struct Invoker {
     /// A connection whose PING is not answered within this long is closed (its attempts retried).
     #[serde(with = "humantime_serde")]
     pub http2_keep_alive_timeout: Duration,
+    /// Attempts one HTTP/2 connection to an endpoint carries before the core opens another.
+    pub max_streams_per_connection: usize,
+    /// Connections one core opens to one endpoint; past it streams queue on the least busy one.
+    pub max_connections_per_endpoint: usize,
 }
 
 impl Default for Invoker {
@@ -226,6 +230,8 @@ impl Default for Invoker {
             concurrency_limit: 1000,
             http2_keep_alive_interval: Duration::from_secs(40),
             http2_keep_alive_timeout: Duration::from_secs(20),
+            max_streams_per_connection: 100,
+            max_connections_per_endpoint: 32,
         }
     }
 }
@@ -432,7 +438,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 14] = [
+        let positive: [(&str, usize); 16] = [
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -469,6 +475,14 @@ impl Config {
             (
                 "worker.invoker.concurrency_limit",
                 self.worker.invoker.concurrency_limit,
+            ),
+            (
+                "worker.invoker.max_streams_per_connection",
+                self.worker.invoker.max_streams_per_connection,
+            ),
+            (
+                "worker.invoker.max_connections_per_endpoint",
+                self.worker.invoker.max_connections_per_endpoint,
             ),
             (
                 "meta.max_discovery_response_bytes",

@@ -110,11 +110,10 @@ fn a_sleep_survives_kill_9_and_ends_no_earlier_than_asked() {
 #[test]
 fn a_thousand_timers_fire_in_order_with_ten_in_memory() {
     let sdk = SdkEndpoint::start();
-    // Sleeping invocations suspend after 100 ms of silence, so a thousand of them do not hold a thousand
-    // HTTP/2 streams to the endpoint (Node allows 100 per connection) while they wait.
+    // A thousand sleeping invocations keep a thousand bidi streams open to one endpoint: the invoker
+    // spreads them over several HTTP/2 connections (worker.invoker.max_streams_per_connection).
     let server = Server::start(&[
         ("RESTATE_WORKER__TIMERS__NUM_TIMERS_IN_MEMORY_LIMIT", "10"),
-        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "100ms"),
         ("RESTATE_TRACING__LOG_FORMAT", "json"),
         ("RESTATE_TRACING__FILTER", "warn,restate::partition=debug"),
     ]);

@@ -5,7 +5,7 @@
 //! when small), the stored journal, then (bidi) completions as they come, while every entry the SDK sends
 //! is appended durably by the partition processor before anything depends on it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -76,7 +76,8 @@ pub struct Invoker {
     config: config::Invoker,
     proxy: Option<String>,
     tls: Arc<rustls::ClientConfig>,
-    connections: RefCell<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
+    /// Open connections per endpoint address, each with the attempts streaming on it.
+    connections: RefCell<HashMap<String, Vec<Pooled>>>,
     slots: Rc<async_lock::Semaphore>,
 }
 
@@ -150,37 +151,57 @@ impl Invoker {
         }
     }
 
+    /// A connection to `target` with room for one more stream: the least busy open one, or a new one
+    /// while every open one carries `max_streams_per_connection` attempts (up to
+    /// `max_connections_per_endpoint`; past that the least busy one queues the stream).
     async fn connection(
         &self,
         target: &client::Target,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, client::Error> {
-        let key = format!(
-            "{}|{}",
-            target.address,
-            target.tls_name.as_deref().unwrap_or("")
-        );
-        if let Some(sender) = self.connections.borrow().get(&key) {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+    ) -> Result<(hyper::client::conn::http2::SendRequest<Body>, StreamSlot), client::Error> {
+        let key = pool_key(target);
+        let reuse = {
+            let mut pool = self.connections.borrow_mut();
+            let open = pool.entry(key.clone()).or_default();
+            open.retain(|c| !c.sender.is_closed());
+            let least = open.iter().min_by_key(|c| c.streams.get());
+            match least {
+                Some(c)
+                    if c.streams.get() < self.config.max_streams_per_connection
+                        || open.len() >= self.config.max_connections_per_endpoint =>
+                {
+                    Some((c.sender.clone(), StreamSlot::new(c.streams.clone())))
+                }
+                _ => None,
             }
+        };
+        if let Some(reused) = reuse {
+            return Ok(reused);
         }
         let keep_alive = (!self.config.http2_keep_alive_interval.is_zero()).then_some((
             self.config.http2_keep_alive_interval,
             self.config.http2_keep_alive_timeout,
         ));
         let connection = Connection::open_with(target, &self.tls, keep_alive).await?;
-        let sender = connection.into_sender();
-        self.connections.borrow_mut().insert(key, sender.clone());
-        Ok(sender)
+        let pooled = Pooled {
+            sender: connection.into_sender(),
+            streams: Rc::new(Cell::new(0)),
+        };
+        let result = (
+            pooled.sender.clone(),
+            StreamSlot::new(pooled.streams.clone()),
+        );
+        self.connections
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .push(pooled);
+        Ok(result)
     }
 
-    fn forget_connection(&self, target: &client::Target) {
-        let key = format!(
-            "{}|{}",
-            target.address,
-            target.tls_name.as_deref().unwrap_or("")
-        );
-        self.connections.borrow_mut().remove(&key);
+    fn forget_closed_connections(&self, target: &client::Target) {
+        if let Some(open) = self.connections.borrow_mut().get_mut(&pool_key(target)) {
+            open.retain(|c| !c.sender.is_closed());
+        }
     }
 
     /// One attempt of `id`.
@@ -294,14 +315,14 @@ impl Invoker {
             out.close_channel();
         }
 
-        let mut sender = self
+        let (mut sender, _stream_slot) = self
             .connection(&target)
             .await
             .map_err(|e| AttemptError::transient(Code::Unavailable, e.to_string()))?;
         let response = match sender.send_request(request).await {
             Ok(response) => response,
             Err(e) => {
-                self.forget_connection(&target);
+                self.forget_closed_connections(&target);
                 return Err(AttemptError::transient(
                     Code::Unavailable,
                     format!("request failed: {e}"),
@@ -521,6 +542,37 @@ impl Invoker {
             let _ = &mut out;
         }
     }
+}
+
+/// One pooled HTTP/2 connection.
+struct Pooled {
+    sender: hyper::client::conn::http2::SendRequest<Body>,
+    /// Attempts streaming on it now.
+    streams: Rc<Cell<usize>>,
+}
+
+/// An attempt's place on a pooled connection, released when the attempt ends.
+struct StreamSlot(Rc<Cell<usize>>);
+
+impl StreamSlot {
+    fn new(streams: Rc<Cell<usize>>) -> Self {
+        streams.set(streams.get() + 1);
+        StreamSlot(streams)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+fn pool_key(target: &client::Target) -> String {
+    format!(
+        "{}|{}",
+        target.address,
+        target.tls_name.as_deref().unwrap_or("")
+    )
 }
 
 /// What woke the attempt loop.
