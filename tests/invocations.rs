@@ -313,3 +313,34 @@ fn one_core_and_many_cores_give_the_same_results() {
     };
     assert_eq!(run("1", "2"), run("3", "64"));
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_call_finish() {
+    let sdk = SdkEndpoint::start();
+    let server = Arc::new(Mutex::new(Server::start(&[])));
+    let ingress = {
+        let s = server.lock().unwrap();
+        register(&s, &sdk.uri());
+        s.ingress
+    };
+    // greeter/greet calls counter/add and then sleeps 100 ms: SIGTERM lands in the middle.
+    let call = std::thread::spawn(move || {
+        http1_request(
+            ingress,
+            "POST",
+            "/greeter/greet",
+            &[("content-type", "application/json")],
+            br#"{"request":"t"}"#,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(40));
+    server.lock().unwrap().signal(libc::SIGTERM);
+    let (status, body) = call.join().unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({ "response": "Hello t #1" })
+    );
+    let exit = server.lock().unwrap().wait_exit(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0));
+}
