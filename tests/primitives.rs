@@ -445,3 +445,42 @@ fn idempotency_results_expire_after_the_retention() {
         (call() == (200, json!({ "response": 2 }))).then_some(())
     });
 }
+
+#[test]
+fn a_runtime_stopped_past_a_client_timeout_finishes_acknowledged_work_when_continued() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    for i in 0..20 {
+        let (status, _) = connect_call(
+            &server,
+            "/dev.restate.Ingress/Invoke",
+            &json!({ "service": "counter", "method": "add", "argument": { "key": format!("stop{}", i % 4), "request": 1 } }),
+        );
+        assert_eq!(status, 200);
+    }
+    server.signal(libc::SIGSTOP);
+    // A caller gives up while the runtime is frozen.
+    let timed_out = std::net::TcpStream::connect(("127.0.0.1", server.ingress))
+        .and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            s.write_all(b"POST /counter/get HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{\"key\":\"a\"}  ")?;
+            let mut buf = [0u8; 64];
+            s.read(&mut buf)
+        });
+    assert!(timed_out.is_err(), "a frozen runtime answered");
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(libc::SIGCONT);
+    for key in 0..4 {
+        let value = eventually(Duration::from_secs(20), || {
+            let (_, body) = connect_call(
+                &server,
+                "/counter/get",
+                &json!({ "key": format!("stop{key}") }),
+            );
+            body["response"].as_i64().filter(|v| *v == 5)
+        });
+        assert_eq!(value, 5);
+    }
+}
