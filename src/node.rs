@@ -14,6 +14,8 @@ pub struct NodeState {
     pub cores: usize,
     /// Cores that have bound all their listeners; `/health` is 200 once it equals `cores`.
     pub ready_cores: Arc<AtomicUsize>,
+    /// Cores still draining their connections at shutdown; a core stops only when this reaches 0.
+    pub draining_cores: Arc<AtomicUsize>,
     /// The storage thread.
     pub storage: Storage,
     /// The process-wide shutdown.

@@ -87,6 +87,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let node = NodeState {
         cores: config.runtime.cores,
         ready_cores: Arc::new(AtomicUsize::new(0)),
+        draining_cores: Arc::new(AtomicUsize::new(config.runtime.cores)),
         storage: storage.handle(),
         shutdown: shutdown.clone(),
         http_counters: Arc::new(Counters::default()),
@@ -139,6 +140,25 @@ pub fn run(config: Config) -> Result<(), Error> {
 }
 
 async fn run_core(
+    core: usize,
+    node: NodeState,
+    registry: Arc<Registry>,
+    router: Router,
+    inbox: Inbox,
+    config: Arc<Config>,
+) -> Result<(), Error> {
+    let draining = node.draining_cores.clone();
+    let shutdown = node.shutdown.clone();
+    let result = serve_core(core, node, registry, router, inbox, config).await;
+    if result.is_err() {
+        // This core never serves: the others must neither keep running nor wait for it.
+        shutdown.trigger();
+        draining.fetch_sub(1, Ordering::SeqCst);
+    }
+    result
+}
+
+async fn serve_core(
     core: usize,
     node: NodeState,
     registry: Arc<Registry>,
@@ -235,15 +255,29 @@ async fn run_core(
     node.ready_cores.fetch_add(1, Ordering::SeqCst);
     log::info!(core; "serving");
     join_all(accept_loops).await;
-    drain(core, &servers, config.shutdown_grace_period).await;
+    drain(
+        core,
+        &servers,
+        &node.draining_cores,
+        config.shutdown_grace_period,
+    )
+    .await;
     Ok(())
 }
 
-async fn drain(core: usize, servers: &Rc<CoreServers>, grace: Duration) {
+/// Waits for this core's connections to finish, then keeps the core running until every core has
+/// drained (all within the grace period): an in-flight call on one core may need the partitions of
+/// another to finish.
+async fn drain(core: usize, servers: &Rc<CoreServers>, draining: &AtomicUsize, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
     if servers.drain(grace).await {
         log::debug!(core; "drained");
     } else {
         log::warn!(core; "grace period of {grace:?} over; dropping the connections still open");
+    }
+    draining.fetch_sub(1, Ordering::SeqCst);
+    while draining.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -315,32 +315,46 @@ fn one_core_and_many_cores_give_the_same_results() {
 }
 
 #[test]
-fn sigterm_lets_an_in_flight_call_finish() {
+fn sigterm_lets_in_flight_calls_finish_also_across_cores() {
     let sdk = SdkEndpoint::start();
-    let server = Arc::new(Mutex::new(Server::start(&[])));
+    let server = Arc::new(Mutex::new(Server::start(&[(
+        "RESTATE_RUNTIME__CORES",
+        "3",
+    )])));
     let ingress = {
         let s = server.lock().unwrap();
         register(&s, &sdk.uri());
         s.ingress
     };
-    // greeter/greet calls counter/add and then sleeps 100 ms: SIGTERM lands in the middle.
-    let call = std::thread::spawn(move || {
-        http1_request(
-            ingress,
-            "POST",
-            "/greeter/greet",
-            &[("content-type", "application/json")],
-            br#"{"request":"t"}"#,
-        )
-    });
+    // greeter/greet calls counter/add (keyed: often on another core) and then sleeps 100 ms: SIGTERM
+    // lands in the middle, and no core may stop while another still needs it.
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = format!("{{\"request\":\"t{i}\"}}");
+                http1_request(
+                    ingress,
+                    "POST",
+                    "/greeter/greet",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                )
+            })
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(40));
     server.lock().unwrap().signal(libc::SIGTERM);
-    let (status, body) = call.join().unwrap().unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        json!({ "response": "Hello t #1" })
-    );
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, body) = call
+            .join()
+            .unwrap()
+            .expect("a response before the connection closed");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({ "response": format!("Hello t{i} #1") })
+        );
+    }
     let exit = server.lock().unwrap().wait_exit(Duration::from_secs(30));
     assert_eq!(exit.code(), Some(0));
 }
