@@ -154,12 +154,16 @@ impl Connection {
                 .keep_alive_while_idle(true);
         }
         let address = target.address.as_str();
-        let stream = TcpStream::connect(address)
+        let connect_error = |message: String| Error::Connect {
+            address: address.to_owned(),
+            message,
+        };
+        let resolved = resolve(address)
             .await
-            .map_err(|e| Error::Connect {
-                address: address.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| connect_error(e.to_string()))?;
+        let stream = TcpStream::connect(resolved)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let handshake_error = |e: hyper::Error| Error::Handshake {
             address: address.to_owned(),
@@ -232,6 +236,23 @@ impl Connection {
             .to_bytes();
         Ok(http::Response::from_parts(parts, body))
     }
+}
+
+/// Resolves `host:port`. Names go through the system resolver on a blocking thread: a slow DNS server
+/// must not stall the core.
+async fn resolve(address: &str) -> std::io::Result<std::net::SocketAddr> {
+    if let Ok(ip) = address.parse::<std::net::SocketAddr>() {
+        return Ok(ip);
+    }
+    let owned = address.to_owned();
+    glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            owned.to_socket_addrs()?.next().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+            })
+        })
+        .await
 }
 
 /// One request on a fresh connection (discovery and other rare calls), bounded by `timeout`.

@@ -12,6 +12,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "200",
     ),
     ("get", "/metrics", "Prometheus metrics", "200"),
+    (
+        "delete",
+        "/invocations",
+        "Cancel an invocation: it fails with ABORTED and its key is released (404 if unknown)",
+        "200",
+    ),
     ("get", "/openapi", "This document", "200"),
     (
         "post",
@@ -75,6 +81,9 @@ fn request_body(method: &str, path: &str) -> Option<Value> {
         ("patch", "/services/{service}") => {
             json!({ "$ref": "#/components/schemas/ModifyServiceRequest" })
         }
+        ("delete", "/invocations") => {
+            json!({ "$ref": "#/components/schemas/CancelInvocationRequest" })
+        }
         _ => return None,
     };
     Some(json!({ "required": true, "content": { "application/json": { "schema": schema } } }))
@@ -112,6 +121,8 @@ pub fn document() -> Value {
                 "force": { "type": "boolean", "default": true } } },
             "CancelInvocationRequest": { "type": "object", "required": ["sid"], "properties": {
                 "sid": { "description": "The sid token (string) or {service, key?, invocation_id}" } } },
+            "CancelInvocationRequest": { "type": "object", "required": ["sid"], "properties": {
+                "sid": { "description": "The sid token, or {service, key?, invocation_id}" } } },
             "ModifyServiceRequest": { "type": "object", "required": ["public"], "properties": {
                 "public": { "type": "boolean" } } }
         } }
