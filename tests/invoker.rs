@@ -222,3 +222,23 @@ fn calls_past_the_per_core_concurrency_limit_get_resource_exhausted() {
         assert_eq!(call.join().unwrap().0, 504);
     }
 }
+
+#[test]
+fn an_endpoint_that_never_answers_headers_is_aborted_too() {
+    let endpoint = Endpoint::start("no-headers", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "100ms"),
+        ("RESTATE_WORKER__INVOKER__ABORT_TIMEOUT", "200ms"),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "2"),
+    ]));
+    register(&server, &endpoint.uri());
+    let started = Instant::now();
+    let (status, body) = add(&server, "n", 1);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(endpoint_stats(&endpoint).0, 2);
+}

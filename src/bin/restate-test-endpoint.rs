@@ -5,13 +5,14 @@
 //! take on demand.
 //!
 //! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response] [--fail-attempts K]
-//! [--tls CERT KEY]`; prints `listening on <port>` once it accepts connections.
+//! [--tls CERT KEY] [--threads N]`; prints `listening on <port>` once it accepts connections.
 //!
 //! Discovery modes (`POST /discover`): ok (default), not-found, garbage, wrong-content-type,
 //! missing-dependency, bad-key, untyped, reserved, close. Invocation modes (discovery answers as `ok`):
 //! violate (every attempt sends a frame of the unknown type 0x0123 after the Start message), hang (every
-//! attempt reads the Start message, then never writes and never ends), error-terminal (`Counter/Add`
-//! answers a terminal failure, code 9, after its SetState).
+//! attempt reads the Start message, then never writes and never ends), no-headers (`/invoke` requests
+//! never get response headers), error-terminal (`Counter/Add` answers a terminal failure, code 9, after
+//! its SetState). `--threads N` serves the port from N executors (benchmarks).
 //!
 //! Invocations (`POST /invoke/{service}/{method}`, `application/restate`, any protocol mode: the endpoint
 //! suspends whenever it needs a completion after the runtime closed its side):
@@ -64,6 +65,8 @@ enum Mode {
     Close,
     Violate,
     Hang,
+    /// `/invoke` requests never get response headers (the runtime must not wait forever).
+    NoHeaders,
     ErrorTerminal,
 }
 
@@ -80,6 +83,7 @@ fn parse_mode(s: &str) -> Mode {
         "close" => Mode::Close,
         "violate" => Mode::Violate,
         "hang" => Mode::Hang,
+        "no-headers" => Mode::NoHeaders,
         "error-terminal" => Mode::ErrorTerminal,
         other => {
             eprintln!("unknown mode {other}");
@@ -278,6 +282,12 @@ fn spawn_executor(
                 add_attempts: RefCell::new(HashMap::new()),
             });
             let handler: server::Handler = Rc::new(move |request| {
+                let silent =
+                    options.mode == Mode::NoHeaders && request.uri().path().starts_with("/invoke/");
+                if silent {
+                    endpoint.attempts.set(endpoint.attempts.get() + 1);
+                    return futures::future::pending().boxed_local();
+                }
                 let response = handle(&endpoint, request);
                 async move { response }.boxed_local()
             });

@@ -319,7 +319,34 @@ impl Invoker {
             .connection(&target)
             .await
             .map_err(|e| AttemptError::transient(Code::Unavailable, e.to_string()))?;
-        let response = match sender.send_request(request).await {
+        // Response headers are bounded like any silence: first the inactivity timeout (then our side
+        // closes, as an endpoint that answers only after the whole request needs), then the abort timeout.
+        let sent = sender.send_request(request);
+        futures::pin_mut!(sent);
+        let mut waited = if request_open {
+            self.config.inactivity_timeout
+        } else {
+            self.config.abort_timeout
+        };
+        let response = loop {
+            let timeout = glommio::timer::sleep(waited);
+            futures::pin_mut!(timeout);
+            match select(sent.as_mut(), timeout).await {
+                Either::Left((response, _)) => break response,
+                Either::Right(_) if request_open => {
+                    request_open = false;
+                    out.close_channel();
+                    waited = self.config.abort_timeout;
+                }
+                Either::Right(_) => {
+                    return Err(AttemptError::transient(
+                        Code::DeadlineExceeded,
+                        format!("no response from the endpoint within {waited:?} (abort timeout)"),
+                    ))
+                }
+            }
+        };
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 self.forget_closed_connections(&target);
