@@ -173,24 +173,7 @@ async fn call(
         ));
     }
 
-    let limit = ctx.config.max_message_size;
-    let framing = if protocol == Protocol::Grpc { 5 } else { 0 };
-    let body = http_body_util::Limited::new(request.into_body(), limit + framing)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                CallError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "message larger than worker.ingress_grpc.max_message_size ({limit} bytes)"
-                    ),
-                )
-            } else {
-                CallError::new(Code::Cancelled, format!("cannot read the request: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_body(ctx, protocol, request).await?;
     let argument = match protocol {
         Protocol::Grpc => unframe(body)?,
         Protocol::ConnectProto => body,
@@ -238,6 +221,32 @@ async fn call(
         Ok(output) => respond(protocol, &method.output, output),
         Err(Failure { code, message }) => Err(CallError::new(code_of(code), message)),
     }
+}
+
+/// The request body, at most `max_message_size` (plus the gRPC frame header).
+async fn read_body(
+    ctx: &Context,
+    protocol: Protocol,
+    request: http::Request<Incoming>,
+) -> Result<Bytes, CallError> {
+    let limit = ctx.config.max_message_size;
+    let framing = if protocol == Protocol::Grpc { 5 } else { 0 };
+    let collected = http_body_util::Limited::new(request.into_body(), limit + framing)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                CallError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "message larger than worker.ingress_grpc.max_message_size ({limit} bytes)"
+                    ),
+                )
+            } else {
+                CallError::new(Code::Cancelled, format!("cannot read the request: {e}"))
+            }
+        })?;
+    Ok(collected.to_bytes())
 }
 
 /// The invocation for a call: key from the service's key rules (random for unkeyed services), id
@@ -339,17 +348,7 @@ async fn one_way(
             format!("method dev.restate.Ingress/{method} not found"),
         ));
     }
-    let limit = ctx.config.max_message_size;
-    let body = http_body_util::Limited::new(request.into_body(), limit + 5)
-        .collect()
-        .await
-        .map_err(|e| {
-            CallError::new(
-                Code::ResourceExhausted,
-                format!("cannot read the request: {e}"),
-            )
-        })?
-        .to_bytes();
+    let body = read_body(ctx, protocol, request).await?;
     let schemas = ctx.schemas.get();
     let lookup = |service: &str, method: &str| {
         schemas

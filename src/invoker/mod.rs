@@ -540,9 +540,6 @@ impl Invoker {
                                 .append(id, index, &frame)
                                 .await
                                 .map_err(|e| match e {
-                                    AppendError::Unsupported(m) => {
-                                        AttemptError::terminal(Code::Unimplemented, m)
-                                    }
                                     AppendError::Gone => {
                                         AttemptError::terminal(Code::Aborted, "invocation gone")
                                     }

@@ -354,11 +354,6 @@ impl Processor {
         &self.inner.schemas
     }
 
-    /// The runtime config.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.inner.config
-    }
-
     /// The partitions this core owns.
     pub fn owned_partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
         (0..self.inner.partitions)
@@ -559,6 +554,30 @@ impl Processor {
             },
         );
         batch
+    }
+
+    /// Starts the first invocation waiting in `service`'s inbox (its key is free), adding the inbox
+    /// delete and the start to `batch`. Returns its id.
+    fn start_next_in_inbox(
+        &self,
+        state: &mut State,
+        partition: PartitionId,
+        service: &ServiceId,
+        batch: &mut WriteBatch,
+    ) -> Option<InvocationId> {
+        let queue = state.inboxes.get_mut(service)?;
+        let queued = queue.pop_front();
+        if queue.is_empty() {
+            state.inboxes.remove(service);
+        }
+        let queued = queued?;
+        batch.delete(
+            Table::Inbox,
+            keys::inbox(partition, service, queued.sequence),
+        );
+        let id = queued.invocation.id;
+        batch.extend(self.start_locked(state, partition, queued.invocation));
+        Some(id)
     }
 
     /// An invocation with an idempotency key: attach to the running one, answer a kept result, or start.
@@ -1236,25 +1255,7 @@ impl Processor {
             let mut next = None;
             if invocation.keyed {
                 state.locks.remove(&invocation.service);
-                let queued = state
-                    .inboxes
-                    .get_mut(&invocation.service)
-                    .and_then(|queue| queue.pop_front());
-                if state
-                    .inboxes
-                    .get(&invocation.service)
-                    .is_some_and(|q| q.is_empty())
-                {
-                    state.inboxes.remove(&invocation.service);
-                }
-                if let Some(queued) = queued {
-                    batch.delete(
-                        Table::Inbox,
-                        keys::inbox(p, &invocation.service, queued.sequence),
-                    );
-                    next = Some(queued.invocation.id);
-                    batch.extend(self.start_locked(&mut state, p, queued.invocation));
-                }
+                next = self.start_next_in_inbox(&mut state, p, &invocation.service, &mut batch);
             }
             drop(state);
             let messages = invocation
@@ -1692,18 +1693,12 @@ impl Processor {
                     pending.push((p, sequence, message));
                 }
             }
-            // Sequences only grow: a partition whose outbox is empty continues after its last one.
+            // Sequences must grow across restarts while targets still hold dedup rows for old ones: they
+            // continue after the outbox's last one, and never below the wall clock in microseconds.
             let mut state = self.inner.state.borrow_mut();
-            let floor = state
-                .dedup
-                .iter()
-                .filter(|((_, producer), _)| *producer == p)
-                .map(|(_, last)| last + 1)
-                .max()
-                .unwrap_or(0);
             state
                 .outbox_sequence
-                .insert(p, next_outbox.max(floor).max(self.outbox_floor(p)));
+                .insert(p, next_outbox.max(now_micros()));
             state.outbox.extend(pending);
         }
         self.inner.next_sequence.set(max_sequence);
@@ -1719,17 +1714,13 @@ impl Processor {
                 .collect()
         };
         for service in orphaned {
-            let (batch, id) = {
+            let p = (service.partition_key() % u64::from(self.inner.partitions)) as PartitionId;
+            let mut batch = WriteBatch::new();
+            let next = {
                 let mut state = self.inner.state.borrow_mut();
-                let queued = state.inboxes.get_mut(&service).and_then(|q| q.pop_front());
-                let Some(queued) = queued else { continue };
-                let p = self.partition_of(&queued.invocation.id);
-                let mut batch = WriteBatch::new();
-                batch.delete(Table::Inbox, keys::inbox(p, &service, queued.sequence));
-                let id = queued.invocation.id;
-                batch.extend(self.start_locked(&mut state, p, queued.invocation));
-                (batch, id)
+                self.start_next_in_inbox(&mut state, p, &service, &mut batch)
             };
+            let Some(id) = next else { continue };
             self.inner.storage.write(batch).await?;
             to_drive.push(id);
         }
@@ -1741,15 +1732,6 @@ impl Processor {
             self.drive(id);
         }
         Ok(count)
-    }
-
-    /// Outbox sequences must never be reused while a target may still hold a dedup row for them:
-    /// they start from the wall clock in microseconds, which only grows across restarts.
-    fn outbox_floor(&self, _p: PartitionId) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0)
     }
 
     /// Deletes expired idempotency results of this core's partitions (run periodically).
@@ -1776,6 +1758,14 @@ impl Processor {
     }
 }
 
+/// Microseconds since the Unix epoch.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Parses a 0.4.1 awakeable id: base64url_nopad(invocation id ++ u32_be(entry index)).
 pub fn parse_awakeable_id(id: &str) -> Option<(InvocationId, EntryIndex)> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -1798,9 +1788,6 @@ pub enum AppendError {
     /// The SDK broke the protocol (retried: a fixed SDK may behave).
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The entry type is not implemented (terminal).
-    #[error("{0}")]
-    Unsupported(String),
     /// Storage failed (transient).
     #[error("storage: {0}")]
     Storage(crate::storage::Error),
@@ -1809,7 +1796,7 @@ pub enum AppendError {
 impl AppendError {
     /// Whether a new attempt may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, AppendError::Unsupported(_) | AppendError::Gone)
+        !matches!(self, AppendError::Gone)
     }
 }
 

@@ -22,29 +22,22 @@ type Dispatch = Box<dyn FnOnce(&Storage, super::Permit) -> Pin<Box<dyn Future<Ou
 #[derive(Clone)]
 pub struct Ordered {
     queue: mpsc::UnboundedSender<Dispatch>,
-    storage: Storage,
 }
 
 impl Ordered {
     /// Starts the pump on the current core.
     pub fn new(storage: Storage) -> Ordered {
         let (queue, mut rx) = mpsc::unbounded::<Dispatch>();
-        let pump_storage = storage.clone();
         glommio::spawn_local(async move {
             while let Some(dispatch) = rx.next().await {
-                let permit = pump_storage.permit().await;
+                let permit = storage.permit().await;
                 // The request is enqueued synchronously inside `dispatch`; its reply is awaited by
                 // a task of its own so the pump moves on at once.
-                glommio::spawn_local(dispatch(&pump_storage, permit)).detach();
+                glommio::spawn_local(dispatch(&storage, permit)).detach();
             }
         })
         .detach();
-        Ordered { queue, storage }
-    }
-
-    /// The underlying handle (unordered access).
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+        Ordered { queue }
     }
 
     fn submit<T: 'static>(
