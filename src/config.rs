@@ -300,6 +300,10 @@ pub struct IngressGrpc {
     /// How long the result of a call with an `idempotency-key` header is kept for repeated calls.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// The longest a caller may ask to wait through `grpc-timeout` / `connect-timeout-ms`; longer
+    /// values are clamped to it (malformed ones get INVALID_ARGUMENT).
+    #[serde(with = "humantime_serde")]
+    pub max_request_timeout: Duration,
 }
 
 impl Default for IngressGrpc {
@@ -309,6 +313,7 @@ impl Default for IngressGrpc {
             max_message_size: 4 << 20,
             concurrency_limit: 1000,
             idempotency_retention: Duration::from_secs(24 * 3600),
+            max_request_timeout: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -496,6 +501,12 @@ impl Config {
                     message: "must be at least 1".to_owned(),
                 });
             }
+        }
+        if self.worker.ingress_grpc.max_request_timeout.is_zero() {
+            return Err(Error::Invalid {
+                key: "worker.ingress_grpc.max_request_timeout".to_owned(),
+                message: "must be more than 0".to_owned(),
+            });
         }
         if self.runtime.max_header_bytes < 8192 {
             // hyper's HTTP/1.1 reader needs at least this much buffer.

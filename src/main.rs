@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     restate::logging::init(&config.tracing);
+    abort_on_panic();
     log::info!(cores = config.runtime.cores, partitions = config.worker.partitions; "starting restate");
     match restate::runtime::run(config) {
         Ok(()) => {
@@ -45,4 +46,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere (an executor, the storage thread, a helper thread) stops the whole process after it
+/// is logged, so that a supervisor restarts it and recovery runs from storage. Unwinding would leave a
+/// half-alive process: a dead core whose listeners still accept connections that nobody serves.
+fn abort_on_panic() {
+    let logged = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        logged(info);
+        log::logger().flush();
+        std::process::abort();
+    }));
 }

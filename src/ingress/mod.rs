@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
@@ -27,6 +26,8 @@ use crate::partition::router::Router;
 use crate::partition::{InvocationId, ServiceId};
 use crate::schema::registry::LocalSchemas;
 use crate::schema::ServiceType;
+
+pub mod headers;
 
 /// The protocol a request speaks, from its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +146,8 @@ async fn call(
             ))
         }
     };
-    let timeout = request_timeout(request.headers());
+    let timeout = headers::request_timeout(request.headers(), ctx.config.max_request_timeout)
+        .map_err(|e| CallError::new(Code::InvalidArgument, e.to_string()))?;
     let headers = request.headers().clone();
     if service_name == "dev.restate.Ingress" {
         return one_way(ctx, protocol, &method_name, request).await;
@@ -552,28 +554,6 @@ fn integral_numbers(value: &mut serde_json::Value) {
     }
 }
 
-/// `grpc-timeout` (`100m`, `5S`, ...) or `connect-timeout-ms`.
-fn request_timeout(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) {
-        let (digits, unit) = value.split_at(value.len().saturating_sub(1));
-        let n: u64 = digits.parse().ok()?;
-        return Some(match unit {
-            "H" => Duration::from_secs(n * 3600),
-            "M" => Duration::from_secs(n * 60),
-            "S" => Duration::from_secs(n),
-            "m" => Duration::from_millis(n),
-            "u" => Duration::from_micros(n),
-            "n" => Duration::from_nanos(n),
-            _ => return None,
-        });
-    }
-    headers
-        .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,17 +574,6 @@ mod tests {
         );
         assert_eq!(Protocol::from_content_type(Some("text/plain")), None);
         assert_eq!(Protocol::from_content_type(None), None);
-    }
-
-    #[test]
-    fn timeouts_parse_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("grpc-timeout", HeaderValue::from_static("250m"));
-        assert_eq!(request_timeout(&h), Some(Duration::from_millis(250)));
-        let mut h = HeaderMap::new();
-        h.insert("connect-timeout-ms", HeaderValue::from_static("1500"));
-        assert_eq!(request_timeout(&h), Some(Duration::from_millis(1500)));
-        assert_eq!(request_timeout(&HeaderMap::new()), None);
     }
 
     #[test]
