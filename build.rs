@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dev/restate/service/discovery.proto",
         "proto/dev/restate/service/protocol.proto",
         "proto/restate/test/endpoint.proto",
+        "proto/dev/restate/storage/scan/v1/scan.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let mut compiler = protox::Compiler::new(["proto"])?;
@@ -22,6 +23,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         out.join("endpoint_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
+    )?;
+    // The storage API's own descriptors: reflection on :9091, and `restatectl scan`'s key parser.
+    std::fs::write(
+        out.join("storage_scan_descriptor.bin"),
+        prost::Message::encode_to_vec(&protox::compile(
+            ["dev/restate/storage/scan/v1/scan.proto"],
+            ["proto"],
+        )?),
     )?;
     // Canonical well-known types, substituted for the copies SDKs send.
     let wkt = protox::compile(

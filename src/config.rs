@@ -324,12 +324,23 @@ impl Default for IngressGrpc {
 pub struct StorageGrpc {
     /// Address of the read-only storage gRPC API.
     pub bind_address: SocketAddr,
+    /// Most rows one scan reads from RocksDB at a time. The storage thread serves a scan one chunk per
+    /// turn (writes queued behind it wait at most one chunk), and the next chunk is read only once the
+    /// client has taken the previous one (HTTP/2 flow control), so a scan's memory is about one chunk.
+    pub scan_chunk_rows: usize,
+    /// Most bytes (keys and values) of one scan chunk; a chunk always holds at least one row.
+    pub scan_chunk_bytes: usize,
+    /// Largest `ScanRequest` accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
 }
 
 impl Default for StorageGrpc {
     fn default() -> Self {
         Self {
             bind_address: ([0, 0, 0, 0], 9091).into(),
+            scan_chunk_rows: 1000,
+            scan_chunk_bytes: 1 << 20,
+            max_message_size: 64 << 10,
         }
     }
 }
@@ -443,7 +454,7 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 16] = [
+        let positive: [(&str, usize); 19] = [
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -492,6 +503,18 @@ impl Config {
             (
                 "meta.max_discovery_response_bytes",
                 self.meta.max_discovery_response_bytes,
+            ),
+            (
+                "worker.storage_grpc.scan_chunk_rows",
+                self.worker.storage_grpc.scan_chunk_rows,
+            ),
+            (
+                "worker.storage_grpc.scan_chunk_bytes",
+                self.worker.storage_grpc.scan_chunk_bytes,
+            ),
+            (
+                "worker.storage_grpc.max_message_size",
+                self.worker.storage_grpc.max_message_size,
             ),
         ];
         for (key, value) in positive {

@@ -26,3 +26,12 @@ pub mod test {
     pub static DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/endpoint_descriptor.bin"));
 }
+
+/// The storage API (`dev.restate.storage.scan.v1`), served on :9091.
+pub mod storage {
+    include!(concat!(env!("OUT_DIR"), "/dev.restate.storage.scan.v1.rs"));
+
+    /// The descriptor set of `dev/restate/storage/scan/v1/scan.proto`.
+    pub static DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/storage_scan_descriptor.bin"));
+}

@@ -241,7 +241,11 @@ async fn serve_core(
         let handler = match name {
             "ingress" => ingress::handler(ingress_context.clone()),
             "meta" => meta::handler(meta_context.clone()),
-            _ => storage_api::handler(),
+            _ => storage_api::handler(storage_api::Context {
+                storage: node.storage.clone(),
+                partitions: config.worker.partitions,
+                config: config.worker.storage_grpc.clone(),
+            }),
         };
         glommio::spawn_local(server::serve(
             name,

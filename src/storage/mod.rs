@@ -230,6 +230,15 @@ type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// A row: key and value.
 pub type Row = (Vec<u8>, Vec<u8>);
 
+/// One bounded piece of a long scan (see [`Storage::scan_chunk`]).
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Rows in key order.
+    pub rows: Vec<Row>,
+    /// Where the next chunk starts (just after the last row); `None` when the range is exhausted.
+    pub resume: Option<Vec<u8>>,
+}
+
 enum Request {
     Write(WriteBatch, Reply<()>),
     Get(Table, Vec<u8>, Reply<Option<Vec<u8>>>),
@@ -240,6 +249,17 @@ enum Request {
         end: Option<Vec<u8>>,
         limit: usize,
         reply: Reply<Vec<Row>>,
+    },
+    /// One chunk of a long scan: rows with `start <= key < end`, stopping after `max_rows` rows or
+    /// once `max_bytes` of keys and values are read (at least one row), so that it holds the thread
+    /// (and the writes queued behind it) for a bounded time.
+    ScanChunk {
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        max_rows: usize,
+        max_bytes: usize,
+        reply: Reply<Chunk>,
     },
     /// Flush and stop the thread.
     Close(oneshot::Sender<()>),
@@ -490,6 +510,28 @@ impl Storage {
         })
         .await
     }
+
+    /// Reads one bounded chunk of the rows with `start <= key < end`: at most `max_rows` rows, and no
+    /// more once `max_bytes` of keys and values are read. Long scans call it repeatedly, starting each
+    /// chunk at the previous one's [`Chunk::resume`], so writes never wait behind more than one chunk.
+    pub async fn scan_chunk(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Chunk, Error> {
+        self.call(|reply| Request::ScanChunk {
+            table,
+            start,
+            end,
+            max_rows,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix` (none if the prefix is all 0xff).
@@ -607,6 +649,17 @@ impl Worker {
             } => {
                 let _ = reply.send(self.scan(table, &start, end.as_deref(), limit));
             }
+            Request::ScanChunk {
+                table,
+                start,
+                end,
+                max_rows,
+                max_bytes,
+                reply,
+            } => {
+                let _ =
+                    reply.send(self.scan_chunk(table, &start, end.as_deref(), max_rows, max_bytes));
+            }
             Request::Write(..) | Request::Close(_) => unreachable!("not a read"),
         }
     }
@@ -634,6 +687,44 @@ impl Worker {
             rows.push((key.into_vec(), value.into_vec()));
         }
         Ok(rows)
+    }
+
+    fn scan_chunk(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Chunk, Error> {
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        let mut options = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut chunk = Chunk::default();
+        let mut bytes = 0;
+        for item in self.db.iterator_cf_opt(self.cf(table), options, mode) {
+            let (key, value) = item?;
+            if end.is_some_and(|end| key.as_ref() >= end) {
+                break;
+            }
+            if chunk.rows.len() >= max_rows.max(1) || (bytes >= max_bytes && !chunk.rows.is_empty())
+            {
+                // More rows follow: the next chunk starts right after the last one taken.
+                let mut resume = chunk
+                    .rows
+                    .last()
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default();
+                resume.push(0);
+                chunk.resume = Some(resume);
+                break;
+            }
+            bytes += key.len() + value.len();
+            chunk.rows.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(chunk)
     }
 }
 
