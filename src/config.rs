@@ -97,10 +97,32 @@ impl Default for Tracing {
     }
 }
 
+impl Tracing {
+    /// The logging settings of a configuration that does not load as a whole, so that its error is
+    /// logged as asked: `tracing.log_format` from the environment, else from the file, else the default.
+    /// The filter stays the default one (a broken filter must not hide the error).
+    pub fn best_effort(file: Option<&Path>, env: &[(String, String)]) -> Tracing {
+        let parse = |s: &str| LogFormat::deserialize(toml::Value::String(s.to_owned())).ok();
+        let from_env = env
+            .iter()
+            .find(|(k, _)| k == "RESTATE_TRACING__LOG_FORMAT")
+            .and_then(|(_, v)| parse(v));
+        let from_file = || {
+            let table: toml::Table = std::fs::read_to_string(file?).ok()?.parse().ok()?;
+            parse(table.get("tracing")?.get("log_format")?.as_str()?)
+        };
+        Tracing {
+            log_format: from_env.or_else(from_file).unwrap_or_default(),
+            ..Tracing::default()
+        }
+    }
+}
+
 /// How each log line is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// Human-readable, coloured when stderr is a terminal.
+    #[default]
     Pretty,
     /// One short line per record, no colours.
     Compact,

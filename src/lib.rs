@@ -19,5 +19,6 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod shutdown;
+pub mod startup;
 pub mod storage;
 pub mod storage_api;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use restate::config::{Config, ENV_CONFIG_FILE};
+use restate::config::{Config, Tracing, ENV_CONFIG_FILE};
 
 /// A thread-per-core durable-execution runtime.
 #[derive(Debug, Parser)]
@@ -20,12 +20,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let config = match Config::load(cli.config_file.as_deref(), env) {
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let config = match Config::load(cli.config_file.as_deref(), env.iter().cloned()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("restate: invalid configuration: {e}");
+            // Logged in the format the operator asked for, as far as it can be read.
+            restate::logging::init(&Tracing::best_effort(cli.config_file.as_deref(), &env));
+            log::error!("invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };

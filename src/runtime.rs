@@ -19,12 +19,16 @@ use crate::partition::processor::Processor;
 use crate::partition::router::{Inbox, Router};
 use crate::schema::registry::Registry;
 use crate::shutdown::Shutdown;
+use crate::startup::{self, PortClaims};
 use crate::storage::ordered::Ordered;
 use crate::{ingress, meta, storage, storage_api};
 
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// This host, pod or port cannot run the node (io_uring, locked memory, a port in use).
+    #[error(transparent)]
+    Startup(#[from] startup::Error),
     /// Storage could not be opened (or refused the data directory).
     #[error(transparent)]
     Storage(#[from] storage::Error),
@@ -60,13 +64,17 @@ impl Error {
     /// Start-up failures are terminal: a restart with the same config fails the same way, except a
     /// port still held by a previous process.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Bind { .. })
+        match self {
+            Error::Startup(e) => e.is_transient(),
+            e => matches!(e, Error::Bind { .. }),
+        }
     }
 }
 
 /// Runs the node until SIGTERM/SIGINT (or a fatal error), then drains and closes storage.
 pub fn run(config: Config) -> Result<(), Error> {
     let config = Arc::new(config);
+    let mut ports = preflight(&config)?;
     std::fs::create_dir_all(&config.meta.storage_path).map_err(|source| Error::CreateDir {
         path: config.meta.storage_path.display().to_string(),
         source,
@@ -100,6 +108,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     let inboxes: Arc<Mutex<Vec<Option<Inbox>>>> =
         Arc::new(Mutex::new(inboxes.into_iter().map(Some).collect()));
     let next_core = Arc::new(AtomicUsize::new(0));
+    // The executors bind with SO_REUSEPORT, which the plain probe listeners would block.
+    ports.release_probes();
     let started = {
         let config = config.clone();
         LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(config.runtime.cores))
@@ -136,7 +146,45 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     storage.close();
     log::info!("storage closed");
+    drop(ports);
     result
+}
+
+/// Checks io_uring and the locked-memory limit, and claims the three ports, before anything is created
+/// on disk (see [`startup`]).
+fn preflight(config: &Config) -> Result<PortClaims, Error> {
+    startup::check_io_uring()?;
+    let runtime = &config.runtime;
+    if let startup::MemLock::BelowBuffers {
+        limit_kib,
+        buffers_kib,
+    } = startup::check_memlock(runtime.cores, runtime.io_memory_bytes)?
+    {
+        log::warn!(
+            limit_kib, buffers_kib;
+            "RLIMIT_MEMLOCK ({limit_kib} KiB) is below the {buffers_kib} KiB that {} cores with \
+             runtime.io_memory_bytes = {} register with io_uring; some cores run without fixed buffers \
+             (raise `ulimit -l`)",
+            runtime.cores, runtime.io_memory_bytes
+        );
+    }
+    Ok(PortClaims::acquire(&[
+        startup::Port {
+            server: "ingress",
+            address: config.worker.ingress_grpc.bind_address,
+            key: "worker.ingress_grpc.bind_address",
+        },
+        startup::Port {
+            server: "meta",
+            address: config.meta.rest_address,
+            key: "meta.rest_address",
+        },
+        startup::Port {
+            server: "storage",
+            address: config.worker.storage_grpc.bind_address,
+            key: "worker.storage_grpc.bind_address",
+        },
+    ])?)
 }
 
 async fn run_core(
@@ -202,7 +250,7 @@ async fn serve_core(
             .map_err(|e| Error::Tls(format!("meta.tls_ca_file: {e}")))?,
     };
     let bind = |server: &'static str, address: SocketAddr| {
-        TcpListener::bind(address).map_err(|e| Error::Bind {
+        bind_listener(address).map_err(|e| Error::Bind {
             core,
             server,
             address,
@@ -229,6 +277,9 @@ async fn serve_core(
             return Err(e);
         }
     };
+    if core == 0 {
+        log_addresses(&listeners);
+    }
     let servers = CoreServers::new(
         Limits {
             max_connections: config.runtime.max_connections_per_core,
@@ -267,6 +318,40 @@ async fn serve_core(
     )
     .await;
     Ok(())
+}
+
+/// This core's listener on `address`: `SO_REUSEPORT` so that every core has its own, and `SO_REUSEADDR`
+/// so that the connections it leaves in TIME_WAIT carry it too and do not fail the next start's
+/// plain-bind probe (see [`startup`]).
+fn bind_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: a bound, listening TCP socket; its ownership moves into the listener.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Logs where the three servers listen (once, from core 0: every core binds the same addresses).
+fn log_addresses(listeners: &[(&'static str, TcpListener); 3]) {
+    let address = |i: usize| {
+        listeners[i]
+            .1
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
+    let (ingress, meta, storage) = (address(0), address(1), address(2));
+    log::info!(
+        ingress = ingress.as_str(), meta = meta.as_str(), storage = storage.as_str();
+        "listening: ingress {ingress}, meta {meta}, storage {storage}"
+    );
 }
 
 /// Waits for this core's connections to finish, then keeps the core running until every core has

@@ -242,3 +242,63 @@ fn an_endpoint_that_never_answers_headers_is_aborted_too() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(endpoint_stats(&endpoint).0, 2);
 }
+
+#[test]
+fn an_endpoint_that_is_down_gives_a_warn_line_with_the_invocation_id_within_one_retry_interval() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&[
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__TYPE", "fixed"),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__INITIAL_INTERVAL",
+            "5s",
+        ),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "0"),
+    ]);
+    register(&server, &endpoint.uri());
+    drop(endpoint);
+    // The caller stops waiting; the answer still names the invocation, which keeps retrying.
+    let called = Instant::now();
+    let (status, headers, body) = common::h2_request(
+        server.ingress,
+        "POST",
+        "/restate.test.Counter/Add",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "300"),
+        ],
+        json!({ "key": "down", "delta": 1 }).to_string().as_bytes(),
+    );
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    let sid = headers
+        .get("x-restate-invocation-id")
+        .expect("the answer carries the invocation id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(sid.starts_with("restate.test.Counter-"), "{sid}");
+    let id = sid.rsplit('-').next().unwrap();
+    let line = loop {
+        let log = server.log();
+        if let Some(line) = log.lines().find(|l| l.contains(" WARN ") && l.contains(id)) {
+            break line.to_owned();
+        }
+        assert!(
+            called.elapsed() < Duration::from_secs(5),
+            "no WARN line for {id} within one retry interval:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        line.contains("attempt 1 of restate.test.Counter/Add failed, retrying in 5s")
+            && line.contains("attempts=1"),
+        "{line}"
+    );
+    // The sid is what DELETE /invocations takes: the invocation stops retrying.
+    let (status, body) = common::request_json(
+        server.meta,
+        "DELETE",
+        "/invocations",
+        Some(&json!({ "sid": sid })),
+    );
+    assert!(status < 300, "{status} {body}");
+}

@@ -381,3 +381,28 @@ fn https_endpoints_are_reached_over_tls_with_alpn_h2() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["services"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn failed_discoveries_are_logged_at_warn_with_the_uri() {
+    let server = Server::start(&FAST_RETRIES);
+    let uri = format!("http://127.0.0.1:{}", common::free_port());
+    let (status, body) = post_json(server.meta, "/endpoints", &json!({ "uri": uri }));
+    assert_eq!(status, 502, "{body}");
+    let log = server.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(&uri))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains(&format!("discovery of {uri} failed, retrying in 10ms"))),
+        "{log}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains(&format!("registering {uri} failed"))),
+        "{log}"
+    );
+}

@@ -241,3 +241,130 @@ fn garbage_on_every_port_closes_only_that_connection() {
     );
     server.wait_healthy();
 }
+
+/// The env that points a server at `server`'s three ports.
+fn same_ports(server: &Server) -> Vec<(String, String)> {
+    vec![
+        (
+            "RESTATE_WORKER__INGRESS_GRPC__BIND_ADDRESS".into(),
+            format!("127.0.0.1:{}", server.ingress),
+        ),
+        (
+            "RESTATE_META__REST_ADDRESS".into(),
+            format!("127.0.0.1:{}", server.meta),
+        ),
+        (
+            "RESTATE_WORKER__STORAGE_GRPC__BIND_ADDRESS".into(),
+            format!("127.0.0.1:{}", server.storage),
+        ),
+        ("RESTATE_RUNTIME__CORES".into(), "2".into()),
+    ]
+}
+
+/// Runs the binary in `dir` with `env` until it exits (killed and failed after 30 s: a second
+/// instance that starts serving never exits on its own). Returns (exit code, stderr).
+fn run_to_exit(dir: &std::path::Path, env: &[(String, String)]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(common::binary())
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            panic!("the second instance kept running; its log:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_second_instance_on_the_same_ports_fails_naming_the_port_and_the_first_keeps_serving() {
+    let mut first = Server::start(&[]);
+    let other = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_to_exit(other.path(), &same_ports(&first));
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}: {stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains(&format!("port {} (ingress server", first.ingress))
+            && error.contains("already in use by another restate process"),
+        "{error}"
+    );
+    assert!(
+        !other.path().join("target").exists(),
+        "the refused instance created a data directory"
+    );
+    // The first one still owns every listener (one per core) and answers.
+    assert!(first.is_running());
+    for port in [first.ingress, first.meta, first.storage] {
+        assert_eq!(listening_sockets(port), 2, "port {port}");
+    }
+    assert_eq!(
+        http1_request(first.meta, "GET", "/health", &[], b"")
+            .unwrap()
+            .0,
+        200
+    );
+}
+
+#[test]
+fn a_port_held_by_another_program_is_named_at_start() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        (
+            "RESTATE_WORKER__INGRESS_GRPC__BIND_ADDRESS".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "RESTATE_META__REST_ADDRESS".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ),
+        (
+            "RESTATE_WORKER__STORAGE_GRPC__BIND_ADDRESS".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+    ];
+    let (code, stderr) = run_to_exit(dir.path(), &env);
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "port {port} (meta server, 127.0.0.1:{port}) is already in use by another process"
+        )) && stderr.contains("meta.rest_address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_up_logs_the_three_bound_addresses() {
+    let server = Server::start(&[]);
+    let expected = format!(
+        "listening: ingress 127.0.0.1:{}, meta 127.0.0.1:{}, storage 127.0.0.1:{}",
+        server.ingress, server.meta, server.storage
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening:"))
+        .unwrap_or_else(|| panic!("no listening line: {log}"));
+    assert!(
+        line.contains(" INFO ") && line.contains(&expected),
+        "{line}"
+    );
+}

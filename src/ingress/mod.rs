@@ -106,10 +106,7 @@ async fn serve(
             }),
         );
     };
-    let error = |e: CallError| match protocol {
-        Protocol::Grpc => trailers_only(e.0, &e.1),
-        Protocol::ConnectJson | Protocol::ConnectProto => connect_error(e.0, &e.1),
-    };
+    let error = |e: CallError| error_response(protocol, e);
     if in_flight.get() >= ctx.config.concurrency_limit {
         return error(CallError::new(
             Code::ResourceExhausted,
@@ -204,8 +201,42 @@ async fn call(
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
     let invocation = new_invocation(&service, &method, argument, idempotency_key)?;
+    let sid = sid(&invocation);
     let (reply, outcome) = oneshot::channel();
     submit(ctx, invocation, Some(reply), None).await?;
+    let answer = await_outcome(outcome, timeout, protocol, &method).await;
+    Ok(with_invocation_id(
+        answer.unwrap_or_else(|e| error_response(protocol, e)),
+        &sid,
+    ))
+}
+
+/// The header that carries a call's invocation id (its sid, as `DELETE /invocations` takes it).
+pub const INVOCATION_ID_HEADER: &str = "x-restate-invocation-id";
+
+/// Adds the invocation id to the answer of a call, failed or not, so it can be looked up and cancelled.
+fn with_invocation_id(mut response: http::Response<Body>, sid: &str) -> http::Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(sid) {
+        response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+    }
+    response
+}
+
+/// A call's error in the caller's protocol.
+fn error_response(protocol: Protocol, e: CallError) -> http::Response<Body> {
+    match protocol {
+        Protocol::Grpc => trailers_only(e.0, &e.1),
+        Protocol::ConnectJson | Protocol::ConnectProto => connect_error(e.0, &e.1),
+    }
+}
+
+/// Waits (up to the caller's timeout) for an invocation's outcome and answers it.
+async fn await_outcome(
+    outcome: oneshot::Receiver<Outcome>,
+    timeout: Option<std::time::Duration>,
+    protocol: Protocol,
+    method: &crate::schema::Method,
+) -> Result<http::Response<Body>, CallError> {
     let outcome: Outcome = match timeout {
         Some(limit) => match select(outcome, glommio::timer::sleep(limit).boxed_local()).await {
             Either::Left((outcome, _)) => outcome,

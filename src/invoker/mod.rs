@@ -104,13 +104,15 @@ impl Invoker {
     }
 
     async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId) {
+        let mut target = String::new();
+        let mut warned = FailureLog::default();
         loop {
             if !processor.exists(id) {
                 return; // ended elsewhere (cancelled)
             }
             let end = {
                 let _slot = self.slots.acquire().await;
-                self.attempt(&processor, id).await
+                self.attempt(&processor, id, &mut target).await
             };
             match end {
                 AttemptEnd::Done | AttemptEnd::Suspended => return,
@@ -121,18 +123,23 @@ impl Invoker {
                     } else {
                         None
                     };
+                    let attempts = processor.attempts(id);
                     match retry {
                         Some(delay) => {
-                            log::debug!(
-                                invocation = id.to_hex(), attempts = processor.attempts(id);
-                                "attempt failed, retrying in {delay:?}: {}", error.message
-                            );
+                            if warned.should_log(attempts, std::time::Instant::now()) {
+                                log::warn!(
+                                    invocation = id.to_hex(), target = target.as_str(), attempts,
+                                    retry_in_ms = delay.as_millis() as u64;
+                                    "attempt {attempts} of {target} failed, retrying in {delay:?}: {}",
+                                    error.message
+                                );
+                            }
                             glommio::timer::sleep(delay).await;
                         }
                         None => {
                             log::warn!(
-                                invocation = id.to_hex(), attempts = processor.attempts(id);
-                                "invocation failed: {}", error.message
+                                invocation = id.to_hex(), target = target.as_str(), attempts;
+                                "invocation of {target} failed: {}", error.message
                             );
                             processor
                                 .finish(
@@ -204,9 +211,14 @@ impl Invoker {
         }
     }
 
-    /// One attempt of `id`.
-    async fn attempt(&self, processor: &Processor, id: InvocationId) -> AttemptEnd {
-        match self.try_attempt(processor, id).await {
+    /// One attempt of `id`; `target` gets its `service/method` once known.
+    async fn attempt(
+        &self,
+        processor: &Processor,
+        id: InvocationId,
+        target: &mut String,
+    ) -> AttemptEnd {
+        match self.try_attempt(processor, id, target).await {
             Ok(end) => end,
             Err(error) => AttemptEnd::Failed(error),
         }
@@ -216,6 +228,7 @@ impl Invoker {
         &self,
         processor: &Processor,
         id: InvocationId,
+        target_name: &mut String,
     ) -> Result<AttemptEnd, AttemptError> {
         let Some(mut context) = processor
             .attempt_context(id)
@@ -224,6 +237,7 @@ impl Invoker {
         else {
             return Ok(AttemptEnd::Done);
         };
+        *target_name = format!("{}/{}", context.service.service, context.method);
         // No completion reaches this attempt once it ends, however it ends.
         struct Detach<'a>(&'a Processor, InvocationId);
         impl Drop for Detach<'_> {
@@ -568,6 +582,30 @@ impl Invoker {
     }
 }
 
+/// How often the failed attempts of one invocation are logged at WARN: at attempts 1, 2, 4, 8, ... and
+/// otherwise at most once per [`FailureLog::EVERY`], so that a retry loop shows up in the log at once
+/// and keeps showing up, without flooding it.
+#[derive(Debug, Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+}
+
+impl FailureLog {
+    /// The longest silence between two WARN lines of an invocation that keeps failing.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn should_log(&mut self, attempts: u32, now: std::time::Instant) -> bool {
+        let due = attempts.is_power_of_two()
+            || self
+                .last
+                .is_none_or(|last| now.duration_since(last) >= Self::EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
 /// One pooled HTTP/2 connection.
 struct Pooled {
     sender: hyper::client::conn::http2::SendRequest<Body>,
@@ -608,4 +646,29 @@ enum Event {
 
 fn completion_frame(completion: &CompletionMessage) -> Frame {
     Frame::message(types::COMPLETION, 0, completion)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn failed_attempts_are_logged_at_powers_of_two_and_then_once_a_minute() {
+        let start = Instant::now();
+        let mut log = FailureLog::default();
+        let logged: Vec<u32> = (1..=40)
+            .filter(|&n| log.should_log(n, start + Duration::from_secs(n as u64)))
+            .collect();
+        assert_eq!(logged, vec![1, 2, 4, 8, 16, 32]);
+        let mut log = FailureLog::default();
+        let logged: Vec<u32> = (1..=300)
+            .filter(|&n| log.should_log(n, start + Duration::from_secs(n as u64)))
+            .collect();
+        // Powers of two, and a minute after the last line when they grow further apart.
+        assert_eq!(
+            logged,
+            vec![1, 2, 4, 8, 16, 32, 64, 124, 128, 188, 248, 256]
+        );
+    }
 }

@@ -113,7 +113,7 @@ pub async fn discover(
         };
         match delays.next() {
             Some(delay) => {
-                log::debug!(uri, attempts; "discovery failed, retrying in {delay:?}: {error}");
+                log::warn!(uri, attempts; "discovery of {uri} failed, retrying in {delay:?}: {error}");
                 glommio::timer::sleep(delay).await;
             }
             None => return Err(error),

@@ -291,6 +291,17 @@ struct RegisterRequest {
     retry_policy: Option<Value>,
 }
 
+/// Discovers the services behind `uri` and checks them.
+async fn discover(
+    ctx: &Context,
+    uri: &str,
+    headers: &BTreeMap<String, String>,
+) -> Result<schema::Discovered> {
+    let raw =
+        discovery::discover(uri, headers, ctx.proxy.as_deref(), &ctx.tls, &ctx.config).await?;
+    Ok(schema::discover(&raw)?)
+}
+
 fn default_force() -> bool {
     true
 }
@@ -301,15 +312,11 @@ async fn register(
     legacy: bool,
 ) -> Result<http::Response<Body>> {
     let (uri, _) = schema::endpoint_id(&request.uri)?;
-    let raw = discovery::discover(
-        &uri,
-        &request.additional_headers,
-        ctx.proxy.as_deref(),
-        &ctx.tls,
-        &ctx.config,
-    )
-    .await?;
-    let discovered = schema::discover(&raw)?;
+    let discovered = discover(ctx, &uri, &request.additional_headers)
+        .await
+        .inspect_err(
+            |e| log::warn!(uri = uri.as_str(); "registering {uri} failed: {}", e.message),
+        )?;
     let headers = request.additional_headers;
     let force = request.force;
     let registered = ctx

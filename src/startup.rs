@@ -1,0 +1,309 @@
+//! Start-up checks that turn a host or pod that cannot run us into one clear line, before any data
+//! directory is created or any executor starts.
+//!
+//! - **Ports.** Every core binds its own `SO_REUSEPORT` listener, and the kernel lets any other process of
+//!   the same user do the same: a second `restate` (another working directory, hence another database)
+//!   would silently get half of the connections. So before the executors start, each port is bound once
+//!   *without* `SO_REUSEPORT` (std's listener), which fails with `EADDRINUSE` while anyone listens there,
+//!   `SO_REUSEPORT` or not (and, because our own listeners set `SO_REUSEADDR` as the probe does, not on
+//!   the TIME_WAIT connections a previous run left behind). Those probe listeners must be released before the executors bind (a socket
+//!   without `SO_REUSEPORT` blocks theirs), which leaves a window between release and bind. Another
+//!   `restate` cannot use that window: each port is also claimed, for the life of the process, by an
+//!   abstract Unix socket named after the port (`@restate-port-<port>`; abstract names belong to the network
+//!   namespace, like ports, and vanish when the process dies, so nothing stale is left behind). A foreign
+//!   program binding the port inside the window makes the executors' bind fail, which is reported too.
+//! - **io_uring.** glommio needs it; a container runtime's default seccomp profile blocks it, and glommio
+//!   then fails with a misleading "kernel too old" panic. One `io_uring_setup` call tells.
+//! - **Locked memory.** glommio refuses to start below 512 KiB of `RLIMIT_MEMLOCK`, and registers
+//!   `runtime.io_memory_bytes` per core (twice: main and poll ring) as fixed buffers when the limit allows.
+
+use std::net::SocketAddr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixListener;
+
+/// glommio's own floor for `RLIMIT_MEMLOCK` (`MIN_MEMLOCK_LIMIT` in its reactor): below it no executor
+/// starts.
+pub const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
+
+/// Why the node cannot start here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process listens on one of our ports.
+    #[error(
+        "port {port} ({server} server, {address}) is already in use by {holder}; stop it or choose \
+         another port ({key})"
+    )]
+    PortInUse {
+        server: &'static str,
+        address: SocketAddr,
+        port: u16,
+        /// Who holds it, as far as we can tell.
+        holder: &'static str,
+        /// The config key that sets this address.
+        key: &'static str,
+    },
+    /// A port cannot be bound for another reason (no permission, address not on this host).
+    #[error("cannot bind the {server} server to {address} ({key}): {source}")]
+    Bind {
+        server: &'static str,
+        address: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    /// io_uring is missing or blocked.
+    #[error(
+        "io_uring is not available (io_uring_setup: {0}): the host kernel must be 5.8 or newer with \
+         io_uring enabled (sysctl kernel.io_uring_disabled=0), and a container's seccomp profile must \
+         allow io_uring_setup, io_uring_enter and io_uring_register (the default profile of Docker and \
+         containerd blocks them; in Kubernetes use securityContext.seccompProfile Unconfined or a \
+         Localhost profile that allows them)"
+    )]
+    IoUring(std::io::Error),
+    /// `RLIMIT_MEMLOCK` is below glommio's floor.
+    #[error(
+        "the locked-memory limit (RLIMIT_MEMLOCK) is {limit_kib} KiB, io_uring needs at least \
+         {needed_kib} KiB: raise it where the process starts (`ulimit -l {needed_kib}` or \
+         `ulimit -l unlimited`; docker --ulimit memlock=-1; in Kubernetes the container runtime's \
+         LimitMEMLOCK, e.g. containerd's systemd unit, sets it for every pod)"
+    )]
+    MemLock { limit_kib: u64, needed_kib: u64 },
+}
+
+impl Error {
+    /// A port may be released by a process that is stopping; the rest needs the host to change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::PortInUse { .. })
+    }
+}
+
+/// One of our three servers and where it listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Port {
+    /// `ingress`, `meta` or `storage`.
+    pub server: &'static str,
+    pub address: SocketAddr,
+    /// The config key that sets `address`, for the error message.
+    pub key: &'static str,
+}
+
+/// The port claims of this process: keep it alive while serving.
+#[derive(Debug)]
+pub struct PortClaims {
+    /// Abstract Unix sockets named after each port, held for the life of the process.
+    _claims: Vec<UnixListener>,
+    /// Plain (non-`SO_REUSEPORT`) listeners, held until [`PortClaims::release_probes`].
+    probes: Vec<std::net::TcpListener>,
+}
+
+impl PortClaims {
+    /// Claims every port (see the module docs), or names the first one another process holds.
+    pub fn acquire(ports: &[Port]) -> Result<PortClaims, Error> {
+        let mut claims = Vec::new();
+        let mut probes = Vec::new();
+        for port in ports {
+            // Port 0 asks the kernel for a free port: nothing to claim.
+            if port.address.port() == 0 {
+                continue;
+            }
+            claims.push(claim(port)?);
+            probes.push(probe(port)?);
+        }
+        Ok(PortClaims {
+            _claims: claims,
+            probes,
+        })
+    }
+
+    /// Releases the plain listeners so that the executors' `SO_REUSEPORT` listeners can bind; the
+    /// abstract claims stay.
+    pub fn release_probes(&mut self) {
+        self.probes.clear();
+    }
+}
+
+fn claim(port: &Port) -> Result<UnixListener, Error> {
+    let name = format!("restate-port-{}", port.address.port());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .expect("a short abstract name");
+    UnixListener::bind_addr(&address).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => in_use(port, "another restate process"),
+        _ => Error::Bind {
+            server: port.server,
+            address: port.address,
+            key: port.key,
+            source,
+        },
+    })
+}
+
+fn probe(port: &Port) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(port.address).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => in_use(port, "another process"),
+        _ => Error::Bind {
+            server: port.server,
+            address: port.address,
+            key: port.key,
+            source,
+        },
+    })
+}
+
+fn in_use(port: &Port, holder: &'static str) -> Error {
+    Error::PortInUse {
+        server: port.server,
+        address: port.address,
+        port: port.address.port(),
+        holder,
+        key: port.key,
+    }
+}
+
+/// Sets up (and closes) one small io_uring: fails when the kernel lacks it or seccomp blocks it.
+pub fn check_io_uring() -> Result<(), Error> {
+    // struct io_uring_params is 120 bytes; all zero asks for defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes only `params`, which is large enough.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(Error::IoUring(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is the ring we just created and own.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// What `RLIMIT_MEMLOCK` means for this config.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MemLock {
+    /// Enough for glommio and for every core's fixed buffers.
+    Enough,
+    /// glommio starts, but the fixed buffers of some cores will not be registered (slower I/O).
+    BelowBuffers { limit_kib: u64, buffers_kib: u64 },
+}
+
+/// Checks the soft `RLIMIT_MEMLOCK` against glommio's floor and the fixed buffers of `cores` cores.
+pub fn check_memlock(cores: usize, io_memory_bytes: usize) -> Result<MemLock, Error> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(MemLock::Enough); // unknown: let glommio decide
+    }
+    memlock_verdict(limit.rlim_cur, cores, io_memory_bytes)
+}
+
+fn memlock_verdict(
+    limit: libc::rlim_t,
+    cores: usize,
+    io_memory_bytes: usize,
+) -> Result<MemLock, Error> {
+    if limit == libc::RLIM_INFINITY {
+        return Ok(MemLock::Enough);
+    }
+    if limit < MIN_MEMLOCK_BYTES {
+        return Err(Error::MemLock {
+            limit_kib: limit / 1024,
+            needed_kib: MIN_MEMLOCK_BYTES / 1024,
+        });
+    }
+    // glommio rounds each core's buffer up to pages (at least 64 KiB) and registers it with two rings.
+    let per_core = (io_memory_bytes.max(65536) as u64).div_ceil(4096) * 4096;
+    let buffers = per_core * 2 * cores as u64;
+    if limit < buffers {
+        return Ok(MemLock::BelowBuffers {
+            limit_kib: limit / 1024,
+            buffers_kib: buffers / 1024,
+        });
+    }
+    Ok(MemLock::Enough)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn port(address: SocketAddr) -> Port {
+        Port {
+            server: "meta",
+            address,
+            key: "meta.rest_address",
+        }
+    }
+
+    /// A listener like the executors' own: `SO_REUSEPORT` set before bind.
+    fn reuseport_listener() -> (std::net::TcpListener, SocketAddr) {
+        // SAFETY: plain socket calls on a socket this test owns; the fd moves into the listener.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let one: libc::c_int = 1;
+            let size = std::mem::size_of_val(&one) as libc::socklen_t;
+            let ptr = &one as *const libc::c_int as *const libc::c_void;
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, ptr, size),
+                0
+            );
+            let mut address: libc::sockaddr_in = std::mem::zeroed();
+            address.sin_family = libc::AF_INET as libc::sa_family_t;
+            address.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of_val(&address) as libc::socklen_t;
+            let sockaddr = &address as *const libc::sockaddr_in as *const libc::sockaddr;
+            assert_eq!(libc::bind(fd, sockaddr, len), 0);
+            assert_eq!(libc::listen(fd, 16), 0);
+            let listener = <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let local = listener.local_addr().unwrap();
+            assert_eq!(listener.as_raw_fd(), fd);
+            (listener, local)
+        }
+    }
+
+    #[test]
+    fn a_plain_bind_fails_on_a_port_held_by_an_so_reuseport_listener() {
+        let (_held, address) = reuseport_listener();
+        match probe(&port(address)) {
+            Err(Error::PortInUse { port, .. }) => assert_eq!(port, address.port()),
+            other => panic!("expected PortInUse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_second_claim_on_the_same_port_fails_and_names_it() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = free.local_addr().unwrap();
+        drop(free);
+        let mut first = PortClaims::acquire(&[port(address)]).unwrap();
+        first.release_probes();
+        let error = PortClaims::acquire(&[port(address)]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(&address.port().to_string()), "{message}");
+        assert!(message.contains("another restate process"), "{message}");
+        assert!(message.contains("meta"), "{message}");
+        drop(first);
+        PortClaims::acquire(&[port(address)]).expect("free again once released");
+    }
+
+    #[test]
+    fn memlock_below_glommios_floor_is_an_error_and_below_the_buffers_a_warning() {
+        let error = memlock_verdict(64 * 1024, 2, 1 << 20).unwrap_err();
+        assert!(error.to_string().contains("64 KiB"), "{error}");
+        assert!(error.to_string().contains("ulimit -l 512"), "{error}");
+        assert_eq!(
+            memlock_verdict(1024 * 1024, 2, 1 << 20).unwrap(),
+            MemLock::BelowBuffers {
+                limit_kib: 1024,
+                buffers_kib: 4096
+            }
+        );
+        assert_eq!(
+            memlock_verdict(8 << 20, 2, 1 << 20).unwrap(),
+            MemLock::Enough
+        );
+        assert_eq!(
+            memlock_verdict(libc::RLIM_INFINITY, 64, 1 << 30).unwrap(),
+            MemLock::Enough
+        );
+    }
+}
