@@ -289,10 +289,20 @@ pub fn encode(key: &pb::Key, whole: bool, partitions: u32) -> Result<(Table, Vec
     for (name, part) in &parts {
         match (part.is_set(), unset) {
             (true, Some(missing)) => {
+                let hint = match (missing, table) {
+                    ("partition_id", Table::State | Table::Inbox) => {
+                        " (or service_name and service_key, which it derives from)"
+                    }
+                    ("partition_id", Table::System | Table::Dedup | Table::Outbox | Table::Fsm) => {
+                        ""
+                    }
+                    ("partition_id", _) => " (or invocation_id, which it derives from)",
+                    _ => "",
+                };
                 return Err(Invalid(format!(
-                    "{} key sets {name} but not {missing}: a prefix sets leading fields only",
+                    "{} key sets {name} but not {missing}{hint}: a prefix sets leading fields only",
                     table.name()
-                )))
+                )));
             }
             (true, None) => part.encode(name, &mut out)?,
             (false, None) => unset = Some(name),

@@ -386,11 +386,11 @@ async fn invocations_list(
                 format!("{}/{}", text(&i["service"]), text(&i["method"])),
                 text(&i["key"]),
                 text(&i["status"]),
-                render::age(i["created_ms"].as_u64().unwrap_or(0)),
+                render::age(i["since_ms"].as_u64().unwrap_or(0)),
             ]
         })
         .collect();
-    table(&["ID", "TARGET", "KEY", "STATUS", "AGE"], &rows);
+    table(&["ID", "TARGET", "KEY", "STATUS", "SINCE"], &rows);
     Ok(())
 }
 
@@ -470,8 +470,8 @@ fn print_description(summary: &Value, journal: &[(u32, Entry)], timers: &[Value]
     );
     println!("status:    {}", text(&summary["status"]));
     println!(
-        "age:       {}",
-        render::age(summary["created_ms"].as_u64().unwrap_or(0))
+        "since:     {}",
+        render::age(summary["since_ms"].as_u64().unwrap_or(0))
     );
     let waiting: Vec<String> = summary["waiting_for_entries"]
         .as_array()
@@ -619,7 +619,7 @@ async fn inbox(s: &Servers, instance: &InstanceArgs) -> Result<()> {
                 text(&e["sequence"]),
                 text(&e["id"]),
                 text(&e["method"]),
-                render::age(e["created_ms"].as_u64().unwrap_or(0)),
+                render::age(e["since_ms"].as_u64().unwrap_or(0)),
             ]
         })
         .collect();

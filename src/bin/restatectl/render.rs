@@ -62,14 +62,11 @@ pub fn user_value(bytes: &[u8]) -> (Value, &'static str) {
 
 /// A short printable form of a value (JSON compact, text, or hex), at most `max` characters.
 pub fn short(bytes: &[u8], max: usize) -> String {
-    let text = match user_value(bytes) {
+    let printable = match user_value(bytes) {
+        (Value::String(s), _) if s.chars().any(char::is_control) => hex(bytes),
         (Value::String(s), _) => s,
         (v, _) => v.to_string(),
     };
-    let printable: String = text
-        .chars()
-        .map(|c| if c.is_control() { '.' } else { c })
-        .collect();
     if printable.chars().count() > max {
         let cut: String = printable.chars().take(max.saturating_sub(1)).collect();
         format!("{cut}…")
@@ -158,7 +155,8 @@ pub fn status_json(id: &str, status: &rows::Status) -> Value {
         "status": if status.suspended { "suspended" } else { "running" },
         "waiting_for_entries": status.waiting,
         "keyed": status.keyed,
-        "created_ms": status.created_ms,
+        // When the status last changed (started, suspended, resumed).
+        "since_ms": status.created_ms,
         "caller": status.response_sink.as_ref().map(|s| json!({
             "invocation_id": hex(&s.caller),
             "entry_index": s.entry_index,
@@ -177,7 +175,8 @@ pub fn inbox_json(service: &str, key: &[u8], sequence: u64, entry: &rows::InboxE
         "method": entry.method,
         "status": "inbox",
         "argument": base64::engine::general_purpose::STANDARD.encode(&entry.argument),
-        "created_ms": entry.created_ms,
+        // When it was queued.
+        "since_ms": entry.created_ms,
     })
 }
 
