@@ -74,7 +74,7 @@ impl Error {
 /// Runs the node until SIGTERM/SIGINT (or a fatal error), then drains and closes storage.
 pub fn run(config: Config) -> Result<(), Error> {
     let config = Arc::new(config);
-    let mut ports = preflight(&config)?;
+    let mut ports = preflight(&config, config.runtime.cores)?;
     std::fs::create_dir_all(&config.meta.storage_path).map_err(|source| Error::CreateDir {
         path: config.meta.storage_path.display().to_string(),
         source,
@@ -110,6 +110,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let next_core = Arc::new(AtomicUsize::new(0));
     // The executors bind with SO_REUSEPORT, which the plain probe listeners would block.
     ports.release_probes();
+    let ports = Arc::new(ports);
     let started = {
         let config = config.clone();
         LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(config.runtime.cores))
@@ -121,10 +122,11 @@ pub fn run(config: Config) -> Result<(), Error> {
                 let config = config.clone();
                 let registry = registry.clone();
                 let router = router.clone();
+                let ports = ports.clone();
                 let inbox = inboxes.lock().unwrap_or_else(|e| e.into_inner())[core].take();
                 async move {
                     let inbox = inbox.expect("one inbox per core");
-                    run_core(core, node, registry, router, inbox, config).await
+                    run_core(core, ports, node, registry, router, inbox, config).await
                 }
             })
     };
@@ -146,13 +148,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     storage.close();
     log::info!("storage closed");
-    drop(ports);
     result
 }
 
 /// Checks io_uring and the locked-memory limit, and claims the three ports, before anything is created
 /// on disk (see [`startup`]).
-fn preflight(config: &Config) -> Result<PortClaims, Error> {
+fn preflight(config: &Config, cores: usize) -> Result<PortClaims, Error> {
     startup::check_io_uring()?;
     let runtime = &config.runtime;
     if let startup::MemLock::BelowBuffers {
@@ -168,7 +169,7 @@ fn preflight(config: &Config) -> Result<PortClaims, Error> {
             runtime.cores, runtime.io_memory_bytes
         );
     }
-    Ok(PortClaims::acquire(&[
+    let ports = [
         startup::Port {
             server: "ingress",
             address: config.worker.ingress_grpc.bind_address,
@@ -184,11 +185,13 @@ fn preflight(config: &Config) -> Result<PortClaims, Error> {
             address: config.worker.storage_grpc.bind_address,
             key: "worker.storage_grpc.bind_address",
         },
-    ])?)
+    ];
+    Ok(PortClaims::acquire(&ports, cores)?)
 }
 
 async fn run_core(
     core: usize,
+    ports: Arc<PortClaims>,
     node: NodeState,
     registry: Arc<Registry>,
     router: Router,
@@ -197,7 +200,7 @@ async fn run_core(
 ) -> Result<(), Error> {
     let draining = node.draining_cores.clone();
     let shutdown = node.shutdown.clone();
-    let result = serve_core(core, node, registry, router, inbox, config).await;
+    let result = serve_core(core, ports, node, registry, router, inbox, config).await;
     if result.is_err() {
         // This core never serves: the others must neither keep running nor wait for it.
         shutdown.trigger();
@@ -206,8 +209,10 @@ async fn run_core(
     result
 }
 
+/// `ports` are this node's port claims, released once every core has bound its listeners.
 async fn serve_core(
     core: usize,
+    ports: Arc<PortClaims>,
     node: NodeState,
     registry: Arc<Registry>,
     router: Router,
@@ -277,6 +282,7 @@ async fn serve_core(
             return Err(e);
         }
     };
+    ports.core_bound();
     if core == 0 {
         log_addresses(&listeners);
     }

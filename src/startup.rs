@@ -10,8 +10,10 @@
 //!   without `SO_REUSEPORT` blocks theirs), which leaves a window between release and bind. Another
 //!   `restate` cannot use that window: each port is also claimed, for the life of the process, by an
 //!   abstract Unix socket named after the port (`@restate-port-<port>`; abstract names belong to the network
-//!   namespace, like ports, and vanish when the process dies, so nothing stale is left behind). A foreign
-//!   program binding the port inside the window makes the executors' bind fail, which is reported too.
+//!   namespace, like ports, and vanish when the process dies, so nothing stale is left behind). Once every
+//!   core has bound, the listeners themselves fail the next probe and the claims are released (a stopping
+//!   process keeps none). A foreign program binding the port inside the window makes the executors' bind
+//!   fail, which is reported too.
 //! - **io_uring.** glommio needs it; a container runtime's default seccomp profile blocks it, and glommio
 //!   then fails with a misleading "kernel too old" panic. One `io_uring_setup` call tells.
 //! - **Locked memory.** glommio refuses to start below 512 KiB of `RLIMIT_MEMLOCK`, and registers
@@ -20,6 +22,8 @@
 use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// glommio's own floor for `RLIMIT_MEMLOCK` (`MIN_MEMLOCK_LIMIT` in its reactor): below it no executor
 /// starts.
@@ -86,18 +90,21 @@ pub struct Port {
     pub key: &'static str,
 }
 
-/// The port claims of this process: keep it alive while serving.
+/// The port claims of this process, from the probe until every core has bound its listeners.
 #[derive(Debug)]
 pub struct PortClaims {
-    /// Abstract Unix sockets named after each port, held for the life of the process.
-    _claims: Vec<UnixListener>,
+    /// Abstract Unix sockets named after each port, held until every core has bound.
+    claims: Mutex<Vec<UnixListener>>,
     /// Plain (non-`SO_REUSEPORT`) listeners, held until [`PortClaims::release_probes`].
     probes: Vec<std::net::TcpListener>,
+    /// Cores that have not bound their listeners yet.
+    unbound_cores: AtomicUsize,
 }
 
 impl PortClaims {
     /// Claims every port (see the module docs), or names the first one another process holds.
-    pub fn acquire(ports: &[Port]) -> Result<PortClaims, Error> {
+    /// `cores` call [`PortClaims::core_bound`] once their listeners are bound.
+    pub fn acquire(ports: &[Port], cores: usize) -> Result<PortClaims, Error> {
         let mut claims = Vec::new();
         let mut probes = Vec::new();
         for port in ports {
@@ -109,8 +116,9 @@ impl PortClaims {
             probes.push(probe(port)?);
         }
         Ok(PortClaims {
-            _claims: claims,
+            claims: Mutex::new(claims),
             probes,
+            unbound_cores: AtomicUsize::new(cores),
         })
     }
 
@@ -118,6 +126,16 @@ impl PortClaims {
     /// abstract claims stay.
     pub fn release_probes(&mut self) {
         self.probes.clear();
+    }
+
+    /// One core has bound its listeners; after the last one, the claims are released.
+    pub fn core_bound(&self) {
+        if self.unbound_cores.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 }
 
@@ -274,15 +292,17 @@ mod tests {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = free.local_addr().unwrap();
         drop(free);
-        let mut first = PortClaims::acquire(&[port(address)]).unwrap();
+        let mut first = PortClaims::acquire(&[port(address)], 2).unwrap();
         first.release_probes();
-        let error = PortClaims::acquire(&[port(address)]).unwrap_err();
+        let error = PortClaims::acquire(&[port(address)], 1).unwrap_err();
         let message = error.to_string();
         assert!(message.contains(&address.port().to_string()), "{message}");
         assert!(message.contains("another restate process"), "{message}");
         assert!(message.contains("meta"), "{message}");
-        drop(first);
-        PortClaims::acquire(&[port(address)]).expect("free again once released");
+        first.core_bound();
+        PortClaims::acquire(&[port(address)], 1).expect_err("one core has not bound yet");
+        first.core_bound();
+        PortClaims::acquire(&[port(address)], 1).expect("free again once every core has bound");
     }
 
     #[test]

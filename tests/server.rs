@@ -302,7 +302,7 @@ fn a_second_instance_on_the_same_ports_fails_naming_the_port_and_the_first_keeps
         .unwrap_or_else(|| panic!("no error line: {stderr}"));
     assert!(
         error.contains(&format!("port {} (ingress server", first.ingress))
-            && error.contains("already in use by another restate process"),
+            && error.contains("is already in use by another process"),
         "{error}"
     );
     assert!(
