@@ -5,10 +5,15 @@
 //! take on demand.
 //!
 //! Usage: `restate-test-endpoint [--port N] [--mode MODE] [--request-response] [--fail-attempts K]
-//! [--tls CERT KEY] [--threads N]`; prints `listening on <port>` once it accepts connections.
+//! [--tls CERT KEY] [--threads N] [--services LIST] [--discovery-status CODE] [--discovery-delay MS]`
+//! (`--help` lists them); prints `listening on <port>` once it accepts connections. Any path prefix is
+//! accepted before `/discover` and `/invoke/...`, so one process can stand for many endpoint URIs.
 //!
 //! Discovery modes (`POST /discover`): ok (default), not-found, garbage, wrong-content-type,
-//! missing-dependency, bad-key, untyped, reserved, close. Invocation modes (discovery answers as `ok`):
+//! missing-dependency, bad-key, untyped, reserved, close, huge (an endless `application/proto` body
+//! without content-length). `--discovery-status CODE` answers discovery with that status (and a body
+//! that must never be echoed), `--discovery-delay MS` waits before answering it, `--services` announces
+//! only the listed test services (`Counter,Echo`). Invocation modes (discovery answers as `ok`):
 //! violate (every attempt sends a frame of the unknown type 0x0123 after the Start message), hang (every
 //! attempt reads the Start message, then never writes and never ends), no-headers (`/invoke` requests
 //! never get response headers), error-terminal (`Counter/Add` answers a terminal failure, code 9, after
@@ -52,7 +57,7 @@ use restate::protocol::{
 };
 use restate::shutdown::Shutdown;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Mode {
     Ok,
     NotFound,
@@ -68,45 +73,26 @@ enum Mode {
     /// `/invoke` requests never get response headers (the runtime must not wait forever).
     NoHeaders,
     ErrorTerminal,
-}
-
-fn parse_mode(s: &str) -> Mode {
-    match s {
-        "ok" => Mode::Ok,
-        "not-found" => Mode::NotFound,
-        "garbage" => Mode::Garbage,
-        "wrong-content-type" => Mode::WrongContentType,
-        "missing-dependency" => Mode::MissingDependency,
-        "bad-key" => Mode::BadKey,
-        "untyped" => Mode::Untyped,
-        "reserved" => Mode::Reserved,
-        "close" => Mode::Close,
-        "violate" => Mode::Violate,
-        "hang" => Mode::Hang,
-        "no-headers" => Mode::NoHeaders,
-        "error-terminal" => Mode::ErrorTerminal,
-        other => {
-            eprintln!("unknown mode {other}");
-            std::process::exit(2)
-        }
-    }
+    /// Discovery streams an endless body (response size limits).
+    Huge,
 }
 
 /// The discovery response for `mode`; field 1 is written raw so extension options survive.
-fn discovery_response(mode: Mode, request_response: bool) -> Vec<u8> {
-    let services: &[&str] = match mode {
-        Mode::BadKey => &["restate.test.NoKey"],
-        Mode::Untyped => &["restate.test.Untyped"],
-        Mode::Reserved => &["dev.restate.Sneaky"],
-        _ => &[
-            "restate.test.Counter",
-            "restate.test.Echo",
-            "restate.test.Config",
-        ],
+fn discovery_response(options: &Options) -> Vec<u8> {
+    let (mode, request_response) = (options.mode, options.request_response);
+    let services: Vec<String> = match mode {
+        Mode::BadKey => vec!["restate.test.NoKey".into()],
+        Mode::Untyped => vec!["restate.test.Untyped".into()],
+        Mode::Reserved => vec!["dev.restate.Sneaky".into()],
+        _ => options
+            .services
+            .split(',')
+            .map(|s| format!("restate.test.{}", s.trim()))
+            .collect(),
     };
     let mut out = ServiceDiscoveryResponse {
         files: None,
-        services: services.iter().map(|s| s.to_string()).collect(),
+        services,
         protocol_mode: i32::from(request_response),
         ..Default::default()
     }
@@ -123,26 +109,45 @@ fn discovery_response(mode: Mode, request_response: bool) -> Vec<u8> {
     out
 }
 
-fn respond(mode: Mode, request_response: bool, path: &str) -> http::Response<Body> {
+/// The body of `--discovery-status` answers: tests check that the runtime never echoes it.
+const SECRET_BODY: &str = "endpoint-private-body: do not echo";
+
+fn respond(options: &Options, path: &str) -> http::Response<Body> {
     let proto = |body: Vec<u8>, content_type: &str| {
         http::Response::builder()
             .header(http::header::CONTENT_TYPE, content_type)
             .body(full(body))
             .unwrap()
     };
-    match (mode, path) {
+    if let (Some(status), "/discover") = (options.discovery_status, path) {
+        return http::Response::builder()
+            .status(status)
+            .header(http::header::LOCATION, "http://127.0.0.1:1/elsewhere")
+            .body(full(SECRET_BODY))
+            .unwrap();
+    }
+    match (options.mode, path) {
         (Mode::NotFound, _) => http::Response::builder()
             .status(404)
             .body(full("no such thing"))
             .unwrap(),
+        (Mode::Huge, "/discover") => {
+            let chunks = futures::stream::repeat_with(|| {
+                Ok::<_, BoxError>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                    0u8;
+                    64 * 1024
+                ])))
+            });
+            http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/proto")
+                .body(Body::new(StreamBody::new(chunks)))
+                .unwrap()
+        }
         (Mode::Garbage, "/discover") => {
             proto(vec![0x0a, 0xff, 0xff, 0x03, 0x42], "application/proto")
         }
         (Mode::WrongContentType, "/discover") => proto(b"hello".to_vec(), "text/plain"),
-        (_, "/discover") => proto(
-            discovery_response(mode, request_response),
-            "application/proto",
-        ),
+        (_, "/discover") => proto(discovery_response(options), "application/proto"),
         _ => http::Response::builder()
             .status(404)
             .body(full(format!("unknown path {path}")))
@@ -150,14 +155,40 @@ fn respond(mode: Mode, request_response: bool, path: &str) -> http::Response<Bod
     }
 }
 
-/// What the command line asked for.
-#[derive(Clone, Copy, Debug)]
+/// The in-repo service endpoint for tests and benchmarks (see the module docs for the modes).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "restate-test-endpoint",
+    about = "The in-repo service endpoint of the restate tests and benchmarks"
+)]
 struct Options {
+    /// Port to listen on (127.0.0.1); 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// How discovery and invocations behave.
+    #[arg(long, value_enum, default_value = "ok")]
     mode: Mode,
     /// Announce REQUEST_RESPONSE at discovery (invocations work the same either way).
+    #[arg(long)]
     request_response: bool,
     /// `Counter/Add` attempts of one invocation id that fail before one succeeds.
+    #[arg(long, default_value_t = 0)]
     fail_attempts: u32,
+    /// Serve HTTP/2 over TLS with this certificate and key (PEM files).
+    #[arg(long, num_args = 2, value_names = ["CERT", "KEY"])]
+    tls: Option<Vec<String>>,
+    /// Executors serving the port (benchmarks; /stats then counts per executor).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The test services announced at discovery, comma-separated.
+    #[arg(long, default_value = "Counter,Echo,Config")]
+    services: String,
+    /// Answer discovery with this HTTP status (and a body that must never be echoed).
+    #[arg(long)]
+    discovery_status: Option<u16>,
+    /// Wait this many milliseconds before answering discovery.
+    #[arg(long, default_value_t = 0)]
+    discovery_delay: u64,
 }
 
 /// State of the endpoint process (one executor: no locks).
@@ -181,13 +212,20 @@ impl Endpoint {
     }
 }
 
+/// The path with any prefix before `/invoke/` or a final `/discover` removed.
+fn route_path(path: &str) -> &str {
+    if let Some(at) = path.find("/invoke/") {
+        return &path[at..];
+    }
+    if path.ends_with("/discover") {
+        return "/discover";
+    }
+    path
+}
+
 fn handle(endpoint: &Rc<Endpoint>, request: http::Request<Incoming>) -> http::Response<Body> {
-    let path = request.uri().path().to_owned();
-    let Options {
-        mode,
-        request_response,
-        ..
-    } = endpoint.options;
+    let path = route_path(request.uri().path()).to_owned();
+    let mode = endpoint.options.mode;
     if request.method() == http::Method::GET && path == "/stats" {
         return json_response(
             http::StatusCode::OK,
@@ -202,49 +240,29 @@ fn handle(endpoint: &Rc<Endpoint>, request: http::Request<Incoming>) -> http::Re
             return invoke(endpoint, target, request);
         }
     }
-    respond(mode, request_response, &path)
+    respond(&endpoint.options, &path)
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
-    let options = Options {
-        mode: parse_mode(&arg("--mode").unwrap_or_else(|| "ok".into())),
-        request_response: args.iter().any(|a| a == "--request-response"),
-        fail_attempts: arg("--fail-attempts").map_or(0, |k| {
-            k.parse().unwrap_or_else(|_| {
-                eprintln!("--fail-attempts takes a number, not {k}");
-                std::process::exit(2)
-            })
-        }),
-    };
-    let tls = args.iter().position(|a| a == "--tls").map(|i| {
-        let (cert, key) = (&args[i + 1], &args[i + 2]);
-        tls_acceptor(cert, key)
-    });
+    let options = <Options as clap::Parser>::parse();
+    let tls = options
+        .tls
+        .as_ref()
+        .map(|files| tls_acceptor(&files[0], &files[1]));
     // Benchmarks run several executors on one port (SO_REUSEPORT); /stats then counts per executor.
-    let threads: usize = arg("--threads")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    let port = if threads > 1 && port == 0 {
+    let threads = options.threads.max(1);
+    let port = if threads > 1 && options.port == 0 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port")
     } else {
-        port
+        options.port
     };
     let executors: Vec<_> = (0..threads)
         .map(|thread| {
             let tls = tls.clone();
-            spawn_executor(thread, port, options, tls)
+            spawn_executor(thread, port, options.clone(), tls)
         })
         .collect();
     for executor in executors {
@@ -282,14 +300,25 @@ fn spawn_executor(
                 add_attempts: RefCell::new(HashMap::new()),
             });
             let handler: server::Handler = Rc::new(move |request| {
+                let path = route_path(request.uri().path());
                 let silent =
-                    options.mode == Mode::NoHeaders && request.uri().path().starts_with("/invoke/");
+                    endpoint.options.mode == Mode::NoHeaders && path.starts_with("/invoke/");
                 if silent {
                     endpoint.attempts.set(endpoint.attempts.get() + 1);
                     return futures::future::pending().boxed_local();
                 }
+                let delay = match path {
+                    "/discover" => Duration::from_millis(endpoint.options.discovery_delay),
+                    _ => Duration::ZERO,
+                };
                 let response = handle(&endpoint, request);
-                async move { response }.boxed_local()
+                async move {
+                    if !delay.is_zero() {
+                        glommio::timer::sleep(delay).await;
+                    }
+                    response
+                }
+                .boxed_local()
             });
             if let Some(tls) = tls {
                 serve_tls(listener, tls, handler).await;
