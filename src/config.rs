@@ -174,13 +174,29 @@ pub struct Meta {
     pub tls_ca_file: String,
     /// Largest request body the meta API accepts, in bytes.
     pub max_request_bytes: usize,
-    /// Largest discovery response accepted from an endpoint, in bytes.
+    /// Largest discovery response accepted from an endpoint, in bytes (checked while it is read).
     pub max_discovery_response_bytes: usize,
+    /// Discoveries (registrations) in flight on the whole node; past it a registration is refused at
+    /// once with 429. Each may buffer up to `max_discovery_response_bytes`.
+    pub max_concurrent_discoveries: usize,
+    /// Endpoint records the registry keeps (superseded ones are dropped); past it a registration that
+    /// would add one is refused with 409.
+    pub max_endpoints: usize,
     /// One discovery attempt (connect, request, response) may take this long.
     #[serde(with = "humantime_serde")]
     pub discovery_timeout: Duration,
-    /// Retries of discovery on connection failures and non-2xx answers.
+    /// Retries of discovery on transient failures only (connection errors, timeouts, HTTP 408, 429,
+    /// 502, 503, 504); any other answer fails the registration at once.
     pub discovery_retry_policy: RetryPolicy,
+    /// Bearer token every meta request but `GET /health` must carry (`authorization: Bearer TOKEN`);
+    /// empty: no authentication. Set it from the environment (`RESTATE_META__AUTH_TOKEN`) rather than
+    /// in a file. See SECURITY.md.
+    pub auth_token: String,
+    /// Endpoint hosts that may be registered and invoked: host names (exact, case-insensitive; or
+    /// `*.example.com` for its subdomains), IP addresses and CIDR blocks (`10.0.0.0/8`). A name is
+    /// also allowed when every address it resolves to is in a listed block. Empty: any host. In the
+    /// environment: comma-separated.
+    pub allowed_endpoints: Vec<String>,
 }
 
 impl Default for Meta {
@@ -191,7 +207,9 @@ impl Default for Meta {
             proxy_uri: String::new(),
             tls_ca_file: String::new(),
             max_request_bytes: 1 << 20,
-            max_discovery_response_bytes: 16 << 20,
+            max_discovery_response_bytes: 4 << 20,
+            max_concurrent_discoveries: 4,
+            max_endpoints: 1000,
             discovery_timeout: Duration::from_secs(10),
             discovery_retry_policy: RetryPolicy::exponential(
                 Duration::from_millis(100),
@@ -199,6 +217,8 @@ impl Default for Meta {
                 Duration::from_secs(5),
                 9,
             ),
+            auth_token: String::new(),
+            allowed_endpoints: Vec::new(),
         }
     }
 }
@@ -354,6 +374,9 @@ pub struct StorageGrpc {
     pub scan_chunk_bytes: usize,
     /// Largest `ScanRequest` accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
     pub max_message_size: usize,
+    /// Bearer token every storage API call must carry (`authorization: Bearer TOKEN`); empty: no
+    /// authentication. Set it from the environment (`RESTATE_WORKER__STORAGE_GRPC__AUTH_TOKEN`).
+    pub auth_token: String,
 }
 
 impl Default for StorageGrpc {
@@ -363,6 +386,7 @@ impl Default for StorageGrpc {
             scan_chunk_rows: 1000,
             scan_chunk_bytes: 1 << 20,
             max_message_size: 64 << 10,
+            auth_token: String::new(),
         }
     }
 }
@@ -476,7 +500,12 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 19] = [
+        let positive: [(&str, usize); 21] = [
+            (
+                "meta.max_concurrent_discoveries",
+                self.meta.max_concurrent_discoveries,
+            ),
+            ("meta.max_endpoints", self.meta.max_endpoints),
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -553,6 +582,27 @@ impl Config {
                 message: "must be more than 0".to_owned(),
             });
         }
+        crate::http::allow::AllowList::parse(&self.meta.allowed_endpoints).map_err(|message| {
+            Error::Invalid {
+                key: "meta.allowed_endpoints".to_owned(),
+                message,
+            }
+        })?;
+        for (key, token) in [
+            ("meta.auth_token", &self.meta.auth_token),
+            (
+                "worker.storage_grpc.auth_token",
+                &self.worker.storage_grpc.auth_token,
+            ),
+        ] {
+            if !token.is_empty() && http::HeaderValue::from_str(&format!("Bearer {token}")).is_err()
+            {
+                return Err(Error::Invalid {
+                    key: key.to_owned(),
+                    message: "must be printable ASCII without control characters".to_owned(),
+                });
+            }
+        }
         if self.runtime.max_header_bytes < 8192 {
             // hyper's HTTP/1.1 reader needs at least this much buffer.
             return Err(Error::Invalid {
@@ -575,9 +625,41 @@ impl Config {
             .or_else(from_env)
     }
 
-    /// The effective configuration as TOML (what `--dump-config` prints).
+    /// The effective configuration as TOML (what `--dump-config` prints), with the auth tokens shown
+    /// as `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let mut shown = self.clone();
+        for token in [
+            &mut shown.meta.auth_token,
+            &mut shown.worker.storage_grpc.auth_token,
+        ] {
+            if !token.is_empty() {
+                *token = "***".to_owned();
+            }
+        }
+        toml::to_string_pretty(&shown).expect("config serializes")
+    }
+
+    /// Start-up warnings for admin servers reachable beyond this host without a token.
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        [
+            ("meta", "meta.auth_token", self.meta.rest_address, &self.meta.auth_token),
+            (
+                "storage",
+                "worker.storage_grpc.auth_token",
+                self.worker.storage_grpc.bind_address,
+                &self.worker.storage_grpc.auth_token,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, address, token)| !address.ip().is_loopback() && token.is_empty())
+        .map(|(server, key, address, _)| {
+            format!(
+                "the {server} server listens on {address}, beyond this host, and {key} is not set: \
+                 anyone who reaches it can use it (bind it to 127.0.0.1 or set the token; see SECURITY.md)"
+            )
+        })
+        .collect()
     }
 }
 
@@ -663,6 +745,13 @@ fn apply_env(
                 .map_err(|_| bad(format!("expected a number, got `{raw}`")))?,
         ),
         toml::Value::Table(_) => return Err(bad("is a section, set its keys instead".to_owned())),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
         _ => toml::Value::String(raw.to_owned()),
     };
     let mut slot = tree;
@@ -707,6 +796,40 @@ mod tests {
         assert_eq!(c.tracing.log_format, LogFormat::Json);
         assert!(!c.worker.storage_rocksdb.sync_writes);
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn lists_tokens_and_exposure() {
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "RESTATE_META__ALLOWED_ENDPOINTS",
+                    " 10.0.0.0/8, svc.internal ,",
+                ),
+                ("RESTATE_META__AUTH_TOKEN", "s3cret"),
+                (
+                    "RESTATE_WORKER__STORAGE_GRPC__BIND_ADDRESS",
+                    "127.0.0.1:9091",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.meta.allowed_endpoints, vec!["10.0.0.0/8", "svc.internal"]);
+        assert!(
+            !c.to_toml().contains("s3cret"),
+            "--dump-config hides tokens"
+        );
+        assert!(c.exposure_warnings().is_empty());
+        let open = Config::default().exposure_warnings();
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open[0].contains("meta.auth_token") && open[1].contains("storage_grpc"));
+        let e = Config::load(
+            None,
+            env(&[("RESTATE_META__ALLOWED_ENDPOINTS", "10.0.0.0/99")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("meta.allowed_endpoints"), "{e}");
     }
 
     #[test]

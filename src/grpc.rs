@@ -86,6 +86,23 @@ pub fn trailers_only(code: Code, message: &str) -> http::Response<Body> {
     response
 }
 
+/// The answer to a call without the server's bearer token: UNAUTHENTICATED, as a gRPC Trailers-Only
+/// response for gRPC requests and as a Connect error for anything else.
+pub fn unauthenticated(request: &http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+    let message = "missing or wrong bearer token: send `authorization: Bearer <token>` \
+                   (worker.storage_grpc.auth_token)";
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        trailers_only(Code::Unauthenticated, message)
+    } else {
+        connect_error(Code::Unauthenticated, message)
+    }
+}
+
 /// A Connect unary error: the code's HTTP status and `{"code", "message"}`.
 pub fn connect_error(code: Code, message: &str) -> http::Response<Body> {
     json_response(

@@ -22,4 +22,6 @@ pub struct NodeState {
     pub shutdown: Shutdown,
     /// HTTP counters of all servers.
     pub http_counters: Arc<Counters>,
+    /// Discoveries in flight on the node (`meta.max_concurrent_discoveries`).
+    pub discoveries: Arc<crate::meta::DiscoverySlots>,
 }

@@ -12,6 +12,8 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
+use crate::http::allow::AllowList;
+use crate::http::auth;
 use crate::http::server::{self, CoreServers, Counters, Limits};
 use crate::invoker::Invoker;
 use crate::node::NodeState;
@@ -55,6 +57,10 @@ pub enum Error {
     /// The TLS settings could not be loaded (`meta.tls_ca_file`, `worker.invoker.tls_ca_file`).
     #[error("{0}")]
     Tls(String),
+    /// `meta.allowed_endpoints` has an entry that is no host, address or CIDR (config validation
+    /// refuses it first).
+    #[error("meta.allowed_endpoints: {0}")]
+    AllowList(String),
     /// The signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -99,7 +105,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         storage: storage.handle(),
         shutdown: shutdown.clone(),
         http_counters: Arc::new(Counters::default()),
+        discoveries: meta::DiscoverySlots::new(config.meta.max_concurrent_discoveries),
     };
+    for warning in config.exposure_warnings() {
+        log::warn!("{warning}");
+    }
     let (router, inboxes) = Router::new(
         config.runtime.cores,
         config.worker.partitions,
@@ -229,7 +239,9 @@ async fn serve_core(
     );
     let invoker_tls = crate::http::client::tls_config(&config.worker.invoker.tls_ca_file)
         .map_err(|e| Error::Tls(format!("worker.invoker.tls_ca_file: {e}")))?;
-    Invoker::new(&config.worker.invoker, invoker_tls).install(&processor);
+    let allow =
+        Arc::new(AllowList::parse(&config.meta.allowed_endpoints).map_err(Error::AllowList)?);
+    Invoker::new(&config.worker.invoker, invoker_tls, allow.clone()).install(&processor);
     let resumed = processor.recover().await?;
     log::info!(core, resumed, invocations = processor.invocation_count(); "partitions recovered");
     glommio::spawn_local(inbox.run(processor.clone())).detach();
@@ -253,6 +265,8 @@ async fn serve_core(
         proxy: Config::effective_proxy(&config.meta.proxy_uri),
         tls: crate::http::client::tls_config(&config.meta.tls_ca_file)
             .map_err(|e| Error::Tls(format!("meta.tls_ca_file: {e}")))?,
+        discoveries: node.discoveries.clone(),
+        allow,
     };
     let bind = |server: &'static str, address: SocketAddr| {
         bind_listener(address).map_err(|e| Error::Bind {
@@ -297,12 +311,22 @@ async fn serve_core(
     let accept_loops = listeners.into_iter().map(|(name, listener)| {
         let handler = match name {
             "ingress" => ingress::handler(ingress_context.clone()),
-            "meta" => meta::handler(meta_context.clone()),
-            _ => storage_api::handler(storage_api::Context {
-                storage: node.storage.clone(),
-                partitions: config.worker.partitions,
-                config: config.worker.storage_grpc.clone(),
-            }),
+            "meta" => auth::require_token(
+                meta::handler(meta_context.clone()),
+                auth::Token::new(&config.meta.auth_token),
+                meta::needs_no_token,
+                meta::unauthenticated,
+            ),
+            _ => auth::require_token(
+                storage_api::handler(storage_api::Context {
+                    storage: node.storage.clone(),
+                    partitions: config.worker.partitions,
+                    config: config.worker.storage_grpc.clone(),
+                }),
+                auth::Token::new(&config.worker.storage_grpc.auth_token),
+                |_, _| false,
+                crate::grpc::unauthenticated,
+            ),
         };
         glommio::spawn_local(server::serve(
             name,

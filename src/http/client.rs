@@ -17,6 +17,7 @@ use futures::FutureExt;
 use glommio::net::TcpStream;
 use http_body_util::BodyExt;
 
+use super::allow::AllowList;
 use super::io::Activity;
 use super::{Body, Io, LocalExec};
 
@@ -39,6 +40,8 @@ pub enum Error {
     TooLarge { limit: usize },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("connecting to {host} is not allowed: it is not in meta.allowed_endpoints")]
+    NotAllowed { host: String },
 }
 
 impl Error {
@@ -81,6 +84,40 @@ pub fn tls_config(extra_ca_file: &str) -> Result<Arc<ClientConfig>, Error> {
     Ok(Arc::new(config))
 }
 
+/// The port written in `authority`, checked: `Ok(None)` when it names none. `http::Uri` accepts any
+/// digits there and then reports no port at all (so `:99999` would silently mean the default port).
+pub fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, String> {
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if host_port.ends_with(']') {
+        return Ok(None); // an IPv6 literal without a port
+    }
+    let Some((_, port)) = host_port.rsplit_once(':') else {
+        return Ok(None);
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(Some(port)),
+        _ => Err(format!(
+            "port {:?} is not a number from 1 to 65535",
+            port.chars().take(16).collect::<String>()
+        )),
+    }
+}
+
+/// `uri` with the credentials of its authority (`user:password@`) replaced by `***`, for messages.
+pub fn redact_userinfo(uri: &str) -> String {
+    let start = uri.find("://").map_or(0, |i| i + 3);
+    let end = uri[start..]
+        .find(['/', '?', '#'])
+        .map_or(uri.len(), |i| start + i);
+    match uri[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &uri[..start], &uri[start + at..]),
+        None => uri.to_owned(),
+    }
+}
+
 /// Where and how to connect for `uri`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -88,6 +125,10 @@ pub struct Target {
     pub address: String,
     /// For `https://`: the name the server's certificate must carry.
     pub tls_name: Option<String>,
+    /// The endpoint's host (brackets of IPv6 literals removed): what `meta.allowed_endpoints` checks.
+    pub host: String,
+    /// True when `address` is a proxy's.
+    pub via_proxy: bool,
 }
 
 /// Resolves where to connect for `uri`, through `proxy` if given (plain HTTP proxies, `http://` only).
@@ -96,7 +137,12 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
         uri: uri.to_owned(),
         reason: reason.to_owned(),
     };
-    let host = uri.host().ok_or_else(|| bad(&uri.to_string(), "no host"))?;
+    let shown = redact_userinfo(&uri.to_string());
+    let host = uri.host().ok_or_else(|| bad(&shown, "no host"))?;
+    let port = match uri.authority() {
+        Some(authority) => explicit_port(authority).map_err(|reason| bad(&shown, &reason))?,
+        None => None,
+    };
     let tls_name = match uri.scheme_str() {
         Some("http") => None,
         Some("https") if proxy.is_some() => {
@@ -109,9 +155,13 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
                 .trim_end_matches(']')
                 .to_owned(),
         ),
-        _ => return Err(bad(&uri.to_string(), "the scheme must be http or https")),
+        _ => return Err(bad(&shown, "the scheme must be http or https")),
     };
     let default_port = if tls_name.is_some() { 443 } else { 80 };
+    let endpoint_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let address = match proxy {
         Some(p) => {
             let proxy: http::Uri = p.parse().map_err(|_| bad(p, "not a valid proxy uri"))?;
@@ -121,9 +171,14 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
             let proxy_host = proxy.host().ok_or_else(|| bad(p, "no host"))?;
             format!("{proxy_host}:{}", proxy.port_u16().unwrap_or(80))
         }
-        None => format!("{host}:{}", uri.port_u16().unwrap_or(default_port)),
+        None => format!("{host}:{}", port.unwrap_or(default_port)),
     };
-    Ok(Target { address, tls_name })
+    Ok(Target {
+        address,
+        tls_name,
+        host: endpoint_host,
+        via_proxy: proxy.is_some(),
+    })
 }
 
 /// An HTTP/2 connection to one address; requests are multiplexed on it.
@@ -134,8 +189,12 @@ pub struct Connection {
 impl Connection {
     /// Opens a TCP connection (TLS for https), and performs the HTTP/2 handshake. The connection task
     /// runs on the current core until the connection closes.
-    pub async fn open(target: &Target, tls: &Arc<ClientConfig>) -> Result<Connection, Error> {
-        Self::open_with(target, tls, None).await
+    pub async fn open(
+        target: &Target,
+        tls: &Arc<ClientConfig>,
+        allow: &AllowList,
+    ) -> Result<Connection, Error> {
+        Self::open_with(target, tls, None, allow).await
     }
 
     /// Like [`open`](Self::open), with HTTP/2 keep-alive pings every `keep_alive.0` (dropping the
@@ -144,6 +203,7 @@ impl Connection {
         target: &Target,
         tls: &Arc<ClientConfig>,
         keep_alive: Option<(Duration, Duration)>,
+        allow: &AllowList,
     ) -> Result<Connection, Error> {
         let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
         if let Some((interval, timeout)) = keep_alive {
@@ -161,6 +221,7 @@ impl Connection {
         let resolved = resolve(address)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
+        check_allowed(target, resolved, allow).await?;
         let stream = TcpStream::connect(resolved)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
@@ -207,7 +268,11 @@ impl Connection {
         self.sender
     }
 
-    /// Sends a request and reads the whole response body (at most `limit` bytes).
+    /// Sends a request and reads the whole response body, at most `limit` bytes: an announced
+    /// `content-length` over it fails before anything is read, and the count is checked frame by frame
+    /// while reading, so no more than `limit` bytes (plus one HTTP/2 frame) are ever buffered. The body
+    /// of an error answer (non-2xx) is not read at all: callers report the status, never the remote's
+    /// text.
     pub async fn request(
         &mut self,
         request: http::Request<Body>,
@@ -223,6 +288,17 @@ impl Connection {
             .await
             .map_err(|e| Error::Request(e.to_string()))?;
         let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            return Ok(http::Response::from_parts(parts, Bytes::new()));
+        }
+        let announced = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > limit as u64) {
+            return Err(Error::TooLarge { limit });
+        }
         let body = http_body_util::Limited::new(body, limit)
             .collect()
             .await
@@ -235,6 +311,39 @@ impl Connection {
             })?
             .to_bytes();
         Ok(http::Response::from_parts(parts, body))
+    }
+}
+
+/// Refuses the connection unless `allow` permits the target's host; a name that no entry names is judged
+/// by its addresses: the one about to be connected to, or through a proxy all it resolves to here.
+async fn check_allowed(
+    target: &Target,
+    resolved: std::net::SocketAddr,
+    allow: &AllowList,
+) -> Result<(), Error> {
+    let permitted = match allow.permits_host(&target.host) {
+        Some(decided) => decided,
+        None if !target.via_proxy => allow.permits_ip(resolved.ip()),
+        None => {
+            let host = target.host.clone();
+            let addresses = glommio::executor()
+                .spawn_blocking(move || {
+                    use std::net::ToSocketAddrs;
+                    (host.as_str(), 0)
+                        .to_socket_addrs()
+                        .map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                })
+                .await;
+            !addresses.is_empty() && addresses.iter().all(|ip| allow.permits_ip(*ip))
+        }
+    };
+    if permitted {
+        Ok(())
+    } else {
+        Err(Error::NotAllowed {
+            host: target.host.clone(),
+        })
     }
 }
 
@@ -263,10 +372,11 @@ pub async fn request_once(
     request: http::Request<Body>,
     limit: usize,
     timeout: Duration,
+    allow: &AllowList,
 ) -> Result<http::Response<Bytes>, Error> {
     let target = target(uri, proxy)?;
     let attempt = async {
-        let mut connection = Connection::open(&target, tls).await?;
+        let mut connection = Connection::open(&target, tls, allow).await?;
         connection.request(request, limit).await
     };
     glommio::timer::timeout(timeout, async { Ok(attempt.await) })

@@ -5,6 +5,8 @@
 //! adapter over glommio's `TcpStream`) and an executor that spawns `!Send` futures on the current core
 //! ([`LocalExec`]). Nothing here crosses cores.
 
+pub mod allow;
+pub mod auth;
 pub mod client;
 mod io;
 pub mod server;

@@ -19,6 +19,7 @@ use prost::Message;
 
 use crate::config;
 use crate::grpc::Code;
+use crate::http::allow::AllowList;
 use crate::http::client::{self, Connection};
 use crate::http::{Body, BoxError};
 use crate::partition::processor::{AppendError, Failure, Processor, SuspendOutcome};
@@ -79,17 +80,24 @@ pub struct Invoker {
     /// Open connections per endpoint address, each with the attempts streaming on it.
     connections: RefCell<HashMap<String, Vec<Pooled>>>,
     slots: Rc<async_lock::Semaphore>,
+    /// `meta.allowed_endpoints`, checked on every new connection.
+    allow: Arc<AllowList>,
 }
 
 impl Invoker {
     /// The invoker of one core.
-    pub fn new(config: &config::Invoker, tls: Arc<rustls::ClientConfig>) -> Rc<Invoker> {
+    pub fn new(
+        config: &config::Invoker,
+        tls: Arc<rustls::ClientConfig>,
+        allow: Arc<AllowList>,
+    ) -> Rc<Invoker> {
         Rc::new(Invoker {
             config: config.clone(),
             proxy: config::Config::effective_proxy(&config.proxy_uri),
             tls,
             connections: RefCell::new(HashMap::new()),
             slots: Rc::new(async_lock::Semaphore::new(config.concurrency_limit)),
+            allow,
         })
     }
 
@@ -188,7 +196,7 @@ impl Invoker {
             self.config.http2_keep_alive_interval,
             self.config.http2_keep_alive_timeout,
         ));
-        let connection = Connection::open_with(target, &self.tls, keep_alive).await?;
+        let connection = Connection::open_with(target, &self.tls, keep_alive, &self.allow).await?;
         let pooled = Pooled {
             sender: connection.into_sender(),
             streams: Rc::new(Cell::new(0)),
@@ -329,10 +337,12 @@ impl Invoker {
             out.close_channel();
         }
 
-        let (mut sender, _stream_slot) = self
-            .connection(&target)
-            .await
-            .map_err(|e| AttemptError::transient(Code::Unavailable, e.to_string()))?;
+        let (mut sender, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
+            client::Error::NotAllowed { .. } => {
+                AttemptError::terminal(Code::PermissionDenied, e.to_string())
+            }
+            e => AttemptError::transient(Code::Unavailable, e.to_string()),
+        })?;
         // Response headers are bounded like any silence: first the inactivity timeout (then our side
         // closes, as an endpoint that answers only after the whole request needs), then the abort timeout.
         let sent = sender.send_request(request);

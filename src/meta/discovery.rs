@@ -1,4 +1,8 @@
-//! Discovery: `POST {endpoint}/discover` over HTTP/2, with bounded retries (shared/docs/protocol.md §2.1).
+//! Discovery: `POST {endpoint}/discover` over HTTP/2, with bounded retries of transient failures only
+//! (shared/docs/protocol.md §2.1).
+//!
+//! Errors say what failed (the status, the connection error) and never carry the remote's answer: meta
+//! must not become a way to read what some host:port returns.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::config;
+use crate::http::allow::AllowList;
 use crate::http::client;
 use crate::http::empty;
 
@@ -20,10 +25,13 @@ pub enum Error {
         source: client::Error,
         attempts: u32,
     },
-    #[error("the endpoint answered {status} (after {attempts} attempts): {body}")]
+    #[error(
+        "the endpoint answered HTTP {status} to POST /discover{hint} (after {attempts} attempts)"
+    )]
     Status {
         status: StatusCode,
-        body: String,
+        /// What the status means for the user (redirects are not followed, ...).
+        hint: &'static str,
         attempts: u32,
     },
     #[error("the endpoint answered with content-type {0:?}, expected application/proto")]
@@ -33,9 +41,39 @@ pub enum Error {
 }
 
 impl Error {
-    /// Only connection problems and error statuses are retried.
+    /// Connection problems, timeouts and the statuses that say "later" are retried; an endpoint that
+    /// answers 404 or 500 will answer the same again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unreachable { .. } | Error::Status { .. })
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Status { status, .. } => transient_status(*status),
+            _ => false,
+        }
+    }
+}
+
+/// 408, 429, 502, 503 and 504: the endpoint (or the proxy before it) is busy or not up yet.
+fn transient_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// A word on what a failing status means.
+fn status_hint(status: StatusCode) -> &'static str {
+    if status.is_redirection() {
+        " (redirects are not followed: register the final uri)"
+    } else if status == StatusCode::NOT_FOUND {
+        " (is this the endpoint's base uri?)"
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        " (does it need additional_headers?)"
+    } else {
+        ""
     }
 }
 
@@ -46,6 +84,7 @@ pub async fn discover(
     proxy: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
     meta: &config::Meta,
+    allow: &AllowList,
 ) -> Result<Bytes, Error> {
     let target: http::Uri =
         format!("{uri}/discover")
@@ -85,6 +124,7 @@ pub async fn discover(
             request,
             meta.max_discovery_response_bytes,
             meta.discovery_timeout,
+            allow,
         )
         .await;
         let error = match outcome {
@@ -99,12 +139,18 @@ pub async fn discover(
                 }
                 return Ok(response.into_body());
             }
-            Ok(response) => Error::Status {
-                status: response.status(),
-                body: String::from_utf8_lossy(&response.body()[..response.body().len().min(512)])
-                    .into_owned(),
-                attempts,
-            },
+            Ok(response) => {
+                let status = response.status();
+                let error = Error::Status {
+                    status,
+                    hint: status_hint(status),
+                    attempts,
+                };
+                if !transient_status(status) {
+                    return Err(error);
+                }
+                error
+            }
             Err(e) if e.is_transient() => Error::Unreachable {
                 source: e,
                 attempts,

@@ -6,7 +6,7 @@ mod openapi;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config;
+use crate::http::allow::AllowList;
 use crate::http::server::Handler;
 use crate::http::{full, json_response, Body};
 use crate::node::NodeState;
@@ -35,6 +36,47 @@ pub struct Context {
     pub tls: Arc<rustls::ClientConfig>,
     /// Reaches the core owning an invocation (cancellation).
     pub router: crate::partition::router::Router,
+    /// Discoveries in flight on the node (`meta.max_concurrent_discoveries`).
+    pub discoveries: Arc<DiscoverySlots>,
+    /// `meta.allowed_endpoints`.
+    pub allow: Arc<AllowList>,
+}
+
+/// The node-wide count of discoveries in flight, bounded by `meta.max_concurrent_discoveries`: each
+/// may buffer a response of up to `meta.max_discovery_response_bytes`.
+#[derive(Debug)]
+pub struct DiscoverySlots {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+/// A discovery's place among [`DiscoverySlots`], given back on drop.
+pub struct DiscoverySlot(Arc<DiscoverySlots>);
+
+impl DiscoverySlots {
+    /// At most `limit` discoveries at once.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// A slot, or `None` when `limit` discoveries are in flight (no waiting: the caller retries).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<DiscoverySlot> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DiscoverySlot(self.clone()))
+    }
+}
+
+impl Drop for DiscoverySlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// An API error: status, message and Restate error code (`{"message", "restate_code"}`).
@@ -83,6 +125,7 @@ impl From<schema::Error> for ApiError {
             }
             E::Descriptor(_) => (StatusCode::BAD_REQUEST, "META0002"),
             E::EndpointExists(_) => (StatusCode::CONFLICT, "META0004"),
+            E::TooManyEndpoints(_) => (StatusCode::CONFLICT, "META0011"),
             E::EndpointNotFound(_) | E::ServiceNotFound(_) | E::MethodNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "META0007")
             }
@@ -111,6 +154,9 @@ impl From<discovery::Error> for ApiError {
                 e @ (crate::http::client::Error::BadUri { .. }
                 | crate::http::client::Error::Unsupported(_)),
             ) => ApiError::bad_request(e.to_string()),
+            discovery::Error::Client(e @ crate::http::client::Error::NotAllowed { .. }) => {
+                ApiError::new(StatusCode::FORBIDDEN, "META0012", e.to_string())
+            }
             e => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "META0003",
@@ -118,6 +164,25 @@ impl From<discovery::Error> for ApiError {
             ),
         }
     }
+}
+
+/// Requests that need no `meta.auth_token`: `GET /health`, so that probes work without the secret.
+pub fn needs_no_token(method: &Method, path: &str) -> bool {
+    method == Method::GET && path.trim_end_matches('/') == "/health"
+}
+
+/// The answer to a request without the meta bearer token: 401 with `WWW-Authenticate: Bearer`.
+pub fn unauthenticated(_: &http::Request<Incoming>) -> http::Response<Body> {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "META0014",
+        "missing or wrong bearer token: send `authorization: Bearer <token>` (meta.auth_token)",
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// The meta error body: `{"message", "restate_code"}`.
@@ -151,7 +216,7 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
         Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "META0008",
-            format!("{method} is not allowed on {path}"),
+            format!("{method} is not allowed on {}", clip(&path)),
         ))
     };
     match segments.as_slice() {
@@ -179,10 +244,9 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
         ["endpoints", id] => match method {
             Method::GET => {
                 let schemas = ctx.registry.snapshot();
-                let endpoint = schemas
-                    .endpoints
-                    .get(*id)
-                    .ok_or_else(|| ApiError::not_found(format!("endpoint {id} not found")))?;
+                let endpoint = schemas.endpoints.get(*id).ok_or_else(|| {
+                    ApiError::not_found(format!("endpoint {} not found", clip(id)))
+                })?;
                 Ok(ok(endpoint_json(&schemas, endpoint)))
             }
             Method::DELETE => delete_endpoint(ctx, id, &query).await,
@@ -244,8 +308,21 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
             }
             _ => not_allowed(),
         },
-        _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {method} {}",
+            clip(&path)
+        ))),
     }
+}
+
+/// At most 64 characters of `text` (user input echoed in an error), saying how long it was.
+fn clip(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.chars().count() <= SHOWN {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(SHOWN).collect();
+    format!("{head}... ({} bytes)", text.len())
 }
 
 fn ok(value: Value) -> http::Response<Body> {
@@ -296,10 +373,18 @@ async fn discover(
     ctx: &Context,
     uri: &str,
     headers: &BTreeMap<String, String>,
-) -> Result<schema::Discovered> {
-    let raw =
-        discovery::discover(uri, headers, ctx.proxy.as_deref(), &ctx.tls, &ctx.config).await?;
-    Ok(schema::discover(&raw)?)
+) -> Result<(bytes::Bytes, schema::Discovered)> {
+    let raw = discovery::discover(
+        uri,
+        headers,
+        ctx.proxy.as_deref(),
+        &ctx.tls,
+        &ctx.config,
+        &ctx.allow,
+    )
+    .await?;
+    let discovered = schema::discover(&raw)?;
+    Ok((raw, discovered))
 }
 
 fn default_force() -> bool {
@@ -312,17 +397,36 @@ async fn register(
     legacy: bool,
 ) -> Result<http::Response<Body>> {
     let (uri, _) = schema::endpoint_id(&request.uri)?;
-    let discovered = discover(ctx, &uri, &request.additional_headers)
+    let _slot = ctx.discoveries.try_acquire().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "META0013",
+            format!(
+                "{} discoveries are in flight (meta.max_concurrent_discoveries); retry later",
+                ctx.config.max_concurrent_discoveries
+            ),
+        )
+    })?;
+    // The slot is held until the response is stored: it bounds the responses held in memory.
+    let (raw, discovered) = discover(ctx, &uri, &request.additional_headers)
         .await
         .inspect_err(
             |e| log::warn!(uri = uri.as_str(); "registering {uri} failed: {}", e.message),
         )?;
     let headers = request.additional_headers;
     let force = request.force;
+    let max_endpoints = ctx.config.max_endpoints;
     let registered = ctx
         .registry
-        .update(|s| s.register(&uri, headers, discovered, force))
+        .update_with_discovery(Some(raw.to_vec()), |s| {
+            let (next, registered) = s.register(&uri, headers, discovered, force)?;
+            if next.endpoints.len() > max_endpoints {
+                return Err(schema::Error::TooManyEndpoints(max_endpoints));
+            }
+            Ok((next, registered))
+        })
         .await?;
+    drop(raw);
     log::info!(endpoint = registered.id.as_str(), uri = uri.as_str(); "registered {} services", registered.services.len());
     if legacy {
         let names: Vec<&String> = registered.services.iter().map(|(n, _)| n).collect();
@@ -357,7 +461,9 @@ async fn cancel(ctx: &Context, body: Value) -> Result<http::Response<Body>> {
             .and_then(crate::partition::InvocationId::from_hex),
         _ => None,
     }
-    .ok_or_else(|| ApiError::bad_request(format!("not an invocation sid: {sid}")))?;
+    .ok_or_else(|| {
+        ApiError::bad_request(format!("not an invocation sid: {}", clip(&sid.to_string())))
+    })?;
     let partition = id.partition(ctx.router.partitions());
     let (reply, found) = futures::channel::oneshot::channel();
     let unavailable =
@@ -454,7 +560,12 @@ fn endpoint_json(schemas: &Schemas, e: &schema::Endpoint) -> Value {
             schema::ProtocolMode::BidiStream => "BidiStream",
             schema::ProtocolMode::RequestResponse => "RequestResponse",
         },
-        "additional_headers": e.additional_headers,
+        // Write-only: the values may be credentials.
+        "additional_headers": e
+            .additional_headers
+            .keys()
+            .map(|name| (name.clone(), json!("***")))
+            .collect::<serde_json::Map<_, _>>(),
         "services": services,
     })
 }

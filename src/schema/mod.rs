@@ -55,6 +55,11 @@ pub enum Error {
     },
     #[error("endpoint {0} is already registered; set \"force\": true to replace it")]
     EndpointExists(String),
+    #[error(
+        "the registry holds meta.max_endpoints ({0}) endpoints; delete one \
+         (DELETE /endpoints/{{id}}?force=true) or raise the limit"
+    )]
+    TooManyEndpoints(usize),
     #[error("endpoint {0} not found")]
     EndpointNotFound(String),
     #[error("service {0} not found")]
@@ -128,8 +133,9 @@ pub struct Endpoint {
     pub services: Vec<String>,
     /// Descriptors of its services: ingress transcoding and reflection use them.
     pub pool: DescriptorPool,
-    /// The discovery response as received: what is persisted and rebuilt at start.
-    discovery: Arc<Vec<u8>>,
+    /// SHA-256 (hex) of the discovery response, which the registry keeps in its own file
+    /// (`discovery/<digest>.pb`): it is read back only at start, never held in memory.
+    pub discovery_digest: String,
 }
 
 /// An immutable snapshot of every registration.
@@ -146,7 +152,7 @@ pub struct Discovered {
     pub protocol_mode: ProtocolMode,
     services: Vec<Service>,
     pool: DescriptorPool,
-    raw: Vec<u8>,
+    digest: String,
 }
 
 impl Discovered {
@@ -154,12 +160,27 @@ impl Discovered {
     pub fn service_names(&self) -> Vec<String> {
         self.services.iter().map(|s| s.name.clone()).collect()
     }
+
+    /// SHA-256 (hex) of the discovery response this was decoded from.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// SHA-256 of a discovery response, lower-case hex: the name of the file that holds it.
+pub fn digest(raw: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, raw)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Normalises an endpoint URI and derives its id.
 pub fn endpoint_id(uri: &str) -> Result<(String, String), Error> {
+    // The error names the uri without its credentials, if it has any.
     let bad = |reason: &str| Error::BadUri {
-        uri: uri.to_owned(),
+        uri: crate::http::client::redact_userinfo(uri),
         reason: reason.to_owned(),
     };
     let parsed: http::Uri = uri
@@ -170,6 +191,13 @@ pub fn endpoint_id(uri: &str) -> Result<(String, String), Error> {
         _ => return Err(bad("the scheme must be http or https")),
     }
     let authority = parsed.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "credentials in the uri are not accepted (they would be logged and shown); pass them in \
+             additional_headers instead, e.g. {\"authorization\": \"Basic ...\"}",
+        ));
+    }
+    crate::http::client::explicit_port(authority).map_err(|reason| bad(&reason))?;
     if parsed.query().is_some() {
         return Err(bad("a query string is not allowed"));
     }
@@ -214,7 +242,7 @@ pub fn discover(raw: &[u8]) -> Result<Discovered, Error> {
         protocol_mode,
         services,
         pool: parsed.pool,
-        raw: raw.to_vec(),
+        digest: digest(raw),
     })
 }
 
@@ -320,8 +348,48 @@ pub struct Registered {
 
 impl Schemas {
     /// Adds (or, with `force`, replaces) an endpoint. Re-registered services get revision + 1; services
-    /// the replaced registration had and the new one lacks are removed.
+    /// the replaced registration had and the new one lacks are removed. Endpoints left serving no service
+    /// are dropped ([`collect_garbage`](Self::collect_garbage)).
     pub fn register(
+        &self,
+        uri: &str,
+        additional_headers: BTreeMap<String, String>,
+        discovered: Discovered,
+        force: bool,
+    ) -> Result<(Schemas, Registered), Error> {
+        let (mut next, registered) =
+            self.register_keeping(uri, additional_headers, discovered, force)?;
+        next.collect_garbage();
+        Ok((next, registered))
+    }
+
+    /// Drops every endpoint none of whose services points at it any more (superseded by a later
+    /// registration of the same services elsewhere).
+    ///
+    /// Invocations are not pinned to an endpoint yet: an attempt looks the service's endpoint up when it
+    /// starts, so nothing in flight holds a superseded record. When invocations get pinned to the
+    /// endpoint (revision) they started on, this is the place to keep the records that pinned
+    /// invocations still name.
+    pub fn collect_garbage(&mut self) {
+        let live: std::collections::BTreeSet<&str> = self
+            .services
+            .values()
+            .map(|s| s.endpoint_id.as_str())
+            .collect();
+        let stale: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.endpoints.remove(&id);
+        }
+    }
+
+    /// [`register`](Self::register) without the garbage collection (replaying persisted endpoints,
+    /// whose services are sorted out afterwards).
+    fn register_keeping(
         &self,
         uri: &str,
         additional_headers: BTreeMap<String, String>,
@@ -359,7 +427,7 @@ impl Schemas {
                 additional_headers,
                 services: registered.iter().map(|(n, _)| n.clone()).collect(),
                 pool: discovered.pool,
-                discovery: Arc::new(discovered.raw),
+                discovery_digest: discovered.digest,
             }),
         );
         next.version += 1;
@@ -420,8 +488,8 @@ impl Schemas {
                 .map(|e| PersistedEndpoint {
                     uri: e.uri.clone(),
                     additional_headers: e.additional_headers.clone(),
-                    discovery: base64::engine::general_purpose::STANDARD
-                        .encode(e.discovery.as_slice()),
+                    discovery: None,
+                    discovery_sha256: Some(e.discovery_digest.clone()),
                 })
                 .collect(),
             services: self
@@ -437,17 +505,23 @@ impl Schemas {
         }
     }
 
-    /// Rebuilds the snapshot from its persisted form (re-validating every endpoint).
-    pub fn from_persisted(persisted: Persisted) -> Result<Schemas, Error> {
+    /// Rebuilds the snapshot from its persisted form (re-validating every endpoint); `load` reads a
+    /// discovery response by its digest.
+    pub fn from_persisted(
+        persisted: Persisted,
+        load: impl Fn(&str) -> Result<Vec<u8>, Error>,
+    ) -> Result<Schemas, Error> {
         let corrupt = |e: String| Error::Corrupt(e);
         let mut schemas = Schemas::default();
         for endpoint in persisted.endpoints {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(&endpoint.discovery)
-                .map_err(|e| corrupt(e.to_string()))?;
+            let raw = endpoint.discovery_bytes(&load)?;
             let discovered = discover(&raw)?;
-            (schemas, _) =
-                schemas.register(&endpoint.uri, endpoint.additional_headers, discovered, true)?;
+            (schemas, _) = schemas.register_keeping(
+                &endpoint.uri,
+                endpoint.additional_headers,
+                discovered,
+                true,
+            )?;
         }
         let mut services = BTreeMap::new();
         for stored in persisted.services {
@@ -459,7 +533,7 @@ impl Schemas {
             })?;
             let mut service = Service::clone(current);
             if service.endpoint_id != endpoint.id {
-                let discovered = discover(&endpoint.discovery)?;
+                let discovered = discover(&load(&endpoint.discovery_digest)?)?;
                 service = discovered
                     .services
                     .into_iter()
@@ -475,6 +549,7 @@ impl Schemas {
         }
         schemas.services = services;
         schemas.version = persisted.version;
+        schemas.collect_garbage();
         Ok(schemas)
     }
 }
@@ -492,8 +567,32 @@ pub struct Persisted {
 pub struct PersistedEndpoint {
     pub uri: String,
     pub additional_headers: BTreeMap<String, String>,
-    /// The discovery response, base64.
-    pub discovery: String,
+    /// The discovery response inline, base64: how registries before the discovery files stored it
+    /// (read for upgrades, never written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+    /// SHA-256 (hex) of the discovery response, kept in `discovery/<digest>.pb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_sha256: Option<String>,
+}
+
+impl PersistedEndpoint {
+    /// The discovery response: inline (old registries) or from its file.
+    pub fn discovery_bytes(
+        &self,
+        load: impl Fn(&str) -> Result<Vec<u8>, Error>,
+    ) -> Result<Vec<u8>, Error> {
+        match (&self.discovery, &self.discovery_sha256) {
+            (Some(inline), _) => base64::engine::general_purpose::STANDARD
+                .decode(inline)
+                .map_err(|e| Error::Corrupt(format!("endpoint {}: {e}", self.uri))),
+            (None, Some(digest)) => load(digest),
+            (None, None) => Err(Error::Corrupt(format!(
+                "endpoint {} has no discovery response",
+                self.uri
+            ))),
+        }
+    }
 }
 
 /// A service's registry facts on disk.
@@ -607,12 +706,69 @@ mod tests {
             "forced re-registration drops services"
         );
         let s3 = s2.set_public("restate.test.Echo", false).unwrap();
-        let back = Schemas::from_persisted(s3.to_persisted()).unwrap();
+        let raw = response(&["restate.test.Echo"], 0);
+        let back = Schemas::from_persisted(s3.to_persisted(), |d| {
+            assert_eq!(d, digest(&raw));
+            Ok(raw.clone())
+        })
+        .unwrap();
         assert_eq!(back.services["restate.test.Echo"].revision, 2);
         assert!(!back.services["restate.test.Echo"].public);
         assert_eq!(back.version, s3.version);
         let s4 = back.remove_endpoint(&r1.id).unwrap();
         assert!(s4.services.is_empty() && s4.endpoints.is_empty());
+    }
+
+    /// Endpoints whose every service moved elsewhere are dropped; one still serving a service stays,
+    /// also across a persist/load round trip whose replay order differs from the registration order.
+    #[test]
+    fn superseded_endpoints_are_collected() {
+        let both = response(&["restate.test.Counter", "restate.test.Echo"], 0);
+        let counter = response(&["restate.test.Counter"], 0);
+        let echo = response(&["restate.test.Echo"], 0);
+        let register = |s: &Schemas, uri: &str, raw: &[u8]| {
+            s.register(uri, BTreeMap::new(), discover(raw).unwrap(), true)
+                .unwrap()
+        };
+        let (s, a) = register(&Schemas::default(), "http://z:1", &both);
+        let (s, b) = register(&s, "http://b:1", &counter);
+        assert_eq!(s.endpoints.len(), 2, "a still serves Echo");
+        assert_eq!(s.services["restate.test.Counter"].endpoint_id, b.id);
+        let blobs: BTreeMap<String, Vec<u8>> = [&both, &counter, &echo]
+            .into_iter()
+            .map(|raw| (digest(raw), raw.clone()))
+            .collect();
+        let back = Schemas::from_persisted(s.to_persisted(), |d| Ok(blobs[d].clone())).unwrap();
+        assert_eq!(back.endpoints.len(), 2);
+        assert_eq!(back.services["restate.test.Counter"].endpoint_id, b.id);
+        assert_eq!(back.services["restate.test.Echo"].endpoint_id, a.id);
+        let (s, c) = register(&s, "http://c:1", &echo);
+        let ids: Vec<&String> = s.endpoints.keys().collect();
+        assert_eq!(ids.len(), 2, "a serves nothing any more: {ids:?}");
+        assert!(s.endpoints.contains_key(&b.id) && s.endpoints.contains_key(&c.id));
+        let persisted = serde_json::to_string(&s.to_persisted()).unwrap();
+        assert!(
+            persisted.len() < 1024,
+            "no discovery response inline: {persisted}"
+        );
+    }
+
+    #[test]
+    fn uris_with_credentials_or_bad_ports_are_refused() {
+        let e = endpoint_id("http://admin:hunter2@localhost:8080").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("additional_headers"), "{e}");
+        for bad in [
+            "http://127.0.0.1:99999",
+            "http://h:0",
+            "http://h:65536/x",
+            "http://h:x",
+        ] {
+            let e = endpoint_id(bad);
+            assert!(e.is_err(), "{bad}: {e:?}");
+        }
+        assert!(endpoint_id("http://[::1]:9080").is_ok());
+        assert!(endpoint_id("http://[::1]").is_ok());
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The schema registry: the one place that changes [`Schemas`], persists them under `meta.storage_path`
 //! before a change is acknowledged, and broadcasts each new snapshot to every core.
 //!
+//! On disk: `schemas.json` holds the small facts (endpoint uris and headers, services, revisions), and
+//! each discovery response lives in its own file `discovery/<sha256>.pb`, written once when an endpoint
+//! is registered and deleted once no endpoint names it; so a registration rewrites a small
+//! `schemas.json`, and the responses are read back only at start. Every file is created mode 0600:
+//! `additional_headers` may hold credentials.
+//!
 //! Updates are rare (registrations) and serialized by an async lock. Each core holds its own
 //! [`LocalSchemas`]: an `Rc` to the current immutable snapshot, replaced whole by that core's update task,
 //! so a core never sees a half-applied update and reads on the hot path take no lock.
@@ -17,6 +23,8 @@ use super::{Error as SchemaError, Persisted, Schemas};
 
 /// File holding the persisted registry.
 const FILE: &str = "schemas.json";
+/// Directory of the discovery responses, one file per distinct response.
+const DISCOVERY_DIR: &str = "discovery";
 
 /// Why an update failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +72,35 @@ impl LocalSchemas {
 }
 
 impl Registry {
-    /// Loads the registry persisted in `dir` (empty if none).
+    /// Loads the registry persisted in `dir` (empty if none). A registry written before the discovery
+    /// files existed (responses inline in `schemas.json`) is migrated to them.
     pub fn load(dir: &Path) -> Result<Arc<Registry>, SchemaError> {
         let path = dir.join(FILE);
+        let corrupt =
+            |e: &dyn std::fmt::Display| SchemaError::Corrupt(format!("{}: {e}", path.display()));
         let current = match std::fs::read(&path) {
             Ok(bytes) => {
-                let persisted: Persisted = serde_json::from_slice(&bytes)
-                    .map_err(|e| SchemaError::Corrupt(format!("{}: {e}", path.display())))?;
-                Schemas::from_persisted(persisted)?
+                let mut persisted: Persisted =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(&e))?;
+                let migrate = persisted.endpoints.iter().any(|e| e.discovery.is_some());
+                if migrate {
+                    for endpoint in &mut persisted.endpoints {
+                        let raw = endpoint.discovery_bytes(|d| load_discovery(dir, d))?;
+                        let digest = super::digest(&raw);
+                        write_atomically(&dir.join(DISCOVERY_DIR), &format!("{digest}.pb"), &raw)
+                            .map_err(|e| corrupt(&e))?;
+                        endpoint.discovery = None;
+                        endpoint.discovery_sha256 = Some(digest);
+                    }
+                }
+                let schemas = Schemas::from_persisted(persisted, |d| load_discovery(dir, d))?;
+                if migrate {
+                    write_snapshot(dir, &schemas).map_err(|e| corrupt(&e))?;
+                }
+                schemas
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Schemas::default(),
-            Err(e) => return Err(SchemaError::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) => return Err(corrupt(&e)),
         };
         Ok(Arc::new(Registry {
             dir: dir.to_owned(),
@@ -123,9 +149,20 @@ impl Registry {
         &self,
         change: impl FnOnce(&Schemas) -> Result<(Schemas, T), SchemaError>,
     ) -> Result<T, Error> {
+        self.update_with_discovery(None, change).await
+    }
+
+    /// [`update`](Self::update) for a registration: `discovery` (the response the change registers)
+    /// is stored in its file before the snapshot naming it; files no endpoint names any more are
+    /// deleted after.
+    pub async fn update_with_discovery<T>(
+        &self,
+        discovery: Option<Vec<u8>>,
+        change: impl FnOnce(&Schemas) -> Result<(Schemas, T), SchemaError>,
+    ) -> Result<T, Error> {
         let _serialized = self.updating.lock().await;
         let (next, result) = change(&self.snapshot())?;
-        self.persist(&next).await?;
+        self.persist(&next, discovery).await?;
         let next = Arc::new(next);
         let cores = {
             let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
@@ -147,12 +184,27 @@ impl Registry {
         Ok(result)
     }
 
-    /// Writes the snapshot atomically (temp file, fsync, rename, fsync of the directory) off the executor.
-    async fn persist(&self, schemas: &Schemas) -> Result<(), Error> {
+    /// Writes `discovery` (if any) and then the snapshot atomically, and deletes the discovery files
+    /// the snapshot no longer names; all off the executor.
+    async fn persist(&self, schemas: &Schemas, discovery: Option<Vec<u8>>) -> Result<(), Error> {
         let bytes = serde_json::to_vec_pretty(&schemas.to_persisted()).expect("serializable");
+        let live: std::collections::HashSet<String> = schemas
+            .endpoints
+            .values()
+            .map(|e| format!("{}.pb", e.discovery_digest))
+            .collect();
         let dir = self.dir.clone();
         let written = glommio::executor()
-            .spawn_blocking(move || write_atomically(&dir, &bytes))
+            .spawn_blocking(move || {
+                let responses = dir.join(DISCOVERY_DIR);
+                if let Some(raw) = discovery {
+                    let name = format!("{}.pb", super::digest(&raw));
+                    write_atomically(&responses, &name, &raw)?;
+                }
+                write_atomically(&dir, FILE, &bytes)?;
+                delete_unnamed(&responses, &live);
+                Ok::<_, std::io::Error>(())
+            })
             .await;
         written.map_err(|e| Error::Persist {
             path: self.dir.display().to_string(),
@@ -161,14 +213,61 @@ impl Registry {
     }
 }
 
-fn write_atomically(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Reads the discovery response with `digest` (and checks it is that response).
+fn load_discovery(dir: &Path, digest: &str) -> Result<Vec<u8>, SchemaError> {
+    let path = dir.join(DISCOVERY_DIR).join(format!("{digest}.pb"));
+    let raw = std::fs::read(&path)
+        .map_err(|e| SchemaError::Corrupt(format!("{}: {e}", path.display())))?;
+    if super::digest(&raw) != digest {
+        return Err(SchemaError::Corrupt(format!(
+            "{}: the content does not match its name",
+            path.display()
+        )));
+    }
+    Ok(raw)
+}
+
+/// Writes the persisted form of `schemas` (at start, migrating an old registry).
+fn write_snapshot(dir: &Path, schemas: &Schemas) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(&schemas.to_persisted()).expect("serializable");
+    write_atomically(dir, FILE, &bytes)
+}
+
+/// Deletes the discovery files not in `live` (best effort: a leftover file is only disk space, and the
+/// next registration retries).
+fn delete_unnamed(responses: &Path, live: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(responses) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                log::warn!("cannot delete the stale discovery file {name}: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `dir/name` atomically: a fresh mode-0600 temp file, fsync, rename, fsync of the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    // A temp file left by a crash may have other permissions: start from a fresh one.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
 }
 
