@@ -105,6 +105,10 @@ pub fn document() -> Value {
         if let Some(body) = request_body(method, path) {
             operation["requestBody"] = body;
         }
+        if *path == "/health" {
+            // Probes need no token (see SECURITY.md).
+            operation["security"] = json!([]);
+        }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = operation;
     }
@@ -112,12 +116,18 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": { "title": "Meta REST Operational API", "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": { "schemas": {
+        // Required only when meta.auth_token is set.
+        "security": [{ "bearer": [] }],
+        "components": {
+          "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer",
+            "description": "meta.auth_token, when set; clients read it from RESTATE_META_TOKEN" } },
+          "schemas": {
             "Error": { "type": "object", "required": ["message"], "properties": {
                 "message": { "type": "string" }, "restate_code": { "type": "string", "nullable": true } } },
             "RegisterEndpointRequest": { "type": "object", "required": ["uri"], "properties": {
-                "uri": { "type": "string" },
-                "additional_headers": { "type": "object", "additionalProperties": { "type": "string" } },
+                "uri": { "type": "string", "description": "http(s)://host[:port][/path], without credentials" },
+                "additional_headers": { "type": "object", "additionalProperties": { "type": "string" },
+                  "description": "Sent with every request to the endpoint; write-only (shown as ***)" },
                 "force": { "type": "boolean", "default": true } } },
             "CancelInvocationRequest": { "type": "object", "required": ["sid"], "properties": {
                 "sid": { "description": "The sid token (string) or {service, key?, invocation_id}" } } },

@@ -277,6 +277,58 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
+    /// A registry written before the discovery files (responses inline, base64, in a world-readable
+    /// schemas.json) loads, and is rewritten without them, every file mode 0600.
+    #[test]
+    fn inline_discovery_responses_are_migrated_to_private_files() {
+        use base64::Engine;
+        use prost::Message;
+        use std::os::unix::fs::PermissionsExt;
+        static ENDPOINT: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/endpoint_descriptor.bin"));
+        let mut raw = crate::proto::discovery::ServiceDiscoveryResponse {
+            services: vec!["restate.test.Echo".to_owned()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        prost::encoding::bytes::encode(1, &ENDPOINT.to_vec(), &mut raw);
+        let old = serde_json::json!({
+            "version": 3,
+            "endpoints": [{
+                "uri": "http://a:1",
+                "additional_headers": { "authorization": "Bearer x" },
+                "discovery": base64::engine::general_purpose::STANDARD.encode(&raw),
+            }],
+            "services": [{
+                "name": "restate.test.Echo",
+                "endpoint_id": "YToxLw",
+                "revision": 4,
+                "public": false,
+            }],
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE);
+        std::fs::write(&file, old.to_string()).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let registry = Registry::load(dir.path()).unwrap();
+        let schemas = registry.snapshot();
+        assert_eq!(schemas.services["restate.test.Echo"].revision, 4);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("\"discovery\""), "{text}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        let stored = dir
+            .path()
+            .join(DISCOVERY_DIR)
+            .join(format!("{}.pb", crate::schema::digest(&raw)));
+        assert_eq!(std::fs::read(&stored).unwrap(), raw);
+        assert_eq!(mode(&stored), 0o600);
+        let again = Registry::load(dir.path()).unwrap().snapshot();
+        assert_eq!(again.endpoints.len(), 1);
+        assert!(!again.services["restate.test.Echo"].public);
+    }
+
     /// When `update` returns, every core's local view already holds the new snapshot, and the change is
     /// on disk.
     #[test]
