@@ -15,6 +15,7 @@ pub mod node;
 pub mod partition;
 pub mod proto;
 pub mod protocol;
+pub mod reflection;
 pub mod retry;
 pub mod runtime;
 pub mod schema;

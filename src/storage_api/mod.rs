@@ -1,4 +1,5 @@
-//! The read-only storage gRPC API (:9091): `dev.restate.storage.scan.v1.Storage/Scan`.
+//! The read-only storage gRPC API (:9091): `dev.restate.storage.scan.v1.Storage/Scan`, and gRPC
+//! reflection of it (`crate::reflection`) so `grpcurl` works without the protos.
 //!
 //! A scan streams the rows of one table that match a key, a key prefix or a range (typed keys, see
 //! `proto/dev/restate/storage/scan/v1/scan.proto` and [`keys`]). Why it is shaped like this:
@@ -85,12 +86,18 @@ pub struct Context {
     pub config: StorageGrpc,
 }
 
-/// Builds the storage API handler of one core.
+/// Builds the storage API handler of one core: Scan, and gRPC reflection (v1, v1alpha) of this API.
 pub fn handler(context: Context) -> Handler {
     let context = Rc::new(context);
+    let pool = prost_reflect::DescriptorPool::decode(crate::proto::storage::DESCRIPTOR_SET)
+        .expect("the embedded storage API descriptors decode");
     Rc::new(move |request| {
         let context = context.clone();
+        let pool = pool.clone();
         async move {
+            if crate::reflection::handles(request.uri().path()) {
+                return crate::reflection::serve(pool, context.config.max_message_size, request);
+            }
             if request.uri().path() != SCAN_PATH {
                 let path = request.uri().path().to_owned();
                 return trailers_only(
