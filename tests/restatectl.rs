@@ -1,6 +1,7 @@
 //! `restatectl` against a server with the real TypeScript SDK 0.4.1 registered: keyed state after
 //! deposits, a parked invocation listed, described and cancelled (its caller gets ABORTED), an inbox
-//! of three queued calls in order, `--json` output, missing things and unreachable servers.
+//! of three queued calls in order, `--json` output, missing things, unreachable servers and bearer
+//! tokens.
 
 mod common;
 
@@ -12,6 +13,11 @@ use serde_json::{json, Value};
 
 /// Runs restatectl against `server` (None: nothing listening): (exit code, stdout, stderr).
 fn ctl(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
+    ctl_with(server, args, &[])
+}
+
+/// [`ctl`] with extra environment variables.
+fn ctl_with(server: Option<&Server>, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let (storage, meta) = server.map_or((free_port(), free_port()), |s| (s.storage, s.meta));
     let output = Command::new(env!("CARGO_BIN_EXE_restatectl"))
         .args(args)
@@ -20,6 +26,9 @@ fn ctl(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
             format!("http://127.0.0.1:{storage}"),
         )
         .env("RESTATE_META_ADDRESS", format!("http://127.0.0.1:{meta}"))
+        .env_remove("RESTATE_STORAGE_TOKEN")
+        .env_remove("RESTATE_META_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -271,4 +280,30 @@ fn unreachable_servers_and_bad_usage_are_one_clear_line() {
     let (code, _, stderr) = ctl(None, &["invocations", "describe", "zz"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("not an invocation id"), "{stderr}");
+}
+
+#[test]
+fn bearer_tokens_come_from_the_environment() {
+    let server = Server::start(&[
+        ("RESTATE_META__AUTH_TOKEN", "meta-secret"),
+        ("RESTATE_WORKER__STORAGE_GRPC__AUTH_TOKEN", "storage-secret"),
+    ]);
+    let (code, _, stderr) = ctl(Some(&server), &["scan", "system"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("RESTATE_STORAGE_TOKEN"), "{stderr}");
+    let (code, _, stderr) = ctl(Some(&server), &["services", "list"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("RESTATE_META_TOKEN"), "{stderr}");
+    let tokens = [
+        ("RESTATE_META_TOKEN", "meta-secret"),
+        ("RESTATE_STORAGE_TOKEN", "storage-secret"),
+    ];
+    let (code, stdout, stderr) = ctl_with(Some(&server), &["scan", "system"], &tokens);
+    assert_eq!((code, stdout.trim()), (0, "key=partitions  64"), "{stderr}");
+    let (code, stdout, stderr) = ctl_with(Some(&server), &["services", "list"], &tokens);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "no services registered"),
+        "{stderr}"
+    );
 }
