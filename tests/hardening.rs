@@ -6,8 +6,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http1_request, register, request_json_with, Endpoint, Server};
+use common::{
+    awakeable_id, connect_call, eventually, http1_request, idempotent_id, register,
+    request_json_with, Endpoint, SdkEndpoint, Server,
+};
 use serde_json::{json, Value};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
 
 fn add_with(server: &Server, key: &str, delta: i64, headers: &[(&str, &str)]) -> (u16, Value) {
     request_json_with(
@@ -86,4 +96,86 @@ fn a_short_timeout_header_still_bounds_the_wait() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let (status, _) = http1_request(server.meta, "GET", "/health", &[], b"").unwrap();
     assert_eq!(status, 200);
+}
+
+/// Resolving an awakeable used to complete any waiting entry: an id built from a sleeping invocation's
+/// id and its Sleep entry's index woke a one-hour durable sleep at once. Now a completion from outside
+/// completes only an Awakeable entry that exists and is not completed; anything else is refused with a
+/// WARN and nothing is stored. A string that is no awakeable id at all fails the resolver's invocation.
+#[test]
+fn forged_and_stale_awakeable_completions_are_refused() {
+    let sdk = SdkEndpoint::start();
+    let server = std::sync::Arc::new(Server::start(&[]));
+    register(&server, &sdk.uri());
+    // A one-hour sleep (entry 1) of an invocation whose id the idempotency key fixes.
+    let sleeping = {
+        let server = server.clone();
+        let wake_ms = now_ms() + 3_600_000;
+        std::thread::spawn(move || {
+            request_json_with(
+                server.ingress,
+                "/sleeper/sleepUntil",
+                &json!({ "key": "s", "request": wake_ms }),
+                &[("idempotency-key", "nap"), ("connect-timeout-ms", "20000")],
+            )
+        })
+    };
+    let sleeper = idempotent_id("sleeper", "sleepUntil", "s", "nap");
+    let resolve = |id: &str| {
+        connect_call(
+            &server,
+            "/resolver/resolve",
+            &json!({ "request": { "id": id, "value": "forged" } }),
+        )
+    };
+    // Re-pointed at the Sleep entry (until the entry exists, the same id is refused as past the end).
+    eventually(Duration::from_secs(20), || {
+        assert_eq!(resolve(&awakeable_id(&sleeper, 1)).0, 200);
+        std::thread::sleep(Duration::from_millis(100));
+        server.log().contains("entry 1 has type").then_some(())
+    });
+    // Past the journal's end.
+    assert_eq!(resolve(&awakeable_id(&sleeper, 7)).0, 200);
+    eventually(Duration::from_secs(10), || {
+        server
+            .log()
+            .contains("refused a completion of entry 7: its journal has")
+            .then_some(())
+    });
+    // The sleep did not wake (a woken sleep answers at once; the caller waits up to 20 s).
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!sleeping.is_finished(), "{:?}", sleeping.join());
+
+    // Not an awakeable id at all: the resolver's invocation fails with INVALID_ARGUMENT, at once.
+    let (status, body) = resolve("definitely-not-an-id");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an awakeable id"),
+        "{body}"
+    );
+
+    // A real awakeable resolved twice: the second completion is refused (already completed).
+    let parked = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            connect_call(
+                &server,
+                "/awaiter/park",
+                &json!({ "key": "p", "request": 0 }),
+            )
+        })
+    };
+    let id = eventually(Duration::from_secs(10), || {
+        let (_, body) = connect_call(&server, "/mailbox/get", &json!({ "key": "p" }));
+        body["response"].as_str().map(str::to_owned)
+    });
+    assert_eq!(resolve(&id).0, 200);
+    assert_eq!(
+        parked.join().unwrap(),
+        (200, json!({ "response": "forged" }))
+    );
+    drop(sleeping);
 }

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use common::{connect_call, register, request_json, request_json_with, SdkEndpoint, Server};
-use restate::partition::{partition_key, InvocationId};
+use common::{
+    awakeable_id, connect_call, eventually, idempotent_id, register, request_json,
+    request_json_with, SdkEndpoint, Server,
+};
 use serde_json::json;
 
 fn now_ms() -> i64 {
@@ -16,46 +17,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Polls `check` every 50 ms until it returns Some, at most `limit`.
-fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The RpcRequest key of a keyed router call with this key (string field 1, §2.4 encoding).
-fn router_key(key: &str) -> Vec<u8> {
-    let mut out = vec![key.len() as u8];
-    out.extend_from_slice(key.as_bytes());
-    out
-}
-
-/// The id an idempotent call to a keyed router gets (it derives from the idempotency key).
-fn idempotent_id(service: &str, method: &str, key: &str, idempotency_key: &str) -> InvocationId {
-    InvocationId::derived(
-        partition_key(service, &router_key(key)),
-        &[
-            idempotency_key.as_bytes(),
-            service.as_bytes(),
-            method.as_bytes(),
-        ],
-    )
-}
-
-fn awakeable_id(id: &InvocationId, index: u32) -> String {
-    let mut raw = id.as_bytes().to_vec();
-    raw.extend_from_slice(&index.to_be_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 #[test]
@@ -206,7 +167,7 @@ fn mailbox(server: &Server, key: &str) -> Option<String> {
 }
 
 #[test]
-fn awakeables_resolve_reject_and_accept_an_early_completion() {
+fn awakeables_resolve_and_reject_and_a_completion_before_the_entry_is_refused() {
     let sdk = SdkEndpoint::start();
     let server = std::sync::Arc::new(Server::start(&[]));
     register(&server, &sdk.uri());
@@ -255,22 +216,42 @@ fn awakeables_resolve_reject_and_accept_an_early_completion() {
         "{body}"
     );
 
-    // Resolved before the awakeable entry exists: the invocation sleeps 500 ms first (entry 1), and the
-    // awakeable will be entry 2 of an invocation whose id the idempotency key fixes.
+    // Resolved before the awakeable entry exists (the invocation sleeps 500 ms first, entry 1; the
+    // awakeable will be entry 2 of an invocation whose id the idempotency key fixes): an id past the end
+    // of a journal is refused and not stored, so the awakeable still waits, and a resolve once it
+    // exists completes it.
     let parked = park("c", 500, Some("early"));
     let id = awakeable_id(&idempotent_id("awaiter", "park", "c", "early"), 2);
     std::thread::sleep(Duration::from_millis(100));
     let (status, _) = connect_call(
         &server,
         "/resolver/resolve",
-        &json!({ "request": { "id": id, "value": "early bird" } }),
+        &json!({ "request": { "id": id, "value": "too early" } }),
     );
     assert_eq!(status, 200);
     assert_eq!(
-        parked.join().unwrap(),
-        (200, json!({ "response": "early bird" }))
+        eventually(Duration::from_secs(10), || mailbox(&server, "c")),
+        id
     );
-    assert_eq!(mailbox(&server, "c").as_deref(), Some(id.as_str()));
+    eventually(Duration::from_secs(10), || {
+        server
+            .log()
+            .contains("refused a completion of entry 2")
+            .then_some(())
+    });
+    assert!(
+        !parked.is_finished(),
+        "a refused early completion woke the awakeable"
+    );
+    connect_call(
+        &server,
+        "/resolver/resolve",
+        &json!({ "request": { "id": id, "value": "on time" } }),
+    );
+    assert_eq!(
+        parked.join().unwrap(),
+        (200, json!({ "response": "on time" }))
+    );
 }
 
 #[test]

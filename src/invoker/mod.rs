@@ -567,6 +567,11 @@ impl Invoker {
                                     AppendError::Gone => {
                                         AttemptError::terminal(Code::Aborted, "invocation gone")
                                     }
+                                    AppendError::Refused(failure) => AttemptError {
+                                        code: failure.code,
+                                        message: failure.message,
+                                        transient: false,
+                                    },
                                     e => AttemptError::transient(Code::Internal, e.to_string()),
                                 })?;
                         if let Some(completion) = completion {

@@ -254,7 +254,54 @@ fn response_message(sink: &ResponseSink, outcome: &Outcome) -> outbox_message::M
         invocation_id: sink.caller.clone(),
         entry_index: sink.entry_index,
         result: result_bytes(&outcome_result(outcome)),
+        entry_type: u32::from(types::INVOKE),
+        source: Bytes::new(),
     })
+}
+
+/// What a completion may complete, and who sent it (named in the log line of a refusal).
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    /// The journal entry type it completes; 0 for outbox rows written before the type was recorded,
+    /// which only ever completed Invoke or Awakeable entries.
+    entry_type: u16,
+    /// The invocation that sent it, when it came from one (an awakeable's resolver).
+    source: Option<InvocationId>,
+}
+
+impl Expected {
+    /// A completion the runtime makes itself (a timer completing its Sleep entry).
+    fn internal(entry_type: u16) -> Expected {
+        Expected {
+            entry_type,
+            source: None,
+        }
+    }
+
+    /// What a delivered completion says it completes.
+    fn from_request(request: &CompletionRequest) -> Expected {
+        Expected {
+            entry_type: u16::try_from(request.entry_type).unwrap_or(u16::MAX),
+            source: InvocationId::from_slice(&request.source),
+        }
+    }
+
+    /// Whether an entry of type `ty` may be completed by it.
+    fn admits(&self, ty: u16) -> bool {
+        match self.entry_type {
+            0 => ty == types::INVOKE || ty == types::AWAKEABLE,
+            expected => ty == expected,
+        }
+    }
+
+    /// Logs the refusal of a completion of entry `index` of `target`.
+    fn refuse(&self, target: InvocationId, index: EntryIndex, why: &str) {
+        let source = self.source.map(|s| s.to_hex()).unwrap_or_default();
+        log::warn!(
+            invocation = target.to_hex(), index, expected_type = self.entry_type, source;
+            "refused a completion of entry {index}: {why}; nothing was stored"
+        );
+    }
 }
 
 impl Invocation {
@@ -892,12 +939,21 @@ impl Processor {
                             invocation_id: Bytes::copy_from_slice(target.as_bytes()),
                             entry_index: target_index,
                             result: result_bytes(&result),
+                            entry_type: u32::from(types::AWAKEABLE),
+                            source: Bytes::copy_from_slice(id.as_bytes()),
                         }));
                     }
-                    None => log::warn!(
-                        invocation = id.to_hex();
-                        "CompleteAwakeable with an id that is not ours ({:?}): ignored", complete.id
-                    ),
+                    None => {
+                        let shown: String = complete.id.chars().take(64).collect();
+                        log::warn!(
+                            invocation = id.to_hex();
+                            "refused: CompleteAwakeable with {shown:?}, which is not an awakeable id"
+                        );
+                        return Err(AppendError::Refused(Failure::new(
+                            Code::InvalidArgument,
+                            format!("{shown:?} is not an awakeable id"),
+                        )));
+                    }
                 }
             }
             types::INVOKE | types::SLEEP | types::AWAKEABLE => {}
@@ -1098,108 +1154,124 @@ impl Processor {
 
     /// Completes entry `index` of `id` with `result` (tags 13/14/15 bytes), writing `extra` with it.
     /// Resumes the invocation if it waits for that entry; forwards to its stream if one is open.
+    ///
+    /// Only an existing, not yet completed entry of the expected type is completed: anything else (a
+    /// forged awakeable id pointing at a Sleep or Invoke entry, an index past the journal's end, an entry
+    /// already completed) is refused with a WARN and nothing of it is stored; `extra` (the delivery's
+    /// de-duplication row) is written either way.
     fn complete(
         &self,
         id: InvocationId,
         index: EntryIndex,
         result: Bytes,
-        mut extra: WriteBatch,
+        expected: Expected,
+        extra: WriteBatch,
         then: impl FnOnce() + 'static,
     ) {
-        let partition = self.partition_of(&id);
-        let known = {
-            let mut state = self.inner.state.borrow_mut();
-            match state.invocations.get_mut(&id) {
-                None => None,
-                Some(invocation) if index < invocation.journal_length => Some(true),
-                Some(invocation) => {
-                    invocation.early.insert(index);
-                    Some(false)
-                }
-            }
+        let length = {
+            let state = self.inner.state.borrow();
+            state.invocations.get(&id).map(|i| i.journal_length)
         };
-        match known {
-            // Ended or unknown (a late response, a stale awakeable): nothing to complete.
-            None => self.write_then(extra, then),
-            Some(false) => {
-                extra.put(
-                    Table::Completions,
-                    keys::completion(partition, &id, index),
-                    result.to_vec(),
-                );
+        match length {
+            None => {
+                log::debug!(invocation = id.to_hex(), index; "completion for an invocation that ended");
                 self.write_then(extra, then);
             }
-            Some(true) => {
+            Some(length) if index >= length => {
+                expected.refuse(id, index, &format!("its journal has {length} entries"));
+                self.write_then(extra, then);
+            }
+            Some(_) => {
                 let this = self.clone();
                 glommio::spawn_local(async move {
-                    let key = keys::journal(partition, &id, index);
-                    let stored = this
-                        .inner
-                        .storage
-                        .get(Table::Journal, key.clone())
+                    this.complete_stored(id, index, result, expected, extra, then)
                         .await
-                        .unwrap_or_else(|e| fatal("reading an entry to complete", e));
-                    let Some(mut entry) = stored.as_deref().and_then(Entry::decode) else {
-                        this.write_then(extra, then);
-                        return;
-                    };
-                    if entry.completed {
-                        this.write_then(extra, then);
-                        return;
-                    }
-                    let mut payload = entry.payload.to_vec();
-                    payload.extend_from_slice(&result);
-                    entry.payload = payload.into();
-                    entry.completed = true;
-                    extra.put(Table::Journal, key, entry.encode());
-                    let resume = {
-                        let mut state = this.inner.state.borrow_mut();
-                        match state.invocations.get_mut(&id) {
-                            Some(invocation) => {
-                                invocation.completed.insert(index);
-                                let waiting = invocation
-                                    .suspended
-                                    .as_ref()
-                                    .is_some_and(|w| w.contains(&index));
-                                if waiting {
-                                    invocation.suspended = None;
-                                    let status = invocation.status_row(None);
-                                    extra.put(
-                                        Table::Status,
-                                        keys::status(partition, &id),
-                                        status.encode_to_vec(),
-                                    );
-                                }
-                                waiting
-                            }
-                            None => false,
-                        }
-                    };
-                    let write = this.inner.storage.write(extra);
-                    if let Err(e) = write.await {
-                        fatal("completing an entry", e);
-                    }
-                    then();
-                    let stream = this
-                        .inner
-                        .state
-                        .borrow()
-                        .invocations
-                        .get(&id)
-                        .and_then(|i| i.stream.clone());
-                    if let Some(stream) = stream {
-                        let _ = stream.unbounded_send(CompletionMessage {
-                            entry_index: index,
-                            result: decode_result(&result),
-                        });
-                    }
-                    if resume {
-                        this.drive(id);
-                    }
                 })
                 .detach();
             }
         }
+    }
+
+    /// [`complete`](Self::complete) for an entry that is in the journal: checks it, then completes it.
+    async fn complete_stored(
+        &self,
+        id: InvocationId,
+        index: EntryIndex,
+        result: Bytes,
+        expected: Expected,
+        mut extra: WriteBatch,
+        then: impl FnOnce() + 'static,
+    ) {
+        let partition = self.partition_of(&id);
+        let key = keys::journal(partition, &id, index);
+        let stored = self
+            .inner
+            .storage
+            .get(Table::Journal, key.clone())
+            .await
+            .unwrap_or_else(|e| fatal("reading an entry to complete", e));
+        let refusal = match stored.as_deref().and_then(Entry::decode) {
+            None => Err("the entry is not stored".to_owned()),
+            Some(entry) if !expected.admits(entry.ty) => {
+                Err(format!("entry {index} has type {:#06x}", entry.ty))
+            }
+            Some(entry) if entry.completed => Err(format!("entry {index} is already completed")),
+            Some(entry) => Ok(entry),
+        };
+        let mut entry = match refusal {
+            Ok(entry) => entry,
+            Err(why) => {
+                expected.refuse(id, index, &why);
+                return self.write_then(extra, then);
+            }
+        };
+        let mut payload = entry.payload.to_vec();
+        payload.extend_from_slice(&result);
+        entry.payload = payload.into();
+        entry.completed = true;
+        extra.put(Table::Journal, key, entry.encode());
+        let resume = self.mark_completed(id, index, &mut extra);
+        if let Err(e) = self.inner.storage.write(extra).await {
+            fatal("completing an entry", e);
+        }
+        then();
+        let stream = {
+            let state = self.inner.state.borrow();
+            state.invocations.get(&id).and_then(|i| i.stream.clone())
+        };
+        if let Some(stream) = stream {
+            let _ = stream.unbounded_send(CompletionMessage {
+                entry_index: index,
+                result: decode_result(&result),
+            });
+        }
+        if resume {
+            self.drive(id);
+        }
+    }
+
+    /// Records in memory that entry `index` of `id` is completed; if the invocation was suspended on
+    /// it, it is marked running (its status row goes into `batch`). Returns whether it must resume.
+    fn mark_completed(&self, id: InvocationId, index: EntryIndex, batch: &mut WriteBatch) -> bool {
+        let mut state = self.inner.state.borrow_mut();
+        let Some(invocation) = state.invocations.get_mut(&id) else {
+            return false;
+        };
+        invocation.completed.insert(index);
+        let waiting = invocation
+            .suspended
+            .as_ref()
+            .is_some_and(|w| w.contains(&index));
+        if waiting {
+            invocation.suspended = None;
+            let status = invocation.status_row(None);
+            batch.put(
+                Table::Status,
+                keys::status(invocation.partition, &id),
+                status.encode_to_vec(),
+            );
+        }
+        waiting
     }
 
     /// Ends an invocation with `outcome`: its journal and status go, its caller (if an invocation) is
@@ -1367,9 +1439,17 @@ impl Processor {
                 }
             }
             Some(outbox_message::Message::Complete(c)) => {
-                self.complete(target, c.entry_index, c.result, batch, move || {
-                    let _ = ack.send(());
-                })
+                let expected = Expected::from_request(&c);
+                self.complete(
+                    target,
+                    c.entry_index,
+                    c.result,
+                    expected,
+                    batch,
+                    move || {
+                        let _ = ack.send(());
+                    },
+                )
             }
             None => unreachable!("checked above"),
         }
@@ -1539,7 +1619,8 @@ impl Processor {
         match row.invoke {
             None => {
                 let result = result_bytes(&completion_message::Result::Empty(()));
-                self.complete(id, index, result, batch, || {});
+                let expected = Expected::internal(types::SLEEP);
+                self.complete(id, index, result, expected, batch, || {});
             }
             Some(request) => {
                 let shipped = self.queue_outbox(
@@ -1791,12 +1872,16 @@ pub enum AppendError {
     /// Storage failed (transient).
     #[error("storage: {0}")]
     Storage(crate::storage::Error),
+    /// The entry asks for something that can never succeed (e.g. completing an awakeable with an id
+    /// that is not one): the invocation fails with this.
+    #[error("{}", .0.message)]
+    Refused(Failure),
 }
 
 impl AppendError {
     /// Whether a new attempt may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, AppendError::Gone)
+        !matches!(self, AppendError::Gone | AppendError::Refused(_))
     }
 }
 

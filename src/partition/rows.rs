@@ -125,6 +125,14 @@ pub struct CompletionRequest {
     /// The encoded result field(s) of a `CompletionMessage` (tags 13/14/15).
     #[prost(bytes = "bytes", tag = "3")]
     pub result: Bytes,
+    /// The journal entry type this completes (Invoke for a call's response, Awakeable for an awakeable's
+    /// result); an entry of another type is never completed by it. 0: written before this field
+    /// existed, which only ever completed Invoke or Awakeable entries.
+    #[prost(uint32, tag = "4")]
+    pub entry_type: u32,
+    /// The invocation that sent it (the resolver of an awakeable), for the log line of a refusal.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub source: Bytes,
 }
 
 /// Outbox row: a message to another partition, deleted once the target has it durably.

@@ -468,3 +468,50 @@ pub fn request_json_with(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Polls `check` every 50 ms until it returns Some, at most `limit`.
+pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The RpcRequest key of a keyed router call with this key (string field 1, §2.4 encoding).
+pub fn router_key(key: &str) -> Vec<u8> {
+    let mut out = vec![key.len() as u8];
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The id an idempotent call to a keyed router gets (it derives from the idempotency key).
+pub fn idempotent_id(
+    service: &str,
+    method: &str,
+    key: &str,
+    idempotency_key: &str,
+) -> restate::partition::InvocationId {
+    restate::partition::InvocationId::derived(
+        restate::partition::partition_key(service, &router_key(key)),
+        &[
+            idempotency_key.as_bytes(),
+            service.as_bytes(),
+            method.as_bytes(),
+        ],
+    )
+}
+
+/// The SDK 0.4.1 awakeable id of entry `index` of invocation `id`.
+pub fn awakeable_id(id: &restate::partition::InvocationId, index: u32) -> String {
+    use base64::Engine;
+    let mut raw = id.as_bytes().to_vec();
+    raw.extend_from_slice(&index.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
