@@ -297,6 +297,34 @@ pub struct Worker {
     pub invoker: Invoker,
     /// Durable timers (sleeps, delayed calls).
     pub timers: Timers,
+    /// The per-key inboxes of invocations waiting for their key.
+    pub inbox: Inbox,
+}
+
+/// Bounds of the per-key inboxes (invocations waiting while their key is busy).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inbox {
+    /// Invocations that may wait for one key; past it a caller gets RESOURCE_EXHAUSTED (a calling
+    /// invocation gets that as its call's result; a one-way call from an invocation is dropped with a
+    /// WARN).
+    pub max_entries_per_key: usize,
+    /// Invocations that may wait in all inboxes of one core together (each costs ~200 bytes of memory
+    /// besides its argument); past it callers get RESOURCE_EXHAUSTED as above.
+    pub max_entries_per_core: usize,
+    /// Bytes of queued arguments one core keeps in memory; arguments past it stay only in storage and
+    /// are read back when their invocation starts (also at recovery, which loads no more than this).
+    pub memory_bytes_per_core: usize,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self {
+            max_entries_per_key: 10_000,
+            max_entries_per_core: 100_000,
+            memory_bytes_per_core: 16 << 20,
+        }
+    }
 }
 
 /// Durable timers.
@@ -325,6 +353,7 @@ impl Default for Worker {
             storage_rocksdb: StorageRocksdb::default(),
             invoker: Invoker::default(),
             timers: Timers::default(),
+            inbox: Inbox::default(),
         }
     }
 }
@@ -346,6 +375,10 @@ pub struct IngressGrpc {
     /// values are clamped to it (malformed ones get INVALID_ARGUMENT).
     #[serde(with = "humantime_serde")]
     pub max_request_timeout: Duration,
+    /// Callers that may wait for the result of one running invocation (repeated calls with the same
+    /// `idempotency-key` attach to it); past it they get RESOURCE_EXHAUSTED. Callers that gave up are
+    /// dropped from the count whenever another attaches.
+    pub max_attached_callers: usize,
 }
 
 impl Default for IngressGrpc {
@@ -356,6 +389,7 @@ impl Default for IngressGrpc {
             concurrency_limit: 1000,
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_request_timeout: Duration::from_secs(24 * 3600),
+            max_attached_callers: 1000,
         }
     }
 }
@@ -500,12 +534,24 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
-        let positive: [(&str, usize); 21] = [
+        let positive: &[(&str, usize)] = &[
             (
                 "meta.max_concurrent_discoveries",
                 self.meta.max_concurrent_discoveries,
             ),
             ("meta.max_endpoints", self.meta.max_endpoints),
+            (
+                "worker.ingress_grpc.max_attached_callers",
+                self.worker.ingress_grpc.max_attached_callers,
+            ),
+            (
+                "worker.inbox.max_entries_per_key",
+                self.worker.inbox.max_entries_per_key,
+            ),
+            (
+                "worker.inbox.max_entries_per_core",
+                self.worker.inbox.max_entries_per_core,
+            ),
             ("worker.partitions", self.worker.partitions as usize),
             ("runtime.cores", self.runtime.cores),
             (
@@ -568,7 +614,7 @@ impl Config {
                 self.worker.storage_grpc.max_message_size,
             ),
         ];
-        for (key, value) in positive {
+        for &(key, value) in positive {
             if value == 0 {
                 return Err(Error::Invalid {
                     key: key.to_owned(),

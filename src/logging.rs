@@ -117,3 +117,51 @@ impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
         Ok(())
     }
 }
+
+/// Lets one log line through per interval and counts the ones it held back (for lines an overload or a
+/// hostile caller could repeat without bound). One per core: not thread-safe.
+#[derive(Debug)]
+pub struct RateLimit {
+    every: std::time::Duration,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl RateLimit {
+    /// At most one line per `every`.
+    pub fn new(every: std::time::Duration) -> RateLimit {
+        RateLimit {
+            every,
+            last: std::cell::Cell::new(None),
+            suppressed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.get().is_some_and(|last| now - last < self.every) {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.last.set(Some(now));
+        Some(self.suppressed.replace(0))
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::RateLimit;
+    use std::time::Duration;
+
+    #[test]
+    fn one_line_per_interval_and_a_count_of_the_rest() {
+        let limit = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+        let limit = RateLimit::new(Duration::ZERO);
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), Some(0));
+    }
+}

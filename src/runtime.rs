@@ -243,7 +243,11 @@ async fn serve_core(
         Arc::new(AllowList::parse(&config.meta.allowed_endpoints).map_err(Error::AllowList)?);
     Invoker::new(&config.worker.invoker, invoker_tls, allow.clone()).install(&processor);
     let resumed = processor.recover().await?;
-    log::info!(core, resumed, invocations = processor.invocation_count(); "partitions recovered");
+    let (queued, queued_argument_bytes) = processor.inbox_usage();
+    log::info!(
+        core, resumed, invocations = processor.invocation_count(), queued, queued_argument_bytes;
+        "partitions recovered"
+    );
     glommio::spawn_local(inbox.run(processor.clone())).detach();
     glommio::spawn_local(purge_idempotency(
         processor.clone(),

@@ -21,7 +21,7 @@ use crate::config;
 use crate::grpc::{connect_error, trailers_only, Code};
 use crate::http::server::Handler;
 use crate::http::{full, Body, BoxError};
-use crate::partition::processor::{Command, Failure, NewInvocation, Outcome, Processor};
+use crate::partition::processor::{Ack, Command, Failure, NewInvocation, Outcome, Processor};
 use crate::partition::router::Router;
 use crate::partition::{InvocationId, ServiceId};
 use crate::schema::registry::LocalSchemas;
@@ -332,7 +332,7 @@ async fn submit(
     ctx: &Context,
     invocation: NewInvocation,
     reply: Option<oneshot::Sender<Outcome>>,
-    ack: Option<oneshot::Sender<()>>,
+    ack: Option<Ack>,
 ) -> Result<(), CallError> {
     let partition = invocation.id.partition(ctx.router.partitions());
     let command = Command::Invoke {
@@ -442,7 +442,8 @@ async fn one_way(
     submit(ctx, invocation, None, Some(ack)).await?;
     acked
         .await
-        .map_err(|_| CallError::new(Code::Unavailable, "the invocation's core is shutting down"))?;
+        .map_err(|_| CallError::new(Code::Unavailable, "the invocation's core is shutting down"))?
+        .map_err(|Failure { code, message }| CallError::new(code_of(code), message))?;
     match protocol {
         Protocol::ConnectJson => Ok(crate::http::json_response(
             StatusCode::OK,

@@ -6,6 +6,8 @@
 //! carries the partition key in front of a UUIDv7, so any core can route anything addressed by an id
 //! (awakeables, cancellation) to the owner.
 
+pub mod inbox;
+pub mod invocation;
 pub mod processor;
 pub mod router;
 pub mod rows;

@@ -24,10 +24,11 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use prost::Message;
 
+use super::inbox::{Inboxes, Queued};
 use super::router::Router;
 use super::rows::{
-    self, outbox_message, CompletionRequest, Entry, Idempotent, InboxEntry, InvocationRequest,
-    OutboxMessage, ResponseSink, Status, Timer,
+    self, outbox_message, CompletionRequest, Entry, Idempotent, InboxEntry, OutboxMessage,
+    ResponseSink, Status, Timer,
 };
 use super::{keys, EntryIndex, InvocationId, PartitionId, ServiceId};
 use crate::config::Config;
@@ -44,70 +45,7 @@ use crate::schema::registry::LocalSchemas;
 use crate::storage::ordered::Ordered;
 use crate::storage::{Table, WriteBatch};
 
-/// The result an invocation ends with: the output bytes, or a failure (gRPC code and message).
-pub type Outcome = Result<Bytes, Failure>;
-
-/// A failed invocation, as its caller sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// gRPC status code (1..=16; anything else is reported as UNKNOWN).
-    pub code: u32,
-    pub message: String,
-}
-
-impl Failure {
-    /// A failure with this code and message.
-    pub fn new(code: Code, message: impl Into<String>) -> Failure {
-        Failure {
-            code: code as u32,
-            message: message.into(),
-        }
-    }
-}
-
-/// A new invocation, as the ingress (or another invocation) asks for it.
-#[derive(Debug, Clone)]
-pub struct NewInvocation {
-    pub id: InvocationId,
-    pub service: ServiceId,
-    pub method: String,
-    pub argument: Bytes,
-    /// Keyed or singleton: one invocation per key at a time, through the inbox.
-    pub keyed: bool,
-    /// A calling invocation's entry that gets the result.
-    pub response_sink: Option<ResponseSink>,
-    /// Set: the result is kept for `idempotency_retention` and returned to repeated calls.
-    pub idempotency_key: Option<String>,
-}
-
-impl NewInvocation {
-    fn to_request(&self) -> InvocationRequest {
-        InvocationRequest {
-            invocation_id: Bytes::copy_from_slice(self.id.as_bytes()),
-            service: self.service.service.clone(),
-            key: self.service.key.clone(),
-            method: self.method.clone(),
-            argument: self.argument.clone(),
-            keyed: self.keyed,
-            response_sink: self.response_sink.clone(),
-        }
-    }
-
-    fn from_request(request: InvocationRequest) -> Option<NewInvocation> {
-        Some(NewInvocation {
-            id: InvocationId::from_slice(&request.invocation_id)?,
-            service: ServiceId {
-                service: request.service,
-                key: request.key,
-            },
-            method: request.method,
-            argument: request.argument,
-            keyed: request.keyed,
-            response_sink: request.response_sink,
-            idempotency_key: None,
-        })
-    }
-}
+pub use super::invocation::{Ack, Failure, NewInvocation, Outcome};
 
 /// Work sent to the core that owns a partition.
 pub enum Command {
@@ -116,14 +54,15 @@ pub enum Command {
     Invoke {
         invocation: NewInvocation,
         reply: Option<oneshot::Sender<Outcome>>,
-        ack: Option<oneshot::Sender<()>>,
+        ack: Option<Ack>,
     },
-    /// A message from another partition's outbox; `ack` once applied durably (or seen before).
+    /// A message from another partition's outbox; `ack` once applied durably (or seen before, or
+    /// refused for good: an invocation past an inbox bound).
     Deliver {
         producer: PartitionId,
         sequence: u64,
         message: OutboxMessage,
-        ack: oneshot::Sender<()>,
+        ack: Ack,
     },
     /// Fail an invocation with ABORTED and release its key; `reply` says whether it was found.
     Cancel {
@@ -159,12 +98,6 @@ struct Invocation {
     fresh: Option<Entry>,
 }
 
-/// An invocation waiting in an inbox (mirrored in the inbox table).
-struct Queued {
-    sequence: u64,
-    invocation: NewInvocation,
-}
-
 /// An ordered set of the nearest timers of this core; the others stay in storage.
 #[derive(Default)]
 struct Timers {
@@ -178,7 +111,7 @@ struct State {
     invocations: HashMap<InvocationId, Invocation>,
     /// Keyed instances with an invocation invoked or suspended.
     locks: HashMap<ServiceId, InvocationId>,
-    inboxes: HashMap<ServiceId, VecDeque<Queued>>,
+    inboxes: Inboxes,
     /// Callers waiting for outcomes (ingress requests on any core).
     waiters: HashMap<InvocationId, Vec<oneshot::Sender<Outcome>>>,
     timers: Timers,
@@ -347,6 +280,8 @@ struct Inner {
     timer_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
     /// Wakes the outbox shipper.
     outbox_wake: mpsc::UnboundedSender<()>,
+    /// Limits the WARN lines about refused invocations.
+    refusals: crate::logging::RateLimit,
     outbox_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
 }
 
@@ -359,6 +294,7 @@ impl Processor {
         config: Arc<Config>,
         router: Router,
     ) -> Processor {
+        let inbox_limits = config.worker.inbox.clone();
         let (timer_wake, timer_wake_rx) = mpsc::unbounded();
         let (outbox_wake, outbox_wake_rx) = mpsc::unbounded();
         Processor {
@@ -369,13 +305,17 @@ impl Processor {
                 storage,
                 schemas,
                 config,
-                state: RefCell::new(State::default()),
+                state: RefCell::new(State {
+                    inboxes: Inboxes::new(inbox_limits),
+                    ..State::default()
+                }),
                 next_sequence: Cell::new(0),
                 driver: RefCell::new(None),
                 router,
                 timer_wake,
                 timer_wake_rx: RefCell::new(Some(timer_wake_rx)),
                 outbox_wake,
+                refusals: crate::logging::RateLimit::new(Duration::from_secs(1)),
                 outbox_wake_rx: RefCell::new(Some(outbox_wake_rx)),
             }),
         }
@@ -410,6 +350,12 @@ impl Processor {
     /// Invocations this core holds (invoked or suspended).
     pub fn invocation_count(&self) -> usize {
         self.inner.state.borrow().invocations.len()
+    }
+
+    /// Invocations waiting in this core's inboxes, and the bytes of their arguments held in memory.
+    pub fn inbox_usage(&self) -> (usize, usize) {
+        let state = self.inner.state.borrow();
+        (state.inboxes.len(), state.inboxes.argument_bytes())
     }
 
     /// True while `id` is invoked or suspended here.
@@ -461,68 +407,101 @@ impl Processor {
         &self,
         new: NewInvocation,
         reply: Option<oneshot::Sender<Outcome>>,
-        ack: Option<oneshot::Sender<()>>,
+        ack: Option<Ack>,
         mut batch: WriteBatch,
     ) {
         let partition = self.partition_of(&new.id);
         let mut state = self.inner.state.borrow_mut();
-        if let Some(reply) = reply {
-            state.waiters.entry(new.id).or_default().push(reply);
-        }
-        let queued = state
-            .inboxes
-            .get(&new.service)
-            .is_some_and(|q| q.iter().any(|e| e.invocation.id == new.id));
-        if state.invocations.contains_key(&new.id) || queued {
+        if state.invocations.contains_key(&new.id) || state.inboxes.contains(&new.id) {
+            // Seen before (a repeated delivery, a repeated idempotent call): attach to it.
+            if let Some(reply) = reply {
+                self.attach(&mut state, new.id, reply);
+            }
             drop(state);
-            self.write_then(batch, move || {
-                if let Some(ack) = ack {
-                    let _ = ack.send(());
-                }
-            });
-            return;
+            return self.write_then(batch, move || acknowledge(ack, Ok(())));
         }
         if new.keyed && state.locks.contains_key(&new.service) {
+            if let Err(failure) = state.inboxes.admit(&new.service) {
+                drop(state);
+                return self.refuse(new, reply, ack, batch, failure);
+            }
+            if let Some(reply) = reply {
+                self.attach(&mut state, new.id, reply);
+            }
             let sequence = self.inner.next_sequence.get();
             self.inner.next_sequence.set(sequence + 1);
-            let row = InboxEntry {
-                invocation_id: Bytes::copy_from_slice(new.id.as_bytes()),
-                method: new.method.clone(),
-                argument: new.argument.clone(),
-                created_ms: rows::now_ms(),
-                response_sink: new.response_sink.clone(),
-                idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
-            };
             batch.put(
                 Table::Inbox,
                 keys::inbox(partition, &new.service, sequence),
-                row.encode_to_vec(),
+                inbox_row(&new).encode_to_vec(),
             );
-            state
-                .inboxes
-                .entry(new.service.clone())
-                .or_default()
-                .push_back(Queued {
-                    sequence,
-                    invocation: new,
-                });
+            state.inboxes.push(sequence, new);
             drop(state);
-            self.write_then(batch, move || {
-                if let Some(ack) = ack {
-                    let _ = ack.send(());
-                }
-            });
-            return;
+            return self.write_then(batch, move || acknowledge(ack, Ok(())));
+        }
+        if let Some(reply) = reply {
+            self.attach(&mut state, new.id, reply);
         }
         let id = new.id;
         batch.extend(self.start_locked(&mut state, partition, new));
         drop(state);
         let this = self.clone();
         self.write_then(batch, move || {
-            if let Some(ack) = ack {
-                let _ = ack.send(());
-            }
+            acknowledge(ack, Ok(()));
             this.drive(id);
+        });
+    }
+
+    /// Adds a caller waiting for `id`'s outcome, dropping callers that gave up; past
+    /// `max_attached_callers` the new one gets RESOURCE_EXHAUSTED instead.
+    fn attach(&self, state: &mut State, id: InvocationId, reply: oneshot::Sender<Outcome>) {
+        let limit = self.inner.config.worker.ingress_grpc.max_attached_callers;
+        let waiters = state.waiters.entry(id).or_default();
+        waiters.retain(|w| !w.is_canceled());
+        if waiters.len() < limit {
+            waiters.push(reply);
+        } else {
+            let _ = reply.send(Err(Failure::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{limit} callers already wait for this invocation (worker.ingress_grpc.max_attached_callers)"
+                ),
+            )));
+        }
+    }
+
+    /// Refuses an invocation for good (an inbox bound): its ingress caller gets `failure`, a calling
+    /// invocation gets it as its call's result (through the outbox, written with `batch`), and a
+    /// one-way call from an invocation is dropped with a WARN.
+    fn refuse(
+        &self,
+        new: NewInvocation,
+        reply: Option<oneshot::Sender<Outcome>>,
+        ack: Option<Ack>,
+        mut batch: WriteBatch,
+        failure: Failure,
+    ) {
+        if let Some(suppressed) = self.inner.refusals.allow() {
+            log::warn!(
+                invocation = new.id.to_hex(), service = new.service.service.as_str(), suppressed;
+                "invocation refused: {}", failure.message
+            );
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(failure.clone()));
+        }
+        let partition = self.partition_of(&new.id);
+        let failed = Err(failure.clone());
+        let messages = new
+            .response_sink
+            .iter()
+            .map(|sink| response_message(sink, &failed))
+            .collect();
+        let shipped = self.queue_outbox(partition, messages, &mut batch);
+        let this = self.clone();
+        self.write_then(batch, move || {
+            this.ship(shipped);
+            acknowledge(ack, Err(failure));
         });
     }
 
@@ -603,28 +582,78 @@ impl Processor {
         batch
     }
 
-    /// Starts the first invocation waiting in `service`'s inbox (its key is free), adding the inbox
-    /// delete and the start to `batch`. Returns its id.
+    /// Hands `service`'s free key to the first invocation in its inbox. When its argument is in memory
+    /// the start (inbox delete, status, input entry) goes into `batch`; otherwise the key is held for it
+    /// and the caller must run [`start_from_storage`](Self::start_from_storage) once `batch` is written.
     fn start_next_in_inbox(
         &self,
         state: &mut State,
         partition: PartitionId,
         service: &ServiceId,
         batch: &mut WriteBatch,
-    ) -> Option<InvocationId> {
-        let queue = state.inboxes.get_mut(service)?;
-        let queued = queue.pop_front();
-        if queue.is_empty() {
-            state.inboxes.remove(service);
+    ) -> Option<NextInLine> {
+        let queued = state.inboxes.pop(service)?;
+        let id = queued.invocation.id;
+        if !queued.argument_in_memory {
+            state.locks.insert(service.clone(), id);
+            return Some(NextInLine::FromStorage(partition, Box::new(queued)));
         }
-        let queued = queued?;
+        state.inboxes.started(&id);
         batch.delete(
             Table::Inbox,
             keys::inbox(partition, service, queued.sequence),
         );
-        let id = queued.invocation.id;
         batch.extend(self.start_locked(state, partition, queued.invocation));
-        Some(id)
+        Some(NextInLine::Started(id))
+    }
+
+    /// Starts a dequeued invocation whose argument stayed in storage: reads its inbox row, then writes
+    /// the start. Its key is already held for it. Returns its id once the start is durable.
+    async fn start_from_storage(
+        &self,
+        partition: PartitionId,
+        queued: Box<Queued>,
+    ) -> InvocationId {
+        let mut invocation = queued.invocation;
+        let key = keys::inbox(partition, &invocation.service, queued.sequence);
+        let row = self
+            .inner
+            .storage
+            .get(Table::Inbox, key.clone())
+            .await
+            .unwrap_or_else(|e| fatal("reading an inbox row", e));
+        let Some(row) = row.and_then(|r| InboxEntry::decode(r.as_slice()).ok()) else {
+            fatal("reading an inbox row", "the row is missing or unreadable")
+        };
+        invocation.argument = row.argument;
+        let id = invocation.id;
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Inbox, key);
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.inboxes.started(&id);
+            batch.extend(self.start_locked(&mut state, partition, invocation));
+        }
+        if let Err(e) = self.inner.storage.write(batch).await {
+            fatal("starting an invocation from its inbox", e);
+        }
+        id
+    }
+
+    /// Runs what [`start_next_in_inbox`](Self::start_next_in_inbox) decided, once its batch is durable.
+    fn run_next_in_line(&self, next: Option<NextInLine>) {
+        match next {
+            None => {}
+            Some(NextInLine::Started(id)) => self.drive(id),
+            Some(NextInLine::FromStorage(partition, queued)) => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let id = this.start_from_storage(partition, queued).await;
+                    this.drive(id);
+                })
+                .detach();
+            }
+        }
     }
 
     /// An invocation with an idempotency key: attach to the running one, answer a kept result, or start.
@@ -632,7 +661,7 @@ impl Processor {
         &self,
         new: NewInvocation,
         reply: Option<oneshot::Sender<Outcome>>,
-        ack: Option<oneshot::Sender<()>>,
+        ack: Option<Ack>,
     ) {
         let partition = self.partition_of(&new.id);
         let kept = self
@@ -663,9 +692,7 @@ impl Processor {
         });
         match kept {
             Some(outcome) => {
-                if let Some(ack) = ack {
-                    let _ = ack.send(());
-                }
+                acknowledge(ack, Ok(()));
                 if let Some(reply) = reply {
                     let _ = reply.send(outcome);
                 }
@@ -1346,9 +1373,7 @@ impl Processor {
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(outcome.clone());
         }
-        if let Some(next) = next {
-            self.drive(next);
-        }
+        self.run_next_in_line(next);
     }
 
     /// Fails `id` with ABORTED wherever it is (running, suspended, in an inbox). False if unknown.
@@ -1358,23 +1383,14 @@ impl Processor {
             self.finish(id, aborted).await;
             return true;
         }
-        let removed = {
-            let mut state = self.inner.state.borrow_mut();
-            let mut found = None;
-            for (service, queue) in state.inboxes.iter_mut() {
-                if let Some(position) = queue.iter().position(|q| q.invocation.id == id) {
-                    found = queue.remove(position).map(|q| (service.clone(), q));
-                    break;
-                }
-            }
-            found
-        };
-        let Some((service, queued)) = removed else {
-            return false;
+        let removed = self.inner.state.borrow_mut().inboxes.remove(&id);
+        let Some(queued) = removed else {
+            return self.cancel_starting(id).await;
         };
         let p = self.partition_of(&id);
+        let service = &queued.invocation.service;
         let mut batch = WriteBatch::new();
-        batch.delete(Table::Inbox, keys::inbox(p, &service, queued.sequence));
+        batch.delete(Table::Inbox, keys::inbox(p, service, queued.sequence));
         let messages = queued
             .invocation
             .response_sink
@@ -1393,14 +1409,26 @@ impl Processor {
         true
     }
 
+    /// Cancels an invocation that left its inbox and is being started from storage (a moment): waits,
+    /// bounded, until it runs, then fails it. False if it is unknown.
+    async fn cancel_starting(&self, id: InvocationId) -> bool {
+        const WAIT_STEPS_MAX: usize = 1000;
+        for _ in 0..WAIT_STEPS_MAX {
+            if !self.inner.state.borrow().inboxes.contains(&id) {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if !self.exists(id) {
+            return false;
+        }
+        let aborted = Err(Failure::new(Code::Aborted, "the invocation was cancelled"));
+        self.finish(id, aborted).await;
+        true
+    }
+
     /// Applies a message from another partition's outbox, once.
-    fn deliver(
-        &self,
-        producer: PartitionId,
-        sequence: u64,
-        message: OutboxMessage,
-        ack: oneshot::Sender<()>,
-    ) {
+    fn deliver(&self, producer: PartitionId, sequence: u64, message: OutboxMessage, ack: Ack) {
         let target = match &message.message {
             Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
             Some(outbox_message::Message::Complete(c)) => {
@@ -1410,7 +1438,7 @@ impl Processor {
         };
         let Some(target) = target else {
             log::error!("undecodable outbox message from partition {producer}; dropped");
-            let _ = ack.send(());
+            let _ = ack.send(Ok(()));
             return;
         };
         let target_partition = self.partition_of(&target);
@@ -1418,7 +1446,7 @@ impl Processor {
             let mut state = self.inner.state.borrow_mut();
             let last = state.dedup.get(&(target_partition, producer)).copied();
             if last.is_some_and(|last| sequence <= last) {
-                let _ = ack.send(());
+                let _ = ack.send(Ok(()));
                 return;
             }
             state.dedup.insert((target_partition, producer), sequence);
@@ -1434,7 +1462,7 @@ impl Processor {
                 match NewInvocation::from_request(request) {
                     Some(invocation) => self.invoke(invocation, None, Some(ack), batch),
                     None => self.write_then(batch, move || {
-                        let _ = ack.send(());
+                        let _ = ack.send(Ok(()));
                     }),
                 }
             }
@@ -1447,7 +1475,7 @@ impl Processor {
                     expected,
                     batch,
                     move || {
-                        let _ = ack.send(());
+                        let _ = ack.send(Ok(()));
                     },
                 )
             }
@@ -1709,43 +1737,7 @@ impl Processor {
                     to_drive.push(id);
                 }
             }
-            let inbox = self
-                .inner
-                .storage
-                .scan_prefix(Table::Inbox, keys::partition(p), usize::MAX)
-                .await?;
-            for (key, value) in inbox {
-                let (Some((service, sequence)), Ok(row)) = (
-                    keys::parse_inbox(&key),
-                    InboxEntry::decode(value.as_slice()),
-                ) else {
-                    log::error!("unreadable inbox row; skipped");
-                    continue;
-                };
-                let Some(id) = InvocationId::from_slice(&row.invocation_id) else {
-                    continue;
-                };
-                max_sequence = max_sequence.max(sequence + 1);
-                let invocation = NewInvocation {
-                    id,
-                    service: service.clone(),
-                    method: row.method,
-                    argument: row.argument,
-                    keyed: true,
-                    response_sink: row.response_sink,
-                    idempotency_key: Some(row.idempotency_key).filter(|k| !k.is_empty()),
-                };
-                self.inner
-                    .state
-                    .borrow_mut()
-                    .inboxes
-                    .entry(service)
-                    .or_default()
-                    .push_back(Queued {
-                        sequence,
-                        invocation,
-                    });
-            }
+            max_sequence = max_sequence.max(self.recover_inbox(p).await?);
             for (key, value) in self
                 .inner
                 .storage
@@ -1789,7 +1781,7 @@ impl Processor {
             let state = self.inner.state.borrow();
             state
                 .inboxes
-                .keys()
+                .services()
                 .filter(|s| !state.locks.contains_key(*s))
                 .cloned()
                 .collect()
@@ -1801,9 +1793,14 @@ impl Processor {
                 let mut state = self.inner.state.borrow_mut();
                 self.start_next_in_inbox(&mut state, p, &service, &mut batch)
             };
-            let Some(id) = next else { continue };
             self.inner.storage.write(batch).await?;
-            to_drive.push(id);
+            match next {
+                None => {}
+                Some(NextInLine::Started(id)) => to_drive.push(id),
+                Some(NextInLine::FromStorage(p, queued)) => {
+                    to_drive.push(self.start_from_storage(p, queued).await)
+                }
+            }
         }
         glommio::spawn_local(self.clone().run_timers()).detach();
         glommio::spawn_local(self.clone().run_shipper()).detach();
@@ -1813,6 +1810,57 @@ impl Processor {
             self.drive(id);
         }
         Ok(count)
+    }
+
+    /// Loads partition `p`'s inboxes in bounded chunks, keeping arguments in memory only within the
+    /// budget. Returns the next free inbox sequence number.
+    async fn recover_inbox(&self, p: PartitionId) -> Result<u64, crate::storage::Error> {
+        // Small: a row holds a whole argument (up to max_message_size), and a chunk is held at once.
+        const CHUNK_ROWS: usize = 16;
+        let mut next_sequence = 0;
+        let mut start = keys::partition(p);
+        let end = crate::storage::prefix_end(&start);
+        loop {
+            let rows = self
+                .inner
+                .storage
+                .scan(Table::Inbox, start.clone(), end.clone(), CHUNK_ROWS)
+                .await?;
+            for (key, value) in &rows {
+                let (Some((service, sequence)), Ok(row)) =
+                    (keys::parse_inbox(key), InboxEntry::decode(value.as_slice()))
+                else {
+                    log::error!(partition = p; "unreadable inbox row; skipped");
+                    continue;
+                };
+                let Some(id) = InvocationId::from_slice(&row.invocation_id) else {
+                    log::error!(partition = p; "inbox row with a bad invocation id; skipped");
+                    continue;
+                };
+                next_sequence = next_sequence.max(sequence + 1);
+                let invocation = NewInvocation {
+                    id,
+                    service,
+                    method: row.method,
+                    argument: row.argument,
+                    keyed: true,
+                    response_sink: row.response_sink,
+                    idempotency_key: Some(row.idempotency_key).filter(|k| !k.is_empty()),
+                };
+                self.inner
+                    .state
+                    .borrow_mut()
+                    .inboxes
+                    .push(sequence, invocation);
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == CHUNK_ROWS => {
+                    start = last.clone();
+                    start.push(0);
+                }
+                _ => return Ok(next_sequence),
+            }
+        }
     }
 
     /// Deletes expired idempotency results of this core's partitions (run periodically).
@@ -1845,6 +1893,33 @@ fn now_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Sends `result` to the sender of an invocation, if it waits for it.
+fn acknowledge(ack: Option<Ack>, result: Result<(), Failure>) {
+    if let Some(ack) = ack {
+        let _ = ack.send(result);
+    }
+}
+
+/// The inbox row of an invocation that waits for its key.
+fn inbox_row(new: &NewInvocation) -> InboxEntry {
+    InboxEntry {
+        invocation_id: Bytes::copy_from_slice(new.id.as_bytes()),
+        method: new.method.clone(),
+        argument: new.argument.clone(),
+        created_ms: rows::now_ms(),
+        response_sink: new.response_sink.clone(),
+        idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
+    }
+}
+
+/// Who gets the key of an instance whose invocation ended.
+enum NextInLine {
+    /// This invocation; its start is in the ending's batch.
+    Started(InvocationId),
+    /// This one, whose argument must be read from its inbox row first (the key is held for it).
+    FromStorage(PartitionId, Box<Queued>),
 }
 
 /// Parses a 0.4.1 awakeable id: base64url_nopad(invocation id ++ u32_be(entry index)).
