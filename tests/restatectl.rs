@@ -242,6 +242,13 @@ fn an_inbox_lists_three_queued_calls_in_order() {
             "{line}"
         );
     }
+    // A queued invocation is described from its partition's inbox.
+    let second = ctl_json(&server, &["invocations", "describe", &queued[1]]);
+    assert_eq!(
+        (&second["status"], &second["sequence"], &second["journal"]),
+        (&json!("inbox"), &json!(1), &json!([])),
+        "{second}"
+    );
     let inboxed = ctl_json(&server, &["invocations", "list", "--status", "inbox"]);
     assert_eq!(inboxed["invocations"].as_array().unwrap().len(), 3);
     let (code, stdout, _) = ctl(Some(&server), &["inbox", "awaiter", "nobody"]);

@@ -236,17 +236,48 @@ async fn endpoints_remove(s: &Servers, id: &str) -> Result<()> {
 
 /// Streams every row matching `filter`.
 async fn rows(s: &Servers, filter: Filter, limit: Option<u64>) -> Result<Vec<pb::Pair>> {
+    select(s, filter, limit, Some).await
+}
+
+/// Streams the rows matching `filter` and keeps what `keep` makes of them (rows it drops are never
+/// held, however many the scan reads).
+async fn select<T>(
+    s: &Servers,
+    filter: Filter,
+    limit: Option<u64>,
+    mut keep: impl FnMut(pb::Pair) -> Option<T>,
+) -> Result<Vec<T>> {
     let mut out = Vec::new();
     let request = ScanRequest {
         filter: Some(filter),
         limit,
     };
     client::scan(&s.storage, &request, |pair| {
-        out.push(pair);
+        out.extend(keep(pair));
         Ok(())
     })
     .await?;
     Ok(out)
+}
+
+/// The partition of an invocation: the id carries its partition key; the partition count is stored
+/// in the `system` table.
+async fn partition_of(s: &Servers, id: &InvocationId) -> Result<u32> {
+    let count = key(K::System(pb::System {
+        key: Some(b"partitions".to_vec()),
+    }));
+    let partitions = select(s, Filter::Key(count), None, |pair| {
+        <[u8; 4]>::try_from(pair.value.as_slice())
+            .ok()
+            .map(u32::from_be_bytes)
+    })
+    .await?;
+    match partitions.first() {
+        Some(&n) if n > 0 => Ok(id.partition(n)),
+        _ => Err(Error::Status(
+            "the storage API shows no partition count (system table)".into(),
+        )),
+    }
 }
 
 fn key(k: K) -> Key {
@@ -324,32 +355,41 @@ async fn kv_get(s: &Servers, instance: &InstanceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every status row and inbox entry, as JSON rows of `invocations list`.
-async fn invocations(s: &Servers) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for pair in rows(s, Filter::Prefix(key(K::Status(Default::default()))), None).await? {
-        let Some(K::Status(k)) = pair.key.and_then(|k| k.key) else {
-            continue;
+/// The status rows and inbox entries that `keep` accepts, as JSON rows of `invocations list` (the
+/// inbox is skipped when `inbox` is false).
+async fn invocations(
+    s: &Servers,
+    keep: impl Fn(&Value) -> bool,
+    inbox: bool,
+) -> Result<Vec<Value>> {
+    let statuses = Filter::Prefix(key(K::Status(Default::default())));
+    let mut out = select(s, statuses, None, |pair| {
+        let K::Status(k) = pair.key?.key? else {
+            return None;
         };
-        if let Ok(status) = rows::Status::decode(pair.value.as_slice()) {
-            out.push(render::status_json(
-                &hex(k.invocation_id.as_deref().unwrap_or_default()),
-                &status,
-            ));
-        }
-    }
-    for pair in rows(s, Filter::Prefix(key(K::Inbox(Default::default()))), None).await? {
-        let Some(K::Inbox(k)) = pair.key.and_then(|k| k.key) else {
-            continue;
-        };
-        if let Ok(entry) = rows::InboxEntry::decode(pair.value.as_slice()) {
-            out.push(render::inbox_json(
-                k.service_name.as_deref().unwrap_or_default(),
-                k.service_key.as_deref().unwrap_or_default(),
-                k.sequence_number.unwrap_or_default(),
-                &entry,
-            ));
-        }
+        let status = rows::Status::decode(pair.value.as_slice()).ok()?;
+        let id = hex(k.invocation_id.as_deref().unwrap_or_default());
+        Some(render::status_json(&id, &status)).filter(&keep)
+    })
+    .await?;
+    if inbox {
+        let queued = Filter::Prefix(key(K::Inbox(Default::default())));
+        out.extend(
+            select(s, queued, None, |pair| {
+                let K::Inbox(k) = pair.key?.key? else {
+                    return None;
+                };
+                let entry = rows::InboxEntry::decode(pair.value.as_slice()).ok()?;
+                Some(render::inbox_json(
+                    k.service_name.as_deref().unwrap_or_default(),
+                    k.service_key.as_deref().unwrap_or_default(),
+                    k.sequence_number.unwrap_or_default(),
+                    &entry,
+                ))
+                .filter(&keep)
+            })
+            .await?,
+        );
     }
     Ok(out)
 }
@@ -364,12 +404,10 @@ async fn invocations_list(
         StatusFilter::Suspended => "suspended",
         StatusFilter::Inbox => "inbox",
     });
-    let list: Vec<Value> = invocations(s)
-        .await?
-        .into_iter()
-        .filter(|i| service.is_none_or(|svc| i["service"] == svc))
-        .filter(|i| wanted.is_none_or(|w| i["status"] == w))
-        .collect();
+    let keep = |i: &Value| {
+        service.is_none_or(|svc| i["service"] == svc) && wanted.is_none_or(|w| i["status"] == w)
+    };
+    let list = invocations(s, keep, wanted.is_none_or(|w| w == "inbox")).await?;
     if s.json {
         render::json_out(&json!({ "invocations": list }));
         return Ok(());
@@ -452,6 +490,12 @@ async fn describe(s: &Servers, text_id: &str) -> Result<()> {
         .map(|(i, e)| render::entry_json(*i, e))
         .collect();
     summary["timers"] = json!(timers);
+    // Completable entries without their result yet: what a running invocation is waiting for.
+    summary["pending_entries"] = journal
+        .iter()
+        .filter(|(_, e)| !e.completed && render::completable(e.ty))
+        .map(|(i, _)| json!(i))
+        .collect();
     if s.json {
         render::json_out(&summary);
         return Ok(());
@@ -490,6 +534,14 @@ fn print_description(summary: &Value, journal: &[(u32, Entry)], timers: &[Value]
     if !waiting.is_empty() {
         println!("waits on:  {}", waiting.join(", "));
     }
+    let pending: Vec<String> = journal
+        .iter()
+        .filter(|(_, e)| !e.completed && render::completable(e.ty))
+        .map(|(i, e)| format!("entry {i} {}", render::entry_name(e.ty)))
+        .collect();
+    if waiting.is_empty() && !pending.is_empty() {
+        println!("pending:   {}", pending.join(", "));
+    }
     for timer in timers {
         println!(
             "timer:     entry {} wakes at {} ms (in {})",
@@ -513,10 +565,13 @@ fn print_description(summary: &Value, journal: &[(u32, Entry)], timers: &[Value]
     table(&["INDEX", "ENTRY", "COMPLETED", "PAYLOAD"], &rows);
 }
 
-/// An inbox entry with this id (an invocation that has not started yet).
+/// An inbox entry with this id (an invocation that has not started yet), from its partition's inbox.
 async fn queued(s: &Servers, id: &InvocationId) -> Result<Option<Value>> {
-    let all = rows(s, Filter::Prefix(key(K::Inbox(Default::default()))), None).await?;
-    Ok(all.into_iter().find_map(|pair| {
+    let prefix = key(K::Inbox(pb::Inbox {
+        partition_id: Some(partition_of(s, id).await?),
+        ..Default::default()
+    }));
+    let found = select(s, Filter::Prefix(prefix), None, |pair| {
         let K::Inbox(k) = pair.key?.key? else {
             return None;
         };
@@ -529,18 +584,21 @@ async fn queued(s: &Servers, id: &InvocationId) -> Result<Option<Value>> {
                 &entry,
             )
         })
-    }))
+    })
+    .await?;
+    Ok(found.into_iter().next())
 }
 
-/// The timers of an invocation (its sleeps), from its partition's timers.
+/// The timers of an invocation (its sleeps), from its partition's timers (ordered by wake-up time,
+/// so not a prefix by id).
 async fn wake_ups(s: &Servers, id: &InvocationId) -> Result<Vec<Value>> {
-    // Timer keys order the wake-up time before the id, so this reads every timer and keeps the
-    // invocation's (a prefix by partition would need the partition count, which only the server knows).
-    let all = rows(s, Filter::Prefix(key(K::Timers(Default::default()))), None).await?;
+    let prefix = key(K::Timers(pb::Timers {
+        partition_id: Some(partition_of(s, id).await?),
+        ..Default::default()
+    }));
     let now = rows::now_ms();
-    Ok(all
-        .into_iter()
-        .filter_map(|pair| match pair.key?.key? {
+    select(s, Filter::Prefix(prefix), None, |pair| {
+        match pair.key?.key? {
             K::Timers(k) if k.invocation_id.as_deref() == Some(&id.as_bytes()[..]) => {
                 let wake = k.timestamp.unwrap_or(0);
                 Some(json!({
@@ -550,8 +608,9 @@ async fn wake_ups(s: &Servers, id: &InvocationId) -> Result<Vec<Value>> {
                 }))
             }
             _ => None,
-        })
-        .collect())
+        }
+    })
+    .await
 }
 
 async fn cancel(s: &Servers, text_id: &str) -> Result<()> {

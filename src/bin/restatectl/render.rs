@@ -134,6 +134,15 @@ pub fn entry_name(ty: u16) -> String {
     }
 }
 
+/// Entry types that get a completion (a result from the runtime).
+pub fn completable(ty: u16) -> bool {
+    use restate::protocol::types::*;
+    matches!(
+        ty,
+        POLL_INPUT_STREAM | GET_STATE | SLEEP | INVOKE | AWAKEABLE
+    )
+}
+
 /// A journal entry as JSON.
 pub fn entry_json(index: u32, entry: &Entry) -> Value {
     json!({
