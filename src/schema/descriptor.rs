@@ -103,7 +103,7 @@ fn read_extension_options(raw: &[u8], out: &mut RestateOptions) -> Result<(), wi
     for file in wire::bytes_fields(raw, 1)? {
         let package = wire::string_field(file, 2)?.unwrap_or_default();
         for message in wire::bytes_fields(file, 4)? {
-            read_message_key_options(message, &package, out)?;
+            read_message_key_options(message, &package, out, 1)?;
         }
         for service in wire::bytes_fields(file, 6)? {
             let name = join(
@@ -126,7 +126,11 @@ fn read_message_key_options(
     message: &[u8],
     scope: &str,
     out: &mut RestateOptions,
+    depth: usize,
 ) -> Result<(), wire::Malformed> {
+    if depth > wire::RECURSION_LIMIT {
+        return Err(wire::Malformed("message types nested too deeply"));
+    }
     let name = join(scope, &wire::string_field(message, 1)?.unwrap_or_default());
     for field in wire::bytes_fields(message, 2)? {
         let number = wire::varint_field(field, 3)?.unwrap_or(0) as u32;
@@ -138,7 +142,7 @@ fn read_message_key_options(
         }
     }
     for nested in wire::bytes_fields(message, 3)? {
-        read_message_key_options(nested, &name, out)?;
+        read_message_key_options(nested, &name, out, depth + 1)?;
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub fn extract(
         .ok_or(Malformed("key field not in schema"))?;
     match (value, kind) {
         (Value::Bytes(payload, _), Kind::Message(message)) => {
-            let canonical = canonical_message(payload, &message)?;
+            let canonical = canonical_message(payload, &message, 1)?;
             let mut out = Vec::with_capacity(canonical.len() + 2);
             encode_varint(canonical.len() as u64, &mut out);
             out.extend_from_slice(&canonical);
@@ -80,8 +80,16 @@ pub fn extract(
     }
 }
 
-/// The message's known fields only, sorted by field number (stable for repeated fields), recursively.
-fn canonical_message(buf: &[u8], descriptor: &MessageDescriptor) -> Result<Vec<u8>, Malformed> {
+/// The message's known fields only, sorted by field number (stable for repeated fields), recursively
+/// (at most [`wire::RECURSION_LIMIT`] levels deep, as prost decodes).
+fn canonical_message(
+    buf: &[u8],
+    descriptor: &MessageDescriptor,
+    depth: usize,
+) -> Result<Vec<u8>, Malformed> {
+    if depth > wire::RECURSION_LIMIT {
+        return Err(Malformed("message nested too deeply"));
+    }
     let mut fields: Vec<(u32, Vec<u8>)> = Vec::new();
     for f in wire::fields(buf) {
         let f = f?;
@@ -90,7 +98,7 @@ fn canonical_message(buf: &[u8], descriptor: &MessageDescriptor) -> Result<Vec<u
         };
         let encoded = match (f.value, known.kind()) {
             (Value::Bytes(payload, _), Kind::Message(nested)) => {
-                let inner = canonical_message(payload, &nested)?;
+                let inner = canonical_message(payload, &nested, depth + 1)?;
                 let mut out = Vec::with_capacity(inner.len() + 6);
                 encode_varint(u64::from(f.number) << 3 | 2, &mut out);
                 encode_varint(inner.len() as u64, &mut out);
@@ -141,19 +149,57 @@ mod tests {
         );
     }
 
+    /// Regression: canonicalising a message key recursed once per nesting level of the request bytes,
+    /// unbounded; `dev.restate.Ingress/Invoke` extracts keys from arguments nobody decoded first, so a
+    /// 400 KB argument nesting 100,000 levels for a service keyed by a recursive message overflowed the
+    /// stack and killed the process.
+    #[test]
+    fn deeply_nested_message_keys_are_refused_without_overflowing_the_stack() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+        let file = FileDescriptorProto {
+            name: Some("r.proto".into()),
+            package: Some("fuzz".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![DescriptorProto {
+                name: Some("R".into()),
+                field: vec![FieldDescriptorProto {
+                    name: Some("r".into()),
+                    number: Some(1),
+                    label: Some(Label::Optional as i32),
+                    r#type: Some(Type::Message as i32),
+                    type_name: Some(".fuzz.R".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pool = DescriptorPool::from_file_descriptor_set(prost_types::FileDescriptorSet {
+            file: vec![file],
+        })
+        .unwrap();
+        let r = pool.get_message_by_name("fuzz.R").unwrap();
+        assert!(extract(&wire::nested(1, 50), &r, 1).is_ok());
+        assert_eq!(
+            extract(&wire::nested(1, 100_000), &r, 1),
+            Err(Malformed("message nested too deeply"))
+        );
+    }
+
     #[test]
     fn message_keys_are_canonical() {
         let pool = pool();
         let message = pool.get_message_by_name("google.protobuf.Empty").unwrap();
         // Empty knows no fields: everything is dropped.
-        let reencoded = canonical_message(&[0x08, 0x01], &message).unwrap();
+        let reencoded = canonical_message(&[0x08, 0x01], &message, 1).unwrap();
         assert!(reencoded.is_empty());
         let echo = pool
             .get_message_by_name("restate.test.EchoMessage")
             .unwrap();
         // number = 7, text = "a", unknown field 9 → sorted text, number; unknown dropped.
         let canonical =
-            canonical_message(&[0x10, 0x07, 0x48, 0x01, 0x0a, 0x01, b'a'], &echo).unwrap();
+            canonical_message(&[0x10, 0x07, 0x48, 0x01, 0x0a, 0x01, b'a'], &echo, 1).unwrap();
         assert_eq!(canonical, vec![0x0a, 0x01, b'a', 0x10, 0x07]);
     }
 }

@@ -624,6 +624,26 @@ mod tests {
         out
     }
 
+    /// Regression: reading Restate's options recursed once per nested message type on the raw bytes
+    /// (before prost's own depth limit applies), so a descriptor set nesting 100,000 messages (500 KB,
+    /// within `meta.max_discovery_response_bytes`) overflowed the stack and killed the process.
+    #[test]
+    fn deeply_nested_descriptors_are_refused_without_overflowing_the_stack() {
+        let mut file = Vec::new();
+        prost::encoding::bytes::encode(4, &wire::nested(3, 100_000), &mut file);
+        let mut set = Vec::new();
+        prost::encoding::bytes::encode(1, &file, &mut set);
+        let mut raw = Vec::new();
+        prost::encoding::bytes::encode(1, &set, &mut raw);
+        prost::encoding::string::encode(2, &"svc".to_owned(), &mut raw);
+        match discover(&raw) {
+            Err(Error::Descriptor(descriptor::Error::Decode(e))) => {
+                assert!(e.contains("nested too deeply"), "{e}")
+            }
+            other => panic!("expected a decode error, got {:?}", other.map(|_| ())),
+        }
+    }
+
     #[test]
     fn endpoint_ids_are_stable_and_uris_normalised() {
         assert_eq!(

@@ -3,6 +3,10 @@
 
 use prost::encoding::decode_varint;
 
+/// How deep messages may nest, as for prost's decoder (its `RECURSION_LIMIT`): readers that recurse over
+/// raw bytes stop here instead of exhausting the stack on hostile input.
+pub const RECURSION_LIMIT: usize = 100;
+
 /// One field value as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -142,9 +146,35 @@ pub fn string_field(buf: &[u8], number: u32) -> Result<Option<String>, Malformed
         .map(|b| String::from_utf8_lossy(b).into_owned()))
 }
 
+/// `depth` levels of messages, each holding the next as field `number` (test input for depth limits).
+#[cfg(test)]
+pub(crate) fn nested(number: u32, depth: usize) -> Vec<u8> {
+    // Sizes from the inside out, then written from the outside in: linear in the result's size.
+    let mut sizes = vec![0usize];
+    for _ in 0..depth {
+        let inner = *sizes.last().expect("non-empty");
+        let tag = prost::encoding::encoded_len_varint(u64::from(number) << 3 | 2);
+        sizes.push(tag + prost::encoding::encoded_len_varint(inner as u64) + inner);
+    }
+    let mut out = Vec::with_capacity(sizes[depth]);
+    for inner in sizes[..depth].iter().rev() {
+        prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(*inner as u64, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_builds_valid_nesting() {
+        let buf = nested(3, 2);
+        assert_eq!(buf, vec![0x1a, 0x02, 0x1a, 0x00]);
+        let inner = bytes_fields(&buf, 3).unwrap();
+        assert_eq!(bytes_fields(inner[0], 3).unwrap(), vec![&[] as &[u8]]);
+    }
 
     #[test]
     fn reads_every_wire_type_and_keeps_raw_bytes() {
