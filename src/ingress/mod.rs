@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::FutureExt;
@@ -15,7 +15,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
+use prost_reflect::{DeserializeOptions, DynamicMessage};
+
+pub mod codec;
 
 use crate::config;
 use crate::grpc::{connect_error, trailers_only, Code};
@@ -64,8 +66,9 @@ pub struct Context {
     pub core: usize,
 }
 
-/// An error answered in the caller's protocol.
-struct CallError(Code, String);
+/// An error answered in the caller's protocol: status code and message.
+#[derive(Debug)]
+pub struct CallError(pub Code, pub String);
 
 impl CallError {
     fn new(code: Code, message: impl Into<String>) -> Self {
@@ -174,27 +177,10 @@ async fn call(
 
     let body = read_body(ctx, protocol, request).await?;
     let argument = match protocol {
-        Protocol::Grpc => unframe(body)?,
-        Protocol::ConnectProto => body,
-        Protocol::ConnectJson => {
-            let mut deserializer = serde_json::Deserializer::from_slice(&body);
-            let message = DynamicMessage::deserialize_with_options(
-                method.input.clone(),
-                &mut deserializer,
-                &DeserializeOptions::new(),
-            )
-            .and_then(|m| deserializer.end().map(|_| m))
-            .map_err(|e| {
-                CallError::new(Code::InvalidArgument, format!("invalid JSON request: {e}"))
-            })?;
-            Bytes::from(message.encode_to_vec())
-        }
+        Protocol::Grpc => codec::proto_request(&method.input, codec::unframe(body)?)?,
+        Protocol::ConnectProto => codec::proto_request(&method.input, body)?,
+        Protocol::ConnectJson => codec::json_request(&method.input, &body)?,
     };
-    if protocol != Protocol::ConnectJson {
-        DynamicMessage::decode(method.input.clone(), argument.clone()).map_err(|e| {
-            CallError::new(Code::InvalidArgument, format!("undecodable request: {e}"))
-        })?;
-    }
     let idempotency_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -419,7 +405,7 @@ async fn one_way(
         }
         Protocol::Grpc | Protocol::ConnectProto => {
             let bytes = if protocol == Protocol::Grpc {
-                unframe(body)?
+                codec::unframe(body)?
             } else {
                 body
             };
@@ -483,34 +469,6 @@ fn code_of(code: u32) -> Code {
     .unwrap_or(Unknown)
 }
 
-/// The gRPC message inside its 5-byte frame.
-fn unframe(mut body: Bytes) -> Result<Bytes, CallError> {
-    if body.len() < 5 {
-        return Err(CallError::new(
-            Code::InvalidArgument,
-            "the gRPC message frame is truncated",
-        ));
-    }
-    let compressed = body.get_u8();
-    let length = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(CallError::new(
-            Code::Unimplemented,
-            "compressed gRPC messages are not supported",
-        ));
-    }
-    if length != body.len() {
-        return Err(CallError::new(
-            Code::InvalidArgument,
-            format!(
-                "the gRPC frame says {length} bytes but {} follow (unary calls carry one message)",
-                body.len()
-            ),
-        ));
-    }
-    Ok(body)
-}
-
 fn respond(
     protocol: Protocol,
     output: &prost_reflect::MessageDescriptor,
@@ -518,27 +476,10 @@ fn respond(
 ) -> Result<http::Response<Body>, CallError> {
     match protocol {
         Protocol::Grpc | Protocol::ConnectProto => respond_bytes(protocol, bytes),
-        Protocol::ConnectJson => {
-            let message = DynamicMessage::decode(output.clone(), bytes).map_err(|e| {
-                CallError::new(
-                    Code::Internal,
-                    format!("the service answered an undecodable message: {e}"),
-                )
-            })?;
-            let mut value = message
-                .serialize_with_options(
-                    serde_json::value::Serializer,
-                    &SerializeOptions::new()
-                        .stringify_64_bit_integers(true)
-                        .skip_default_fields(false),
-                )
-                .map_err(|e| CallError::new(Code::Internal, format!("cannot write JSON: {e}")))?;
-            integral_numbers(&mut value);
-            Ok(http::Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(full(serde_json::to_vec(&value).expect("json serializes")))
-                .expect("valid response"))
-        }
+        Protocol::ConnectJson => Ok(http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full(codec::json_response(output, bytes)?))
+            .expect("valid response")),
     }
 }
 
@@ -569,23 +510,6 @@ fn respond_bytes(protocol: Protocol, bytes: Bytes) -> Result<http::Response<Body
     }
 }
 
-/// Writes integral doubles as integers (`5`, not `5.0`), as canonical proto3 JSON does: JSON numbers
-/// have no integer/float distinction, but clients compare text.
-fn integral_numbers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-                    *n = serde_json::Number::from(f as i64);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers),
-        serde_json::Value::Object(map) => map.values_mut().for_each(integral_numbers),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,10 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn grpc_frames_are_checked() {
-        assert!(unframe(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1])).is_ok());
-        assert!(unframe(Bytes::from_static(&[1, 0, 0, 0, 0])).is_err());
-        assert!(unframe(Bytes::from_static(&[0, 0, 0, 0, 9, 1])).is_err());
+    fn status_codes_map_to_grpc_codes() {
         assert_eq!(code_of(99), Code::Unknown);
         assert_eq!(code_of(5), Code::NotFound);
     }

@@ -3,6 +3,7 @@
 
 pub mod discovery;
 mod openapi;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -13,7 +14,6 @@ use futures::FutureExt;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config;
@@ -271,12 +271,7 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
                 name,
             )?))),
             Method::PATCH => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Patch {
-                    public: bool,
-                }
-                let patch: Patch = read_json(ctx, request).await?;
+                let patch: requests::PatchService = read_json(ctx, request).await?;
                 let name = name.to_string();
                 let schemas = ctx
                     .registry
@@ -349,23 +344,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
-}
-
-/// `POST /endpoints` (and the 0.1.0 alias `POST /services/discover`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterRequest {
-    uri: String,
-    #[serde(default)]
-    additional_headers: BTreeMap<String, String>,
-    #[serde(default = "default_force")]
-    force: bool,
-    /// Accepted for 0.1.0 compatibility; the node-wide invoker policy applies.
-    #[serde(default)]
-    #[allow(dead_code)]
-    retry_policy: Option<Value>,
+    requests::parse(&body)
 }
 
 /// Discovers the services behind `uri` and checks them.
@@ -387,13 +366,9 @@ async fn discover(
     Ok((raw, discovered))
 }
 
-fn default_force() -> bool {
-    true
-}
-
 async fn register(
     ctx: &Context,
-    request: RegisterRequest,
+    request: requests::RegisterRequest,
     legacy: bool,
 ) -> Result<http::Response<Body>> {
     let (uri, _) = schema::endpoint_id(&request.uri)?;
@@ -449,21 +424,9 @@ async fn register(
     Ok(response)
 }
 
-/// `DELETE /invocations`: `{"sid": "<token>"}` or `{"sid": {"service", "key"?, "invocation_id"|"id"}}`.
-async fn cancel(ctx: &Context, body: Value) -> Result<http::Response<Body>> {
-    let sid = &body["sid"];
-    let id = match sid {
-        Value::String(token) => crate::ingress::parse_sid(token),
-        Value::Object(parts) => parts
-            .get("invocation_id")
-            .or_else(|| parts.get("id"))
-            .and_then(Value::as_str)
-            .and_then(crate::partition::InvocationId::from_hex),
-        _ => None,
-    }
-    .ok_or_else(|| {
-        ApiError::bad_request(format!("not an invocation sid: {}", clip(&sid.to_string())))
-    })?;
+/// `DELETE /invocations`.
+async fn cancel(ctx: &Context, body: requests::CancelInvocation) -> Result<http::Response<Body>> {
+    let id = body.invocation_id()?;
     let partition = id.partition(ctx.router.partitions());
     let (reply, found) = futures::channel::oneshot::channel();
     let unavailable =
