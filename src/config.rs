@@ -174,6 +174,10 @@ pub struct Meta {
     pub tls_ca_file: String,
     /// Largest request body the meta API accepts, in bytes.
     pub max_request_bytes: usize,
+    /// Open connections to the meta port, over all cores (per process); past it new connections are
+    /// closed at once. Separate from the other ports' limits, so a flood of ingress connections never
+    /// locks out `/health`.
+    pub max_connections: usize,
     /// Largest discovery response accepted from an endpoint, in bytes (checked while it is read).
     pub max_discovery_response_bytes: usize,
     /// Discoveries (registrations) in flight on the whole node; past it a registration is refused at
@@ -207,6 +211,7 @@ impl Default for Meta {
             proxy_uri: String::new(),
             tls_ca_file: String::new(),
             max_request_bytes: 1 << 20,
+            max_connections: 512,
             max_discovery_response_bytes: 4 << 20,
             max_concurrent_discoveries: 4,
             max_endpoints: 1000,
@@ -368,6 +373,9 @@ pub struct IngressGrpc {
     pub max_message_size: usize,
     /// Calls in flight on one core; past it calls get RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
+    /// Open connections to the ingress port, over all cores (per process); past it new connections
+    /// are closed at once.
+    pub max_connections: usize,
     /// How long the result of a call with an `idempotency-key` header is kept for repeated calls.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
@@ -387,6 +395,7 @@ impl Default for IngressGrpc {
             bind_address: ([0, 0, 0, 0], 9090).into(),
             max_message_size: 4 << 20,
             concurrency_limit: 1000,
+            max_connections: 10_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_request_timeout: Duration::from_secs(24 * 3600),
             max_attached_callers: 1000,
@@ -411,6 +420,9 @@ pub struct StorageGrpc {
     /// Bearer token every storage API call must carry (`authorization: Bearer TOKEN`); empty: no
     /// authentication. Set it from the environment (`RESTATE_WORKER__STORAGE_GRPC__AUTH_TOKEN`).
     pub auth_token: String,
+    /// Open connections to the storage port, over all cores (per process); past it new connections
+    /// are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for StorageGrpc {
@@ -421,6 +433,7 @@ impl Default for StorageGrpc {
             scan_chunk_bytes: 1 << 20,
             max_message_size: 64 << 10,
             auth_token: String::new(),
+            max_connections: 512,
         }
     }
 }
@@ -458,13 +471,28 @@ pub struct Runtime {
     pub cores: usize,
     /// Memory each executor registers with io_uring for its buffers (bytes).
     pub io_memory_bytes: usize,
-    /// Open connections one core accepts over all three ports; past it new connections are closed.
+    /// Deprecated (0 = off, the default): when set, each core also caps its connections over all
+    /// three ports at this number, as before the per-port limits (`worker.ingress_grpc.max_connections`,
+    /// `meta.max_connections`, `worker.storage_grpc.max_connections`) existed; a WARN at start says so.
     pub max_connections_per_core: usize,
+    /// File descriptors kept free for everything but accepted connections (RocksDB files, connections
+    /// to endpoints, logs). At start the per-port connection limits plus this must fit `RLIMIT_NOFILE`;
+    /// the soft limit is raised to the hard one if needed, else the connection limits are lowered.
+    pub file_descriptor_reserve: usize,
     /// Largest request head (HTTP/1.1 headers, HTTP/2 header list) accepted, in bytes.
     pub max_header_bytes: usize,
     /// A connection with no request in flight and no bytes received for this long is closed.
     #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
+    /// Once a connection with no request in flight receives a byte, its next request head must be
+    /// complete within this long (HTTP/1.1 headers; HTTP/2: a connection sending frames but no
+    /// request), else the connection is closed. Bounds slow-header (slowloris) clients.
+    #[serde(with = "humantime_serde")]
+    pub http_header_read_timeout: Duration,
+    /// A request body that delivers no data for this long fails: ingress answers DEADLINE_EXCEEDED,
+    /// meta 408, and the stream (HTTP/2) or connection (HTTP/1.1) is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_body_stall_timeout: Duration,
 }
 
 impl Default for Runtime {
@@ -472,9 +500,12 @@ impl Default for Runtime {
         Self {
             cores: available_cpus(),
             io_memory_bytes: 1 << 20,
-            max_connections_per_core: 10_000,
+            max_connections_per_core: 0,
+            file_descriptor_reserve: 1024,
             max_header_bytes: 16 * 1024,
             http_idle_timeout: Duration::from_secs(60),
+            http_header_read_timeout: Duration::from_secs(10),
+            http_body_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -563,8 +594,13 @@ impl Config {
                 self.worker.storage_rocksdb.max_batch_requests,
             ),
             (
-                "runtime.max_connections_per_core",
-                self.runtime.max_connections_per_core,
+                "worker.ingress_grpc.max_connections",
+                self.worker.ingress_grpc.max_connections,
+            ),
+            ("meta.max_connections", self.meta.max_connections),
+            (
+                "worker.storage_grpc.max_connections",
+                self.worker.storage_grpc.max_connections,
             ),
             ("runtime.max_header_bytes", self.runtime.max_header_bytes),
             ("meta.max_request_bytes", self.meta.max_request_bytes),
@@ -646,6 +682,24 @@ impl Config {
                 return Err(Error::Invalid {
                     key: key.to_owned(),
                     message: "must be printable ASCII without control characters".to_owned(),
+                });
+            }
+        }
+        for (key, value) in [
+            ("runtime.http_idle_timeout", self.runtime.http_idle_timeout),
+            (
+                "runtime.http_header_read_timeout",
+                self.runtime.http_header_read_timeout,
+            ),
+            (
+                "runtime.http_body_stall_timeout",
+                self.runtime.http_body_stall_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(Error::Invalid {
+                    key: key.to_owned(),
+                    message: "must be at least 1ms".to_owned(),
                 });
             }
         }
@@ -882,6 +936,55 @@ mod tests {
     fn unknown_nested_env_key_is_named() {
         let e = Config::load(None, env(&[("RESTATE_WORKER__NOPE", "1")])).unwrap_err();
         assert!(e.to_string().contains("worker.nope"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_and_http_deadlines_are_validated() {
+        for (var, key) in [
+            (
+                "RESTATE_WORKER__INGRESS_GRPC__MAX_CONNECTIONS",
+                "worker.ingress_grpc.max_connections",
+            ),
+            ("RESTATE_META__MAX_CONNECTIONS", "meta.max_connections"),
+            (
+                "RESTATE_WORKER__STORAGE_GRPC__MAX_CONNECTIONS",
+                "worker.storage_grpc.max_connections",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, "0")])).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        for (var, key) in [
+            (
+                "RESTATE_RUNTIME__HTTP_HEADER_READ_TIMEOUT",
+                "runtime.http_header_read_timeout",
+            ),
+            (
+                "RESTATE_RUNTIME__HTTP_BODY_STALL_TIMEOUT",
+                "runtime.http_body_stall_timeout",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, "0s")])).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            let e = Config::load(None, env(&[(var, "soon")])).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("RESTATE_META__MAX_CONNECTIONS", "7"),
+                ("RESTATE_RUNTIME__HTTP_HEADER_READ_TIMEOUT", "250ms"),
+                // The deprecated per-core cap still loads (old config files keep working).
+                ("RESTATE_RUNTIME__MAX_CONNECTIONS_PER_CORE", "100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.meta.max_connections, 7);
+        assert_eq!(
+            c.runtime.http_header_read_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(c.runtime.max_connections_per_core, 100);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use crate::config::Config;
 use crate::http::allow::AllowList;
 use crate::http::auth;
-use crate::http::server::{self, CoreServers, Counters, Limits};
+use crate::http::limits::{self, ConnectionLimits};
+use crate::http::server::{self, CoreServers, Counters, Limits, PortLimit};
 use crate::invoker::Invoker;
 use crate::node::NodeState;
 use crate::partition::processor::Processor;
@@ -96,6 +97,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         path = rocksdb.path.display().to_string(), sync_writes = rocksdb.sync_writes;
         "storage open"
     );
+    let port_limits = PortLimits::new(&config);
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone())?;
     let node = NodeState {
@@ -133,10 +135,21 @@ pub fn run(config: Config) -> Result<(), Error> {
                 let registry = registry.clone();
                 let router = router.clone();
                 let ports = ports.clone();
+                let port_limits = port_limits.clone();
                 let inbox = inboxes.lock().unwrap_or_else(|e| e.into_inner())[core].take();
                 async move {
                     let inbox = inbox.expect("one inbox per core");
-                    run_core(core, ports, node, registry, router, inbox, config).await
+                    run_core(
+                        core,
+                        ports,
+                        node,
+                        registry,
+                        router,
+                        inbox,
+                        port_limits,
+                        config,
+                    )
+                    .await
                 }
             })
     };
@@ -199,6 +212,42 @@ fn preflight(config: &Config, cores: usize) -> Result<PortClaims, Error> {
     Ok(PortClaims::acquire(&ports, cores)?)
 }
 
+/// The connection limit of each port, shared by all cores.
+#[derive(Clone)]
+struct PortLimits {
+    ingress: Arc<PortLimit>,
+    meta: Arc<PortLimit>,
+    storage: Arc<PortLimit>,
+}
+
+impl PortLimits {
+    /// The configured limits, fitted to `RLIMIT_NOFILE` (see [`limits`]).
+    fn new(config: &Config) -> PortLimits {
+        if config.runtime.max_connections_per_core > 0 {
+            log::warn!(
+                "runtime.max_connections_per_core is deprecated: each port has its own limit now \
+                 (worker.ingress_grpc.max_connections, meta.max_connections, \
+                 worker.storage_grpc.max_connections); the per-core cap of {} over all ports still \
+                 applies, so a flood on one port can lock out the others",
+                config.runtime.max_connections_per_core
+            );
+        }
+        let fitted = limits::fit_to_nofile(
+            ConnectionLimits {
+                ingress: config.worker.ingress_grpc.max_connections,
+                meta: config.meta.max_connections,
+                storage: config.worker.storage_grpc.max_connections,
+            },
+            config.runtime.file_descriptor_reserve,
+        );
+        PortLimits {
+            ingress: PortLimit::new(fitted.ingress),
+            meta: PortLimit::new(fitted.meta),
+            storage: PortLimit::new(fitted.storage),
+        }
+    }
+}
+
 async fn run_core(
     core: usize,
     ports: Arc<PortClaims>,
@@ -206,11 +255,22 @@ async fn run_core(
     registry: Arc<Registry>,
     router: Router,
     inbox: Inbox,
+    port_limits: PortLimits,
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let draining = node.draining_cores.clone();
     let shutdown = node.shutdown.clone();
-    let result = serve_core(core, ports, node, registry, router, inbox, config).await;
+    let result = serve_core(
+        core,
+        ports,
+        node,
+        registry,
+        router,
+        inbox,
+        port_limits,
+        config,
+    )
+    .await;
     if result.is_err() {
         // This core never serves: the others must neither keep running nor wait for it.
         shutdown.trigger();
@@ -227,6 +287,7 @@ async fn serve_core(
     registry: Arc<Registry>,
     router: Router,
     inbox: Inbox,
+    port_limits: PortLimits,
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let schemas = registry.attach_core();
@@ -309,33 +370,45 @@ async fn serve_core(
             max_connections: config.runtime.max_connections_per_core,
             max_header_bytes: config.runtime.max_header_bytes,
             idle_timeout: config.runtime.http_idle_timeout,
+            header_read_timeout: config.runtime.http_header_read_timeout,
+            body_stall_timeout: config.runtime.http_body_stall_timeout,
         },
         node.http_counters.clone(),
     );
     let accept_loops = listeners.into_iter().map(|(name, listener)| {
-        let handler = match name {
-            "ingress" => ingress::handler(ingress_context.clone()),
-            "meta" => auth::require_token(
-                meta::handler(meta_context.clone()),
-                auth::Token::new(&config.meta.auth_token),
-                meta::needs_no_token,
-                meta::unauthenticated,
+        let (handler, port) = match name {
+            "ingress" => (
+                ingress::handler(ingress_context.clone()),
+                port_limits.ingress.clone(),
             ),
-            _ => auth::require_token(
-                storage_api::handler(storage_api::Context {
-                    storage: node.storage.clone(),
-                    partitions: config.worker.partitions,
-                    config: config.worker.storage_grpc.clone(),
-                }),
-                auth::Token::new(&config.worker.storage_grpc.auth_token),
-                |_, _| false,
-                crate::grpc::unauthenticated,
+            "meta" => (
+                auth::require_token(
+                    meta::handler(meta_context.clone()),
+                    auth::Token::new(&config.meta.auth_token),
+                    meta::needs_no_token,
+                    meta::unauthenticated,
+                ),
+                port_limits.meta.clone(),
+            ),
+            _ => (
+                auth::require_token(
+                    storage_api::handler(storage_api::Context {
+                        storage: node.storage.clone(),
+                        partitions: config.worker.partitions,
+                        config: config.worker.storage_grpc.clone(),
+                    }),
+                    auth::Token::new(&config.worker.storage_grpc.auth_token),
+                    |_, _| false,
+                    crate::grpc::unauthenticated,
+                ),
+                port_limits.storage.clone(),
             ),
         };
         glommio::spawn_local(server::serve(
             name,
             listener,
             handler,
+            port,
             servers.clone(),
             node.shutdown.signal(),
         ))

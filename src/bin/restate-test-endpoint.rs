@@ -326,9 +326,11 @@ fn spawn_executor(
             }
             let core = CoreServers::new(
                 Limits {
-                    max_connections: 10_000,
+                    max_connections: 0,
                     max_header_bytes: 64 * 1024,
                     idle_timeout: Duration::from_secs(600),
+                    header_read_timeout: Duration::from_secs(60),
+                    body_stall_timeout: Duration::from_secs(600),
                 },
                 Arc::new(Counters::default()),
             );
@@ -336,6 +338,7 @@ fn spawn_executor(
                 "endpoint",
                 listener,
                 handler,
+                server::PortLimit::new(10_000),
                 core,
                 Shutdown::new().signal(),
             )

@@ -1,9 +1,10 @@
-//! Adapts glommio's `futures` IO to hyper's IO traits, recording activity for the idle timeout.
+//! Adapts glommio's `futures` IO to hyper's IO traits, recording activity for the connection's
+//! watchdog (idle and header read timeouts).
 
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -11,33 +12,93 @@ use futures_lite::{AsyncRead, AsyncWrite};
 /// Most bytes one read asks for.
 const MAX_READ_BYTES: usize = 64 * 1024;
 
-/// What the idle watchdog of a connection looks at.
-#[derive(Debug)]
+/// What the watchdog of a connection looks at: requests in flight, when the connection went idle, and
+/// whether bytes of a next request have arrived since.
 pub struct Activity {
+    /// When the connection last had no request in flight (opened, or its last request answered).
+    idle_since: Cell<Instant>,
+    /// The first byte received since the connection went idle: a request head (or HTTP/2 frames) is
+    /// on its way and must complete within the header read timeout.
+    head_started: Cell<Option<Instant>>,
     /// When bytes last arrived.
     last_read: Cell<Instant>,
     /// Requests being handled right now: a connection waiting on a response is not idle.
     in_flight: Cell<usize>,
+    /// The watchdog waiting for a change of state.
+    waiter: Cell<Option<Waker>>,
+}
+
+/// Where a connection stands, for its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// At least one request is being handled.
+    Busy,
+    /// Nothing in flight and nothing received since `since`.
+    Idle { since: Instant },
+    /// Nothing in flight, but bytes of a next request arrived from `since` on.
+    ReadingHead { since: Instant },
 }
 
 impl Activity {
-    /// A fresh connection counts as active now.
+    /// A fresh connection is idle from now.
     pub fn new() -> Rc<Self> {
         Rc::new(Self {
+            idle_since: Cell::new(Instant::now()),
             last_read: Cell::new(Instant::now()),
+            head_started: Cell::new(None),
             in_flight: Cell::new(0),
+            waiter: Cell::new(None),
         })
     }
 
     /// Marks a request in flight until the guard drops.
     pub fn enter(self: &Rc<Self>) -> InFlight {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.head_started.set(None);
         InFlight(self.clone())
     }
 
-    /// When the connection counts as idle from, or `None` while a request is in flight.
-    pub fn idle_since(&self) -> Option<Instant> {
-        (self.in_flight.get() == 0).then(|| self.last_read.get())
+    /// The connection's state now.
+    pub fn state(&self) -> State {
+        match (self.in_flight.get(), self.head_started.get()) {
+            (0, Some(since)) => State::ReadingHead { since },
+            (0, None) => State::Idle {
+                since: self.idle_since.get(),
+            },
+            _ => State::Busy,
+        }
+    }
+
+    /// When bytes last arrived (a quiet connection is idle even in the middle of a request head).
+    pub fn last_read(&self) -> Instant {
+        self.last_read.get()
+    }
+
+    /// Completes at the next change of [`Activity::state`] (the watchdog re-reads it then).
+    pub fn changed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let before = self.state();
+        std::future::poll_fn(move |cx| {
+            if self.state() != before {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+    }
+
+    fn on_read(&self) {
+        self.last_read.set(Instant::now());
+        if self.in_flight.get() == 0 && self.head_started.get().is_none() {
+            self.head_started.set(Some(Instant::now()));
+            self.wake();
+        }
     }
 }
 
@@ -46,9 +107,14 @@ pub struct InFlight(Rc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.set(self.0.in_flight.get() - 1);
-        // A finished request restarts the idle clock.
-        self.0.last_read.set(Instant::now());
+        let activity = &self.0;
+        activity.in_flight.set(activity.in_flight.get() - 1);
+        if activity.in_flight.get() == 0 {
+            // A finished request restarts the idle clock.
+            activity.idle_since.set(Instant::now());
+            activity.head_started.set(None);
+            activity.wake();
+        }
     }
 }
 
@@ -84,7 +150,7 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for Io<T> {
         match Pin::new(&mut self.inner).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.activity.last_read.set(Instant::now());
+                    self.activity.on_read();
                 }
                 unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))

@@ -7,8 +7,10 @@
 
 pub mod allow;
 pub mod auth;
+pub mod body;
 pub mod client;
 mod io;
+pub mod limits;
 pub mod server;
 pub mod timer;
 

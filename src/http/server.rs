@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use glommio::sync::Gate;
 use hyper::body::Incoming;
 use hyper_util::server::conn::auto;
 
-use super::io::Activity;
+use super::body::StallLimit;
+use super::io::{Activity, State};
 use super::{Body, Io, LocalExec};
 use crate::shutdown::Signal;
 
@@ -26,12 +27,59 @@ pub type Handler =
 /// Limits every connection of a core obeys (from `runtime.*` config).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Open connections this core accepts over all its servers.
+    /// Open connections this core accepts over all its servers (deprecated
+    /// `runtime.max_connections_per_core`); 0 = no such cap, only the per-port [`PortLimit`]s.
     pub max_connections: usize,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: usize,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
+    /// A request head must be complete this long after its first byte.
+    pub header_read_timeout: Duration,
+    /// A request body delivering nothing for this long fails (see [`super::body`]).
+    pub body_stall_timeout: Duration,
+}
+
+/// The connection limit of one port, shared by the accept loops of every core (per process).
+#[derive(Debug)]
+pub struct PortLimit {
+    /// Most connections open at once on this port.
+    pub max: usize,
+    open: AtomicUsize,
+}
+
+impl PortLimit {
+    /// A limit of `max` connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Connections open on this port right now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot, or `None` when the port is full.
+    fn acquire(self: &Arc<Self>) -> Option<PortSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PortSlot(self.clone()))
+    }
+}
+
+/// One open connection of a port; frees its slot when dropped.
+struct PortSlot(Arc<PortLimit>);
+
+impl Drop for PortSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Per-core state shared by the servers of one core.
@@ -51,8 +99,10 @@ pub struct CoreServers {
 pub struct Counters {
     /// Connections accepted, all cores and servers.
     pub connections_accepted: AtomicU64,
-    /// Connections refused because a core was at `max_connections_per_core`.
+    /// Connections refused because their port (or a core) was at its connection limit.
     pub connections_refused: AtomicU64,
+    /// Connections closed because a request head was not complete within the header read timeout.
+    pub header_timeouts: AtomicU64,
     /// Connections that ended with a protocol or IO error (garbage, resets).
     pub connection_errors: AtomicU64,
 }
@@ -81,10 +131,12 @@ impl CoreServers {
 }
 
 /// Accepts connections until shutdown; each connection runs as its own task through the core's gate.
+/// `port` is shared with the same server's accept loops on the other cores.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     handler: Handler,
+    port: Arc<PortLimit>,
     core: Rc<CoreServers>,
     shutdown: Signal,
 ) {
@@ -110,14 +162,22 @@ pub async fn serve(
                 continue;
             }
         };
-        if core.open.get() >= core.limits.max_connections {
-            core.counters
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            log::debug!(server = name; "connection refused: core at max_connections_per_core");
-            drop(stream);
-            continue;
-        }
+        let core_full =
+            core.limits.max_connections > 0 && core.open.get() >= core.limits.max_connections;
+        let slot = match port.acquire() {
+            Some(slot) if !core_full => slot,
+            _ => {
+                core.counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    server = name, open = port.open(), max = port.max;
+                    "connection refused: port at its connection limit"
+                );
+                drop(stream);
+                continue;
+            }
+        };
         core.counters
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
@@ -130,10 +190,14 @@ pub async fn serve(
             core.clone(),
             shutdown.clone(),
         );
+        let task = async move {
+            task.await;
+            drop(slot);
+        };
         if let Ok(task) = core.gate.spawn(task) {
             task.detach();
         } else {
-            // The gate is closing: we are shutting down.
+            // The gate is closing: we are shutting down (the dropped task freed the port slot).
             core.open.set(core.open.get() - 1);
             break;
         }
@@ -152,8 +216,10 @@ async fn serve_connection(
     let io = Io::new(stream, activity.clone());
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |request| {
+        let stall = StallLimit(core.limits.body_stall_timeout);
+        hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             let in_flight = activity.enter();
+            request.extensions_mut().insert(stall);
             let response = handler(request);
             async move {
                 let response = response.await;
@@ -172,11 +238,26 @@ async fn serve_connection(
         .max_header_list_size(core.limits.max_header_bytes as u32)
         .max_concurrent_streams(1024);
     let mut connection = pin!(builder.serve_connection(io, service));
-    let idle = pin!(idle_watchdog(activity, core.limits.idle_timeout));
-    let result = match select(connection.as_mut(), select(idle, shutdown)).await {
+    let watchdog = pin!(watchdog(activity, &core.limits));
+    let result = match select(connection.as_mut(), select(watchdog, shutdown)).await {
         Either::Left((result, _)) => result,
-        Either::Right((Either::Left(_), _)) => {
+        Either::Right((Either::Left((Expired::Idle, _)), _)) => {
             log::debug!(server = name; "closing idle connection");
+            Ok(())
+        }
+        Either::Right((Either::Left((Expired::HeaderRead, _)), _)) => {
+            core.counters
+                .header_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!(server = name; "closing connection: request head not complete in time");
+            // HTTP/2 gets a GOAWAY; a client that does not even read that is dropped soon after.
+            connection.as_mut().graceful_shutdown();
+            let linger = core.limits.header_read_timeout.min(GOAWAY_LINGER);
+            let _ = glommio::timer::timeout(linger, async {
+                let _ = connection.await;
+                Ok(())
+            })
+            .await;
             Ok(())
         }
         Either::Right((Either::Right(_), _)) => {
@@ -194,16 +275,45 @@ async fn serve_connection(
     core.open.set(core.open.get() - 1);
 }
 
-/// Completes once the connection has had nothing in flight and received nothing for `timeout`.
-async fn idle_watchdog(activity: Rc<Activity>, timeout: Duration) {
+/// How long a connection closed for a slow request head may take to receive its GOAWAY.
+const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// Why the watchdog ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// Nothing in flight and nothing received for the idle timeout.
+    Idle,
+    /// Bytes of a request arrived, but no complete head within the header read timeout.
+    HeaderRead,
+}
+
+/// Completes when the connection has received nothing for the idle timeout with no request in flight,
+/// or has been receiving a request head (HTTP/2: frames without a request) for the header read timeout. Requests in flight are
+/// bounded elsewhere (body stall timeout, the handlers' own deadlines).
+async fn watchdog(activity: Rc<Activity>, limits: &Limits) -> Expired {
     loop {
-        let wait = match activity.idle_since() {
-            Some(since) => match timeout.checked_sub(since.elapsed()) {
-                Some(left) => left,
-                None => return,
-            },
-            None => timeout,
+        let (deadline, expired) = match activity.state() {
+            State::Busy => {
+                activity.changed().await;
+                continue;
+            }
+            State::Idle { since } => (since + limits.idle_timeout, Expired::Idle),
+            State::ReadingHead { since } => {
+                let head = since + limits.header_read_timeout;
+                let quiet = activity.last_read() + limits.idle_timeout;
+                if quiet < head {
+                    (quiet, Expired::Idle)
+                } else {
+                    (head, Expired::HeaderRead)
+                }
+            }
         };
-        glommio::timer::sleep(wait.max(Duration::from_millis(10))).await;
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            return expired;
+        };
+        let sleep = pin!(glommio::timer::sleep(left));
+        let changed = pin!(activity.changed());
+        // Either way the loop re-reads the state: past the deadline with no change, it expires.
+        let _ = select(sleep, changed).await;
     }
 }

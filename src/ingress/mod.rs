@@ -21,6 +21,7 @@ pub mod codec;
 
 use crate::config;
 use crate::grpc::{connect_error, trailers_only, Code};
+use crate::http::body::BodyError;
 use crate::http::server::Handler;
 use crate::http::{full, Body, BoxError};
 use crate::partition::processor::{Ack, Command, Failure, NewInvocation, Outcome, Processor};
@@ -242,7 +243,9 @@ async fn await_outcome(
     }
 }
 
-/// The request body, at most `max_message_size` (plus the gRPC frame header).
+/// The request body, at most `max_message_size` (plus the gRPC frame header). A gRPC frame declaring
+/// more is refused as soon as its 5-byte header arrives; a body that stalls fails after
+/// `runtime.http_body_stall_timeout`.
 async fn read_body(
     ctx: &Context,
     protocol: Protocol,
@@ -250,22 +253,42 @@ async fn read_body(
 ) -> Result<Bytes, CallError> {
     let limit = ctx.config.max_message_size;
     let framing = if protocol == Protocol::Grpc { 5 } else { 0 };
-    let collected = http_body_util::Limited::new(request.into_body(), limit + framing)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                CallError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "message larger than worker.ingress_grpc.max_message_size ({limit} bytes)"
-                    ),
-                )
-            } else {
-                CallError::new(Code::Cancelled, format!("cannot read the request: {e}"))
+    let too_large = |size: String| {
+        CallError::new(
+            Code::ResourceExhausted,
+            format!(
+                "message of {size} larger than worker.ingress_grpc.max_message_size ({limit} bytes)"
+            ),
+        )
+    };
+    let mut body = crate::http::body::guarded(request);
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(body_error)?.into_data() else {
+            continue; // trailers
+        };
+        if buffer.len() + data.len() > limit + framing {
+            return Err(too_large("more bytes".to_owned()));
+        }
+        buffer.extend_from_slice(&data);
+        if framing > 0 && buffer.len() >= framing {
+            let declared = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]);
+            if declared as usize > limit {
+                return Err(too_large(format!("{declared} bytes (gRPC frame header)")));
             }
-        })?;
-    Ok(collected.to_bytes())
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+/// The call error for a request body that could not be read.
+fn body_error(e: BodyError) -> CallError {
+    let code = match e {
+        BodyError::Stalled(_) => Code::DeadlineExceeded,
+        BodyError::Malformed(_) => Code::InvalidArgument,
+        BodyError::Aborted(_) => Code::Cancelled,
+    };
+    CallError::new(code, format!("cannot read the request: {e}"))
 }
 
 /// The invocation for a call: key from the service's key rules (random for unkeyed services), id

@@ -329,7 +329,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     request: http::Request<Incoming>,
 ) -> Result<T> {
     let limit = ctx.config.max_request_bytes;
-    let body = http_body_util::Limited::new(request.into_body(), limit)
+    let body = http_body_util::Limited::new(crate::http::body::guarded(request), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -339,6 +339,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(
                     "META0005",
                     format!("request body larger than meta.max_request_bytes ({limit})"),
                 )
+            } else if let Some(stalled @ crate::http::body::BodyError::Stalled(_)) =
+                e.downcast_ref()
+            {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "META0005", stalled.to_string())
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }

@@ -219,7 +219,7 @@ async fn scan(
 
 /// The one gRPC message of the request, at most `limit` bytes.
 async fn read_message(limit: usize, request: http::Request<Incoming>) -> Result<Bytes, Error> {
-    let body = http_body_util::Limited::new(request.into_body(), limit + 5)
+    let body = http_body_util::Limited::new(crate::http::body::guarded(request), limit + 5)
         .collect()
         .await
         .map_err(|e| {
