@@ -118,6 +118,44 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request in flight until it is sent (or dropped): a connection
+/// streaming a long response is busy, not idle, whatever the client sends meanwhile (HTTP/2 window
+/// updates would otherwise look like the start of a next request head).
+pub struct InFlightBody<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> InFlightBody<B> {
+    /// Holds `in_flight` as long as `inner` lives.
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// hyper IO over any `futures` stream (glommio's `TcpStream`).
 pub struct Io<T> {
     inner: T,

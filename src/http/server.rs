@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::server::conn::auto;
 
 use super::body::StallLimit;
-use super::io::{Activity, State};
+use super::io::{Activity, InFlightBody, State};
 use super::{Body, Io, LocalExec};
 use crate::shutdown::Signal;
 
@@ -223,8 +223,7 @@ async fn serve_connection(
             let response = handler(request);
             async move {
                 let response = response.await;
-                drop(in_flight);
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
             }
         })
     };
