@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use crate::http::server::Counters;
+use crate::http::server::{Counters, PortLimits};
 use crate::shutdown::Shutdown;
 use crate::storage::Storage;
 
@@ -22,6 +22,8 @@ pub struct NodeState {
     pub shutdown: Shutdown,
     /// HTTP counters of all servers.
     pub http_counters: Arc<Counters>,
+    /// The connection limit of each port (all cores together).
+    pub port_limits: PortLimits,
     /// Discoveries in flight on the node (`meta.max_concurrent_discoveries`).
     pub discoveries: Arc<crate::meta::DiscoverySlots>,
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::http::allow::AllowList;
 use crate::http::auth;
 use crate::http::limits::{self, ConnectionLimits};
-use crate::http::server::{self, CoreServers, Counters, Limits, PortLimit};
+use crate::http::server::{self, CoreServers, Counters, Limits, PortLimit, PortLimits};
 use crate::invoker::Invoker;
 use crate::node::NodeState;
 use crate::partition::processor::Processor;
@@ -97,7 +97,6 @@ pub fn run(config: Config) -> Result<(), Error> {
         path = rocksdb.path.display().to_string(), sync_writes = rocksdb.sync_writes;
         "storage open"
     );
-    let port_limits = PortLimits::new(&config);
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone())?;
     let node = NodeState {
@@ -107,6 +106,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         storage: storage.handle(),
         shutdown: shutdown.clone(),
         http_counters: Arc::new(Counters::default()),
+        port_limits: port_limits(&config),
         discoveries: meta::DiscoverySlots::new(config.meta.max_concurrent_discoveries),
     };
     for warning in config.exposure_warnings() {
@@ -135,21 +135,10 @@ pub fn run(config: Config) -> Result<(), Error> {
                 let registry = registry.clone();
                 let router = router.clone();
                 let ports = ports.clone();
-                let port_limits = port_limits.clone();
                 let inbox = inboxes.lock().unwrap_or_else(|e| e.into_inner())[core].take();
                 async move {
                     let inbox = inbox.expect("one inbox per core");
-                    run_core(
-                        core,
-                        ports,
-                        node,
-                        registry,
-                        router,
-                        inbox,
-                        port_limits,
-                        config,
-                    )
-                    .await
+                    run_core(core, ports, node, registry, router, inbox, config).await
                 }
             })
     };
@@ -212,39 +201,29 @@ fn preflight(config: &Config, cores: usize) -> Result<PortClaims, Error> {
     Ok(PortClaims::acquire(&ports, cores)?)
 }
 
-/// The connection limit of each port, shared by all cores.
-#[derive(Clone)]
-struct PortLimits {
-    ingress: Arc<PortLimit>,
-    meta: Arc<PortLimit>,
-    storage: Arc<PortLimit>,
-}
-
-impl PortLimits {
-    /// The configured limits, fitted to `RLIMIT_NOFILE` (see [`limits`]).
-    fn new(config: &Config) -> PortLimits {
-        if config.runtime.max_connections_per_core > 0 {
-            log::warn!(
-                "runtime.max_connections_per_core is deprecated: each port has its own limit now \
-                 (worker.ingress_grpc.max_connections, meta.max_connections, \
-                 worker.storage_grpc.max_connections); the per-core cap of {} over all ports still \
-                 applies, so a flood on one port can lock out the others",
-                config.runtime.max_connections_per_core
-            );
-        }
-        let fitted = limits::fit_to_nofile(
-            ConnectionLimits {
-                ingress: config.worker.ingress_grpc.max_connections,
-                meta: config.meta.max_connections,
-                storage: config.worker.storage_grpc.max_connections,
-            },
-            config.runtime.file_descriptor_reserve,
+/// The configured connection limits of the three ports, fitted to `RLIMIT_NOFILE` (see [`limits`]).
+fn port_limits(config: &Config) -> PortLimits {
+    if config.runtime.max_connections_per_core > 0 {
+        log::warn!(
+            "runtime.max_connections_per_core is deprecated: each port has its own limit now \
+             (worker.ingress_grpc.max_connections, meta.max_connections, \
+             worker.storage_grpc.max_connections); the per-core cap of {} over all ports still \
+             applies, so a flood on one port can lock out the others",
+            config.runtime.max_connections_per_core
         );
-        PortLimits {
-            ingress: PortLimit::new(fitted.ingress),
-            meta: PortLimit::new(fitted.meta),
-            storage: PortLimit::new(fitted.storage),
-        }
+    }
+    let fitted = limits::fit_to_nofile(
+        ConnectionLimits {
+            ingress: config.worker.ingress_grpc.max_connections,
+            meta: config.meta.max_connections,
+            storage: config.worker.storage_grpc.max_connections,
+        },
+        config.runtime.file_descriptor_reserve,
+    );
+    PortLimits {
+        ingress: PortLimit::new(fitted.ingress),
+        meta: PortLimit::new(fitted.meta),
+        storage: PortLimit::new(fitted.storage),
     }
 }
 
@@ -255,22 +234,11 @@ async fn run_core(
     registry: Arc<Registry>,
     router: Router,
     inbox: Inbox,
-    port_limits: PortLimits,
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let draining = node.draining_cores.clone();
     let shutdown = node.shutdown.clone();
-    let result = serve_core(
-        core,
-        ports,
-        node,
-        registry,
-        router,
-        inbox,
-        port_limits,
-        config,
-    )
-    .await;
+    let result = serve_core(core, ports, node, registry, router, inbox, config).await;
     if result.is_err() {
         // This core never serves: the others must neither keep running nor wait for it.
         shutdown.trigger();
@@ -287,7 +255,6 @@ async fn serve_core(
     registry: Arc<Registry>,
     router: Router,
     inbox: Inbox,
-    port_limits: PortLimits,
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let schemas = registry.attach_core();
@@ -379,7 +346,7 @@ async fn serve_core(
         let (handler, port) = match name {
             "ingress" => (
                 ingress::handler(ingress_context.clone()),
-                port_limits.ingress.clone(),
+                node.port_limits.ingress.clone(),
             ),
             "meta" => (
                 auth::require_token(
@@ -388,7 +355,7 @@ async fn serve_core(
                     meta::needs_no_token,
                     meta::unauthenticated,
                 ),
-                port_limits.meta.clone(),
+                node.port_limits.meta.clone(),
             ),
             _ => (
                 auth::require_token(
@@ -401,7 +368,7 @@ async fn serve_core(
                     |_, _| false,
                     crate::grpc::unauthenticated,
                 ),
-                port_limits.storage.clone(),
+                node.port_limits.storage.clone(),
             ),
         };
         glommio::spawn_local(server::serve(

@@ -73,6 +73,17 @@ impl PortLimit {
     }
 }
 
+/// The connection limits of the three ports of a node, shared by all cores.
+#[derive(Debug, Clone)]
+pub struct PortLimits {
+    /// `worker.ingress_grpc.max_connections` (as fitted at start).
+    pub ingress: Arc<PortLimit>,
+    /// `meta.max_connections`.
+    pub meta: Arc<PortLimit>,
+    /// `worker.storage_grpc.max_connections`.
+    pub storage: Arc<PortLimit>,
+}
+
 /// One open connection of a port; frees its slot when dropped.
 struct PortSlot(Arc<PortLimit>);
 
