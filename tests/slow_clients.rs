@@ -75,6 +75,11 @@ fn slow_request_headers_are_cut_off_after_the_header_read_timeout() {
     );
     let (status, _) = http1_request(server.meta, "GET", "/health", &[], b"").unwrap();
     assert_eq!(status, 200);
+    let (_, metrics) = http1_request(server.meta, "GET", "/metrics", &[], b"").unwrap();
+    assert!(
+        metrics.contains("restate_http_header_timeouts_total 2\n"),
+        "{metrics}"
+    );
 }
 
 /// Sends one h2 request whose body is `sent` and then stays open; returns the response's status, its
@@ -265,7 +270,8 @@ fn meta_answers_while_ingress_is_at_its_connection_limit() {
     }
     let (_, metrics) = http1_request(server.meta, "GET", "/metrics", &[], b"").unwrap();
     assert!(
-        metrics.contains("restate_http_connections_refused_total"),
+        metrics.contains("restate_http_connections_refused_total 20\n")
+            && metrics.contains("restate_http_open_connections{port=\"ingress\"} 20\n"),
         "{metrics}"
     );
     drop(flood);

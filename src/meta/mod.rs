@@ -568,7 +568,7 @@ fn health(node: &NodeState) -> http::Response<Body> {
 fn metrics(node: &NodeState) -> http::Response<Body> {
     let storage = node.storage.stats().snapshot();
     let http = &node.http_counters;
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "restate_storage_write_requests_total",
             "Write requests acknowledged by the storage thread.",
@@ -596,13 +596,18 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
         ),
         (
             "restate_http_connections_refused_total",
-            "Connections closed because a core was at its connection limit.",
+            "Connections closed because their port (or a core) was at its connection limit.",
             http.connections_refused.load(Ordering::Relaxed),
         ),
         (
             "restate_http_connection_errors_total",
             "Connections that ended with a protocol or IO error.",
             http.connection_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "restate_http_header_timeouts_total",
+            "Connections closed because a request head was not complete in runtime.http_header_read_timeout.",
+            http.header_timeouts.load(Ordering::Relaxed),
         ),
     ];
     let mut text = String::new();
@@ -615,6 +620,21 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
         "# HELP restate_cores Executors (one per core).\n# TYPE restate_cores gauge\nrestate_cores {}\n",
         node.cores
     ));
+    text.push_str(
+        "# HELP restate_http_open_connections Connections open on a port, all cores.\n\
+         # TYPE restate_http_open_connections gauge\n",
+    );
+    let limits = &node.port_limits;
+    for (port, limit) in [
+        ("ingress", &limits.ingress),
+        ("meta", &limits.meta),
+        ("storage", &limits.storage),
+    ] {
+        text.push_str(&format!(
+            "restate_http_open_connections{{port=\"{port}\"}} {}\n",
+            limit.open()
+        ));
+    }
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(full(text))
