@@ -245,6 +245,10 @@ pub struct Invoker {
     /// Once only the response side is open, an attempt silent for this long is aborted (and retried).
     #[serde(with = "humantime_serde")]
     pub abort_timeout: Duration,
+    /// An attempt that waited this long for one of the core's `concurrency_limit` slots is logged at
+    /// WARN (at most one line per 10 s per core).
+    #[serde(with = "humantime_serde")]
+    pub slot_wait_warn_after: Duration,
     /// The instance's whole state is sent with Start when it is at most this many bytes; else none is
     /// sent and the state is marked partial (the SDK asks for each key).
     pub eager_state_size_limit: usize,
@@ -272,6 +276,7 @@ impl Default for Invoker {
             retry_policy: RetryPolicy::default(),
             inactivity_timeout: Duration::from_secs(60),
             abort_timeout: Duration::from_secs(60),
+            slot_wait_warn_after: Duration::from_secs(10),
             eager_state_size_limit: 64 * 1024,
             message_size_limit: 32 << 20,
             concurrency_limit: 1000,
@@ -304,6 +309,23 @@ pub struct Worker {
     pub timers: Timers,
     /// The per-key inboxes of invocations waiting for their key.
     pub inbox: Inbox,
+    /// Shipping messages (calls, responses, awakeable results) between partitions.
+    pub outbox: Outbox,
+}
+
+/// Shipping outbox messages between partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbox {
+    /// Messages one core keeps in flight to other partitions at once (one per pair of producing and
+    /// target partition, in order); the rest wait in the outbox table and in memory.
+    pub max_in_flight: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self { max_in_flight: 64 }
+    }
 }
 
 /// Bounds of the per-key inboxes (invocations waiting while their key is busy).
@@ -359,6 +381,7 @@ impl Default for Worker {
             invoker: Invoker::default(),
             timers: Timers::default(),
             inbox: Inbox::default(),
+            outbox: Outbox::default(),
         }
     }
 }
@@ -566,6 +589,10 @@ impl Config {
     /// Checks values that parse but make no sense.
     fn validate(&self) -> Result<(), Error> {
         let positive: &[(&str, usize)] = &[
+            (
+                "worker.outbox.max_in_flight",
+                self.worker.outbox.max_in_flight,
+            ),
             (
                 "meta.max_concurrent_discoveries",
                 self.meta.max_concurrent_discoveries,

@@ -1,6 +1,6 @@
 //! Handles the runtime gives every server of every core: what a request handler may look at.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use crate::http::server::{Counters, PortLimits};
@@ -24,6 +24,30 @@ pub struct NodeState {
     pub http_counters: Arc<Counters>,
     /// The connection limit of each port (all cores together).
     pub port_limits: PortLimits,
+    /// Each core's figures for /metrics (index = core).
+    pub gauges: Arc<Vec<Arc<CoreGauges>>>,
     /// Discoveries in flight on the node (`meta.max_concurrent_discoveries`).
     pub discoveries: Arc<crate::meta::DiscoverySlots>,
+}
+
+/// One core's figures for `/metrics`: the invoker's are live, the partition's are sampled every second
+/// by the core (`runtime::sample_gauges`). Relaxed atomics: each is written by its core only.
+#[derive(Debug, Default)]
+pub struct CoreGauges {
+    /// Attempts holding one of the core's invoker slots.
+    pub attempts_running: AtomicU64,
+    /// Attempts waiting for a slot.
+    pub attempts_waiting_for_slot: AtomicU64,
+    /// How long the longest current wait for a slot has lasted, in milliseconds (sampled).
+    pub longest_slot_wait_ms: AtomicU64,
+    /// Attempts told to suspend because others waited for a slot (a counter).
+    pub preemptions: AtomicU64,
+    /// Invocations held by the core's partitions, running or suspended (sampled).
+    pub invocations: AtomicU64,
+    /// Of those, the suspended ones (sampled).
+    pub suspended: AtomicU64,
+    /// Invocations waiting in the core's inboxes (sampled).
+    pub inbox_queued: AtomicU64,
+    /// Outbox messages waiting to be shipped (sampled).
+    pub outbox_backlog: AtomicU64,
 }

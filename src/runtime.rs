@@ -17,7 +17,7 @@ use crate::http::auth;
 use crate::http::limits::{self, ConnectionLimits};
 use crate::http::server::{self, CoreServers, Counters, Limits, PortLimit, PortLimits};
 use crate::invoker::Invoker;
-use crate::node::NodeState;
+use crate::node::{CoreGauges, NodeState};
 use crate::partition::processor::Processor;
 use crate::partition::router::{Inbox, Router};
 use crate::schema::registry::Registry;
@@ -108,6 +108,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         http_counters: Arc::new(Counters::default()),
         port_limits: port_limits(&config),
         discoveries: meta::DiscoverySlots::new(config.meta.max_concurrent_discoveries),
+        gauges: Arc::new(
+            (0..config.runtime.cores)
+                .map(|_| Arc::new(CoreGauges::default()))
+                .collect(),
+        ),
     };
     for warning in config.exposure_warnings() {
         log::warn!("{warning}");
@@ -269,7 +274,14 @@ async fn serve_core(
         .map_err(|e| Error::Tls(format!("worker.invoker.tls_ca_file: {e}")))?;
     let allow =
         Arc::new(AllowList::parse(&config.meta.allowed_endpoints).map_err(Error::AllowList)?);
-    Invoker::new(&config.worker.invoker, invoker_tls, allow.clone()).install(&processor);
+    let gauges = node.gauges[core].clone();
+    let invoker = Invoker::new(
+        &config.worker.invoker,
+        invoker_tls,
+        allow.clone(),
+        gauges.clone(),
+    );
+    invoker.install(&processor);
     let resumed = processor.recover().await?;
     let (queued, queued_argument_bytes) = processor.inbox_usage();
     log::info!(
@@ -277,6 +289,7 @@ async fn serve_core(
         "partitions recovered"
     );
     glommio::spawn_local(inbox.run(processor.clone())).detach();
+    glommio::spawn_local(sample_gauges(processor.clone(), invoker, gauges)).detach();
     glommio::spawn_local(purge_idempotency(
         processor.clone(),
         config.worker.ingress_grpc.idempotency_retention,
@@ -441,6 +454,24 @@ async fn drain(core: usize, servers: &Rc<CoreServers>, draining: &AtomicUsize, g
     draining.fetch_sub(1, Ordering::SeqCst);
     while draining.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies the core's partition figures into its gauges once a second (for /metrics).
+async fn sample_gauges(processor: Processor, invoker: Rc<Invoker>, gauges: Arc<CoreGauges>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let (invocations, suspended) = processor.invocation_counts();
+        let (queued, _) = processor.inbox_usage();
+        let (backlog, _) = processor.outbox_usage();
+        gauges.invocations.store(invocations as u64, Relaxed);
+        gauges.suspended.store(suspended as u64, Relaxed);
+        gauges.inbox_queued.store(queued as u64, Relaxed);
+        gauges.outbox_backlog.store(backlog as u64, Relaxed);
+        gauges
+            .longest_slot_wait_ms
+            .store(invoker.longest_slot_wait_ms(), Relaxed);
+        glommio::timer::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -6,12 +6,13 @@
 //! is appended durably by the partition processor before anything depends on it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::future::{select, Either};
 use futures::StreamExt;
 use http_body_util::BodyExt;
@@ -30,6 +31,10 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{self, types, Decoder, Frame, Kind, FLAG_COMPLETED, FLAG_PARTIAL_STATE};
 use crate::schema::ProtocolMode;
+
+mod slots;
+
+use slots::Slots;
 
 /// Why an attempt failed.
 #[derive(Debug, Clone)]
@@ -79,9 +84,70 @@ pub struct Invoker {
     tls: Arc<rustls::ClientConfig>,
     /// Open connections per endpoint address, each with the attempts streaming on it.
     connections: RefCell<HashMap<String, Vec<Pooled>>>,
-    slots: Rc<async_lock::Semaphore>,
+    slots: Slots,
     /// `meta.allowed_endpoints`, checked on every new connection.
     allow: Arc<AllowList>,
+    /// Bidi attempts whose request side is open, by when they were last active (a frame from the
+    /// endpoint or a completion to it). While attempts wait for a slot, the longest idle is told to
+    /// close its request side at once, as its inactivity timeout would later: an attempt that only waits
+    /// (on a call, a timer, an awakeable) then suspends and frees its slot for runnable work.
+    idle: RefCell<BTreeMap<(Instant, u64), oneshot::Sender<()>>>,
+    /// Numbers attempts and slot waits (a tie-breaker for equal instants).
+    sequence: Cell<u64>,
+    /// Attempts waiting for a slot, by when they began to wait.
+    slot_waiters: RefCell<BTreeSet<(Instant, u64)>>,
+    /// Limits the WARN lines about long slot waits.
+    slow_slots: crate::logging::RateLimit,
+    /// This core's figures for /metrics.
+    gauges: Arc<crate::node::CoreGauges>,
+}
+
+/// A concurrency slot held by an attempt (counted in the gauges while held); released on drop.
+struct Slot<'a> {
+    slots: &'a Slots,
+    gauges: &'a crate::node::CoreGauges,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.gauges.attempts_running.fetch_sub(1, Ordering::Relaxed);
+        self.slots.release();
+    }
+}
+
+/// An attempt's place in [`Invoker::idle`], removed when the attempt's request side closes or it ends.
+struct IdleEntry<'a> {
+    idle: &'a RefCell<BTreeMap<(Instant, u64), oneshot::Sender<()>>>,
+    key: Option<(Instant, u64)>,
+}
+
+impl IdleEntry<'_> {
+    /// The attempt was active now: it moves to the back of the line.
+    fn touch(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut idle = self.idle.borrow_mut();
+        match idle.remove(&key) {
+            Some(preempt) => {
+                let now = (Instant::now(), key.1);
+                idle.insert(now, preempt);
+                self.key = Some(now);
+            }
+            None => self.key = None, // already told to suspend
+        }
+    }
+
+    fn forget(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.idle.borrow_mut().remove(&key);
+        }
+    }
+}
+
+impl Drop for IdleEntry<'_> {
+    fn drop(&mut self) {
+        self.forget();
+    }
 }
 
 impl Invoker {
@@ -90,15 +156,88 @@ impl Invoker {
         config: &config::Invoker,
         tls: Arc<rustls::ClientConfig>,
         allow: Arc<AllowList>,
+        gauges: Arc<crate::node::CoreGauges>,
     ) -> Rc<Invoker> {
         Rc::new(Invoker {
             config: config.clone(),
             proxy: config::Config::effective_proxy(&config.proxy_uri),
             tls,
             connections: RefCell::new(HashMap::new()),
-            slots: Rc::new(async_lock::Semaphore::new(config.concurrency_limit)),
+            slots: Slots::new(config.concurrency_limit),
             allow,
+            idle: RefCell::new(BTreeMap::new()),
+            sequence: Cell::new(0),
+            slot_waiters: RefCell::new(BTreeSet::new()),
+            slow_slots: crate::logging::RateLimit::new(std::time::Duration::from_secs(10)),
+            gauges,
         })
+    }
+
+    fn next_sequence(&self) -> u64 {
+        let next = self.sequence.get();
+        self.sequence.set(next + 1);
+        next
+    }
+
+    /// A slot for one attempt of `service` (`worker.invoker.concurrency_limit` per core; waiters are
+    /// served round-robin by service). While none is free, the longest-idle attempt is told to
+    /// suspend, one per waiter.
+    async fn slot(&self, id: InvocationId, service: &str) -> Slot<'_> {
+        use std::sync::atomic::Ordering;
+        let mut granted = self.slots.acquire(service);
+        if !matches!(granted.try_recv(), Ok(Some(()))) {
+            let key = (Instant::now(), self.next_sequence());
+            self.slot_waiters.borrow_mut().insert(key);
+            self.gauges
+                .attempts_waiting_for_slot
+                .fetch_add(1, Ordering::Relaxed);
+            self.preempt_longest_idle();
+            // Never cancelled while the slots live: the sender is dropped only with them.
+            let _ = granted.await;
+            self.slot_waiters.borrow_mut().remove(&key);
+            self.gauges
+                .attempts_waiting_for_slot
+                .fetch_sub(1, Ordering::Relaxed);
+            self.warn_if_slow(id, key.0.elapsed());
+        }
+        self.gauges.attempts_running.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            slots: &self.slots,
+            gauges: &self.gauges,
+        }
+    }
+
+    /// Tells the attempt idle the longest to close its request side (it then suspends).
+    fn preempt_longest_idle(&self) {
+        use std::sync::atomic::Ordering;
+        let longest = self.idle.borrow_mut().pop_first();
+        if let Some((_, preempt)) = longest {
+            if preempt.send(()).is_ok() {
+                self.gauges.preemptions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn warn_if_slow(&self, id: InvocationId, waited: std::time::Duration) {
+        if waited < self.config.slot_wait_warn_after {
+            return;
+        }
+        if let Some(suppressed) = self.slow_slots.allow() {
+            log::warn!(
+                invocation = id.to_hex(), waited_ms = waited.as_millis() as u64, suppressed;
+                "an attempt waited {waited:?} for one of the core's {} slots \
+                 (worker.invoker.concurrency_limit)",
+                self.config.concurrency_limit
+            );
+        }
+    }
+
+    /// How long the longest current wait for a slot has lasted, in milliseconds.
+    pub fn longest_slot_wait_ms(&self) -> u64 {
+        let waiters = self.slot_waiters.borrow();
+        waiters
+            .first()
+            .map_or(0, |(since, _)| since.elapsed().as_millis() as u64)
     }
 
     /// Installs this invoker as the processor's driver: each started invocation runs attempts until it
@@ -119,7 +258,8 @@ impl Invoker {
                 return; // ended elsewhere (cancelled)
             }
             let end = {
-                let _slot = self.slots.acquire().await;
+                let service = processor.service_name(id).unwrap_or_default();
+                let _slot = self.slot(id, &service).await;
                 self.attempt(&processor, id, &mut target).await
             };
             match end {
@@ -404,6 +544,18 @@ impl Invoker {
         let mut decoder = Decoder::new(self.config.message_size_limit);
         let mut next_index = known_entries;
         let mut completions_open = true;
+        let mut idle = IdleEntry {
+            idle: &self.idle,
+            key: None,
+        };
+        let mut preempted = None;
+        if request_open {
+            let (preempt, told) = oneshot::channel();
+            let key = (Instant::now(), self.next_sequence());
+            self.idle.borrow_mut().insert(key, preempt);
+            idle.key = Some(key);
+            preempted = Some(told);
+        }
         loop {
             // Bidi: inactivity closes our side (the SDK then suspends); after that, silence aborts.
             let wait = if request_open {
@@ -421,13 +573,20 @@ impl Invoker {
                     }
                 };
                 let timeout = glommio::timer::sleep(wait);
-                futures::pin_mut!(frame, completion, timeout);
-                match select(select(frame, completion), timeout).await {
+                let told = async {
+                    match preempted.as_mut() {
+                        Some(told) => told.await.is_ok(),
+                        None => futures::future::pending().await,
+                    }
+                };
+                futures::pin_mut!(frame, completion, timeout, told);
+                match select(select(frame, completion), select(timeout, told)).await {
                     Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
                     Either::Left((Either::Right((completion, _)), _)) => {
                         Event::Completion(completion)
                     }
-                    Either::Right(_) => Event::Timeout,
+                    Either::Right((Either::Left(_), _)) => Event::Timeout,
+                    Either::Right((Either::Right((told, _)), _)) => Event::Preempted(told),
                 }
             };
             let frame = match event {
@@ -435,6 +594,7 @@ impl Invoker {
                     completed.insert(completion.entry_index);
                     if request_open {
                         send(&out, completion_frame(&completion));
+                        idle.touch();
                     }
                     continue;
                 }
@@ -448,6 +608,17 @@ impl Invoker {
                 Event::Timeout if request_open => {
                     request_open = false;
                     out.close_channel();
+                    idle.forget();
+                    continue;
+                }
+                Event::Preempted(told) => {
+                    // Told: others wait for a slot; the endpoint suspends once it needs a completion.
+                    preempted = None;
+                    if told && request_open {
+                        request_open = false;
+                        out.close_channel();
+                    }
+                    idle.forget();
                     continue;
                 }
                 Event::Timeout => {
@@ -456,7 +627,10 @@ impl Invoker {
                         format!("no message from the endpoint for {wait:?} (abort timeout)"),
                     ))
                 }
-                Event::Frame(frame) => frame,
+                Event::Frame(frame) => {
+                    idle.touch();
+                    frame
+                }
             };
             let data = match frame {
                 None => {
@@ -657,6 +831,8 @@ enum Event {
     Frame(Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>),
     Completion(Option<CompletionMessage>),
     Timeout,
+    /// Told to suspend (true), or the preemption channel closed (false).
+    Preempted(bool),
 }
 
 fn completion_frame(completion: &CompletionMessage) -> Frame {

@@ -565,6 +565,79 @@ fn health(node: &NodeState) -> http::Response<Body> {
 }
 
 /// Prometheus text exposition of the node's counters.
+/// The cores' invoker and partition figures, summed over cores (the longest slot wait: the maximum).
+fn core_gauges(node: &NodeState, text: &mut String) {
+    use crate::node::CoreGauges;
+    use std::sync::atomic::AtomicU64;
+    let sum = |field: fn(&CoreGauges) -> &AtomicU64| -> u64 {
+        node.gauges
+            .iter()
+            .map(|g| field(g).load(Ordering::Relaxed))
+            .sum()
+    };
+    let longest_wait_ms = node
+        .gauges
+        .iter()
+        .map(|g| g.longest_slot_wait_ms.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    let series: [(&str, &str, &str, String); 8] = [
+        (
+            "restate_invoker_attempts_running",
+            "gauge",
+            "Attempts holding an invoker slot.",
+            sum(|g| &g.attempts_running).to_string(),
+        ),
+        (
+            "restate_invoker_attempts_waiting_for_slot",
+            "gauge",
+            "Attempts waiting for an invoker slot (worker.invoker.concurrency_limit per core).",
+            sum(|g| &g.attempts_waiting_for_slot).to_string(),
+        ),
+        (
+            "restate_invoker_longest_slot_wait_seconds",
+            "gauge",
+            "How long the longest current wait for an invoker slot has lasted.",
+            format!("{:.3}", longest_wait_ms as f64 / 1000.0),
+        ),
+        (
+            "restate_invoker_preemptions_total",
+            "counter",
+            "Idle attempts told to suspend because others waited for a slot.",
+            sum(|g| &g.preemptions).to_string(),
+        ),
+        (
+            "restate_invocations",
+            "gauge",
+            "Invocations running or suspended.",
+            sum(|g| &g.invocations).to_string(),
+        ),
+        (
+            "restate_invocations_suspended",
+            "gauge",
+            "Invocations suspended.",
+            sum(|g| &g.suspended).to_string(),
+        ),
+        (
+            "restate_inbox_queued",
+            "gauge",
+            "Invocations waiting in per-key inboxes.",
+            sum(|g| &g.inbox_queued).to_string(),
+        ),
+        (
+            "restate_outbox_backlog",
+            "gauge",
+            "Outbox messages waiting to be shipped.",
+            sum(|g| &g.outbox_backlog).to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+}
+
 fn metrics(node: &NodeState) -> http::Response<Body> {
     let storage = node.storage.stats().snapshot();
     let http = &node.http_counters;
@@ -635,6 +708,7 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
             limit.open()
         ));
     }
+    core_gauges(node, &mut text);
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(full(text))

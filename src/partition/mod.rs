@@ -8,6 +8,7 @@
 
 pub mod inbox;
 pub mod invocation;
+pub mod outbound;
 pub mod processor;
 pub mod router;
 pub mod rows;

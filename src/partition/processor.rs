@@ -13,7 +13,7 @@
 //! de-duplicates replays, and deleted from the outbox once acknowledged.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use futures::StreamExt;
 use prost::Message;
 
 use super::inbox::{Inboxes, Queued};
+use super::outbound::{self, Outbound};
 use super::router::Router;
 use super::rows::{
     self, outbox_message, CompletionRequest, Entry, Idempotent, InboxEntry, OutboxMessage,
@@ -116,7 +117,7 @@ struct State {
     waiters: HashMap<InvocationId, Vec<oneshot::Sender<Outcome>>>,
     timers: Timers,
     /// Outbox messages not yet acknowledged, in sequence order.
-    outbox: VecDeque<(PartitionId, u64, OutboxMessage)>,
+    outbound: Outbound,
     /// Next outbox sequence per owned partition.
     outbox_sequence: HashMap<PartitionId, u64>,
     /// Last sequence applied per (target partition, producing partition).
@@ -279,10 +280,10 @@ struct Inner {
     timer_wake: mpsc::UnboundedSender<()>,
     timer_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
     /// Wakes the outbox shipper.
-    outbox_wake: mpsc::UnboundedSender<()>,
+    outbox_wake: mpsc::Sender<()>,
     /// Limits the WARN lines about refused invocations.
     refusals: crate::logging::RateLimit,
-    outbox_wake_rx: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
+    outbox_wake_rx: RefCell<Option<mpsc::Receiver<()>>>,
 }
 
 impl Processor {
@@ -296,7 +297,7 @@ impl Processor {
     ) -> Processor {
         let inbox_limits = config.worker.inbox.clone();
         let (timer_wake, timer_wake_rx) = mpsc::unbounded();
-        let (outbox_wake, outbox_wake_rx) = mpsc::unbounded();
+        let (outbox_wake, outbox_wake_rx) = mpsc::channel(1);
         Processor {
             inner: Rc::new(Inner {
                 core,
@@ -350,6 +351,26 @@ impl Processor {
     /// Invocations this core holds (invoked or suspended).
     pub fn invocation_count(&self) -> usize {
         self.inner.state.borrow().invocations.len()
+    }
+
+    /// The service `id` invokes, while it is here.
+    pub fn service_name(&self, id: InvocationId) -> Option<String> {
+        let state = self.inner.state.borrow();
+        state
+            .invocations
+            .get(&id)
+            .map(|i| i.service.service.clone())
+    }
+
+    /// Invocations this core holds, and how many of them are suspended.
+    pub fn invocation_counts(&self) -> (usize, usize) {
+        let state = self.inner.state.borrow();
+        let suspended = state
+            .invocations
+            .values()
+            .filter(|i| i.suspended.is_some())
+            .count();
+        (state.invocations.len(), suspended)
     }
 
     /// Invocations waiting in this core's inboxes, and the bytes of their arguments held in memory.
@@ -1119,8 +1140,49 @@ impl Processor {
         if messages.is_empty() {
             return;
         }
-        self.inner.state.borrow_mut().outbox.extend(messages);
-        let _ = self.inner.outbox_wake.unbounded_send(());
+        for (producer, sequence, row) in messages {
+            let Some(target) = self.target_of(&row) else {
+                log::error!(partition = producer, sequence; "undecodable outbox message; dropped");
+                self.delete_outbox_row(producer, sequence);
+                continue;
+            };
+            let message = outbound::Message {
+                producer,
+                target,
+                sequence,
+                row,
+            };
+            self.inner.state.borrow_mut().outbound.push(message);
+        }
+        self.wake_shipper();
+    }
+
+    /// The partition an outbox message is for (`None`: undecodable).
+    fn target_of(&self, row: &OutboxMessage) -> Option<PartitionId> {
+        target_id(row).map(|id| self.partition_of(&id))
+    }
+
+    fn wake_shipper(&self) {
+        // Capacity 1: a pending wake-up already covers this one.
+        let _ = self.inner.outbox_wake.clone().try_send(());
+    }
+
+    fn delete_outbox_row(&self, producer: PartitionId, sequence: u64) {
+        let mut batch = WriteBatch::new();
+        batch.delete(Table::Outbox, keys::outbox(producer, sequence));
+        let write = self.inner.storage.write(batch);
+        glommio::spawn_local(async move {
+            if let Err(e) = write.await {
+                fatal("deleting a shipped outbox message", e);
+            }
+        })
+        .detach();
+    }
+
+    /// Outbox messages waiting to be shipped and in flight on this core.
+    pub fn outbox_usage(&self) -> (usize, usize) {
+        let state = self.inner.state.borrow();
+        (state.outbound.backlog(), state.outbound.in_flight())
     }
 
     /// The delay before the next retry of `id`, or `None` when its attempts are exhausted.
@@ -1429,14 +1491,7 @@ impl Processor {
 
     /// Applies a message from another partition's outbox, once.
     fn deliver(&self, producer: PartitionId, sequence: u64, message: OutboxMessage, ack: Ack) {
-        let target = match &message.message {
-            Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
-            Some(outbox_message::Message::Complete(c)) => {
-                InvocationId::from_slice(&c.invocation_id)
-            }
-            None => None,
-        };
-        let Some(target) = target else {
+        let Some(target) = target_id(&message) else {
             log::error!("undecodable outbox message from partition {producer}; dropped");
             let _ = ack.send(Ok(()));
             return;
@@ -1483,57 +1538,57 @@ impl Processor {
         }
     }
 
-    /// Ships outbox messages in sequence order to the owner of their target, one at a time; each is
-    /// deleted once acknowledged.
+    /// Ships outbox messages to the owners of their targets: per (producer, target) pair one at a time in
+    /// sequence order, pairs in parallel up to `worker.outbox.max_in_flight`; each is deleted once
+    /// acknowledged.
     async fn run_shipper(self) {
         let Some(mut wake) = self.inner.outbox_wake_rx.borrow_mut().take() else {
             return;
         };
+        let window = self.inner.config.worker.outbox.max_in_flight;
         loop {
-            let next = self.inner.state.borrow_mut().outbox.pop_front();
-            let Some((producer, sequence, message)) = next else {
-                if wake.next().await.is_none() {
-                    return;
+            let next = self.inner.state.borrow_mut().outbound.next(window);
+            match next {
+                Some(message) => {
+                    let this = self.clone();
+                    glommio::spawn_local(async move { this.ship_one(message).await }).detach();
                 }
-                continue;
-            };
-            let target = match &message.message {
-                Some(outbox_message::Message::Invoke(r)) => {
-                    InvocationId::from_slice(&r.invocation_id)
-                }
-                Some(outbox_message::Message::Complete(c)) => {
-                    InvocationId::from_slice(&c.invocation_id)
-                }
-                None => None,
-            };
-            if let Some(target) = target {
-                let partition = self.partition_of(&target);
-                let (ack, acked) = oneshot::channel();
-                let command = Command::Deliver {
-                    producer,
-                    sequence,
-                    message,
-                    ack,
-                };
-                if self.inner.router.owner(partition) == self.inner.core {
-                    self.handle(command);
-                } else if self.inner.router.send(partition, command).await.is_err() {
-                    return; // shutting down: the outbox row stays and is shipped after restart
-                }
-                if acked.await.is_err() {
-                    return;
+                None => {
+                    if wake.next().await.is_none() {
+                        return;
+                    }
                 }
             }
-            let mut batch = WriteBatch::new();
-            batch.delete(Table::Outbox, keys::outbox(producer, sequence));
-            let write = self.inner.storage.write(batch);
-            glommio::spawn_local(async move {
-                if let Err(e) = write.await {
-                    fatal("deleting a shipped outbox message", e);
-                }
-            })
-            .detach();
         }
+    }
+
+    /// Delivers one outbox message and deletes it once acknowledged.
+    async fn ship_one(&self, message: outbound::Message) {
+        let pair = (message.producer, message.target);
+        let (ack, acked) = oneshot::channel();
+        let command = Command::Deliver {
+            producer: message.producer,
+            sequence: message.sequence,
+            message: message.row,
+            ack,
+        };
+        if self.inner.router.owner(message.target) == self.inner.core {
+            self.handle(command);
+        } else if self
+            .inner
+            .router
+            .send(message.target, command)
+            .await
+            .is_err()
+        {
+            return; // shutting down: the outbox row stays and is shipped after restart
+        }
+        if acked.await.is_err() {
+            return;
+        }
+        self.delete_outbox_row(message.producer, message.sequence);
+        self.inner.state.borrow_mut().outbound.shipped(pair);
+        self.wake_shipper();
     }
 
     /// Registers a durable timer in memory (if it is among the nearest).
@@ -1759,6 +1814,8 @@ impl Processor {
                 .await?;
             let mut next_outbox = 0;
             let mut pending = Vec::new();
+            // One partition's outbox: messages for every target (a call's argument each); bounded by
+            // what the partition produced and had not shipped when it stopped.
             for (key, value) in outbox {
                 let sequence = u64::from_be_bytes(key[4..12].try_into().expect("8 bytes"));
                 next_outbox = sequence + 1;
@@ -1772,7 +1829,8 @@ impl Processor {
             state
                 .outbox_sequence
                 .insert(p, next_outbox.max(now_micros()));
-            state.outbox.extend(pending);
+            drop(state);
+            self.ship(pending);
         }
         self.inner.next_sequence.set(max_sequence);
         self.load_timers().await?;
@@ -1804,7 +1862,7 @@ impl Processor {
         }
         glommio::spawn_local(self.clone().run_timers()).detach();
         glommio::spawn_local(self.clone().run_shipper()).detach();
-        let _ = self.inner.outbox_wake.unbounded_send(());
+        self.wake_shipper();
         let count = to_drive.len();
         for id in to_drive {
             self.drive(id);
@@ -1893,6 +1951,15 @@ fn now_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// The invocation an outbox message is for (`None`: undecodable).
+fn target_id(row: &OutboxMessage) -> Option<InvocationId> {
+    match &row.message {
+        Some(outbox_message::Message::Invoke(r)) => InvocationId::from_slice(&r.invocation_id),
+        Some(outbox_message::Message::Complete(c)) => InvocationId::from_slice(&c.invocation_id),
+        None => None,
+    }
 }
 
 /// Sends `result` to the sender of an invocation, if it waits for it.

@@ -10,6 +10,8 @@
 //   resolver         unkeyed router  resolve({id, value}) / reject({id, reason})
 //   effects          unkeyed router  appendOnce({path, holdMs}): side effect appends a line, then sleeps
 //   caller           unkeyed router  callMissing() calls a service that does not exist
+//   bank             unkeyed router  transfer({from, to, amount}) calls counter.add(from, -amount), then
+//                                    counter.add(to, amount): two calls it waits on, for liveness tests
 // The gRPC code under ./generated is produced by ./generate.sh and committed; tests never run it.
 // Prints "listening on <port>" once the socket is bound.
 "use strict";
@@ -118,6 +120,15 @@ const caller = restate.router({
   },
 });
 
+const bank = restate.router({
+  transfer: async (ctx, { from, to, amount }) => {
+    const account = ctx.rpc({ path: "counter" });
+    await account.add(from, -amount);
+    await account.add(to, amount);
+    return "ok";
+  },
+});
+
 // example.Greeter (keyed by GreetRequest.name / CountRequest.name).
 class GreeterImpl {
   async greet(request) {
@@ -151,6 +162,7 @@ restate
   .bindRouter("resolver", resolver)
   .bindRouter("effects", effects)
   .bindRouter("caller", caller)
+  .bindRouter("bank", bank)
   .bindService({ descriptor: example.protoMetadata, service: "Greeter", instance: new GreeterImpl() })
   .bindService({ descriptor: example.protoMetadata, service: "Echo", instance: new EchoImpl() })
   .listen(PORT);
