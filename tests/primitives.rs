@@ -282,12 +282,23 @@ fn a_side_effect_runs_once_when_the_endpoint_dies_right_after_it() {
             )
         })
     };
+    // The side effect ran, and was journaled once its Sleep is: the SDK sends the Sleep entry only
+    // after the side effect's entry was acknowledged. (Killing the endpoint between the effect and its
+    // entry would legitimately run it again: an effect is journaled after it runs.)
     eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&file)
-            .ok()
-            .filter(|s| !s.is_empty())
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_restatectl"))
+            .args(["--json", "scan", "timers"])
+            .env(
+                "RESTATE_STORAGE_ADDRESS",
+                format!("http://127.0.0.1:{}", server.storage),
+            )
+            .output()
+            .unwrap();
+        let scan: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (!scan["rows"].as_array()?.is_empty()).then_some(())
     });
-    // The side effect ran and was journaled; the endpoint dies during the sleep that follows.
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "ran\n");
+    // The endpoint dies during the sleep that follows.
     drop(sdk);
     std::thread::sleep(Duration::from_millis(300));
     sdk = SdkEndpoint::start_on(port);
