@@ -1015,6 +1015,32 @@ mod tests {
     }
 
     #[test]
+    fn the_log_format_of_a_broken_config_is_read_from_env_then_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("restate.toml");
+        std::fs::write(
+            &file,
+            "[tracing]\nlog_format = \"json\"\n[worker]\npartitions = \"many\"\n",
+        )
+        .unwrap();
+        let from_file = Tracing::best_effort(Some(&file), &[]);
+        assert_eq!(from_file.log_format, LogFormat::Json);
+        let env = [(
+            "RESTATE_TRACING__LOG_FORMAT".to_owned(),
+            "Compact".to_owned(),
+        )];
+        assert_eq!(
+            Tracing::best_effort(Some(&file), &env).log_format,
+            LogFormat::Compact
+        );
+        let missing = dir.path().join("missing.toml");
+        assert_eq!(
+            Tracing::best_effort(Some(&missing), &[]),
+            Tracing::default()
+        );
+    }
+
+    #[test]
     fn bad_value_names_the_key() {
         let e = Config::load(None, env(&[("RESTATE_WORKER__PARTITIONS", "many")])).unwrap_err();
         assert!(e.to_string().contains("worker.partitions"), "{e}");
