@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--slots", type=int, default=1000, help="worker.invoker.concurrency_limit")
     parser.add_argument("binary")
     args = parser.parse_args()
+    args.binary = os.path.abspath(args.binary)
     results = {}
     for name, env in [("default", {}),
                       ("always-suspend", {"RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "0s"})]:
