@@ -12,8 +12,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 /// Most bytes one read asks for.
 const MAX_READ_BYTES: usize = 64 * 1024;
 
-/// What the watchdog of a connection looks at: requests in flight, when the connection went idle, and
-/// whether bytes of a next request have arrived since.
+/// What the watchdog of a connection looks at: requests being handled, responses being sent, when the
+/// connection went idle, and whether bytes of a next request have arrived since.
 pub struct Activity {
     /// When the connection last had no request in flight (opened, or its last request answered).
     idle_since: Cell<Instant>,
@@ -22,8 +22,12 @@ pub struct Activity {
     head_started: Cell<Option<Instant>>,
     /// When bytes last arrived.
     last_read: Cell<Instant>,
+    /// When bytes were last sent.
+    last_write: Cell<Instant>,
     /// Requests being handled right now: a connection waiting on a response is not idle.
     in_flight: Cell<usize>,
+    /// Responses whose bodies are being sent.
+    streaming: Cell<usize>,
     /// The watchdog waiting for a change of state.
     waiter: Cell<Option<Waker>>,
 }
@@ -33,6 +37,8 @@ pub struct Activity {
 pub enum State {
     /// At least one request is being handled.
     Busy,
+    /// No request is being handled, but responses are being sent: bytes must keep moving.
+    Streaming,
     /// Nothing in flight and nothing received since `since`.
     Idle { since: Instant },
     /// Nothing in flight, but bytes of a next request arrived from `since` on.
@@ -45,8 +51,10 @@ impl Activity {
         Rc::new(Self {
             idle_since: Cell::new(Instant::now()),
             last_read: Cell::new(Instant::now()),
+            last_write: Cell::new(Instant::now()),
             head_started: Cell::new(None),
             in_flight: Cell::new(0),
+            streaming: Cell::new(0),
             waiter: Cell::new(None),
         })
     }
@@ -60,11 +68,16 @@ impl Activity {
 
     /// The connection's state now.
     pub fn state(&self) -> State {
-        match (self.in_flight.get(), self.head_started.get()) {
-            (0, Some(since)) => State::ReadingHead { since },
-            (0, None) => State::Idle {
+        match (
+            self.in_flight.get(),
+            self.streaming.get(),
+            self.head_started.get(),
+        ) {
+            (0, 0, Some(since)) => State::ReadingHead { since },
+            (0, 0, None) => State::Idle {
                 since: self.idle_since.get(),
             },
+            (0, _, _) => State::Streaming,
             _ => State::Busy,
         }
     }
@@ -72,6 +85,11 @@ impl Activity {
     /// When bytes last arrived (a quiet connection is idle even in the middle of a request head).
     pub fn last_read(&self) -> Instant {
         self.last_read.get()
+    }
+
+    /// When bytes last moved either way.
+    pub fn last_progress(&self) -> Instant {
+        self.last_read.get().max(self.last_write.get())
     }
 
     /// Completes at the next change of [`Activity::state`] (the watchdog re-reads it then).
@@ -95,43 +113,73 @@ impl Activity {
 
     fn on_read(&self) {
         self.last_read.set(Instant::now());
-        if self.in_flight.get() == 0 && self.head_started.get().is_none() {
+        if self.in_flight.get() == 0
+            && self.streaming.get() == 0
+            && self.head_started.get().is_none()
+        {
             self.head_started.set(Some(Instant::now()));
+            self.wake();
+        }
+    }
+
+    /// After a request handler or a response body ended: wakes the watchdog when the state changed.
+    fn left(&self) {
+        if self.in_flight.get() == 0 {
+            if self.streaming.get() == 0 {
+                // A finished request restarts the idle clock.
+                self.idle_since.set(Instant::now());
+                self.head_started.set(None);
+            }
             self.wake();
         }
     }
 }
 
-/// A request in flight on a connection.
+/// A request being handled on a connection.
 pub struct InFlight(Rc<Activity>);
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        activity.in_flight.set(activity.in_flight.get() - 1);
-        if activity.in_flight.get() == 0 {
-            // A finished request restarts the idle clock.
-            activity.idle_since.set(Instant::now());
-            activity.head_started.set(None);
-            activity.wake();
-        }
+impl InFlight {
+    /// The handler is done; its response body is being sent until the returned guard drops.
+    pub fn into_streaming(self) -> Streaming {
+        let activity = self.0.clone();
+        activity.streaming.set(activity.streaming.get() + 1);
+        drop(self);
+        Streaming(activity)
     }
 }
 
-/// A response body that keeps its request in flight until it is sent (or dropped): a connection
-/// streaming a long response is busy, not idle, whatever the client sends meanwhile (HTTP/2 window
-/// updates would otherwise look like the start of a next request head).
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+        self.0.left();
+    }
+}
+
+/// A response body being sent on a connection.
+pub struct Streaming(Rc<Activity>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.streaming.set(self.0.streaming.get() - 1);
+        self.0.left();
+    }
+}
+
+/// A response body that marks its connection as streaming until it is sent (or dropped): what the
+/// client sends meanwhile (HTTP/2 window updates) is not the start of a next request head, and the
+/// connection is closed only when no bytes move either way for the idle timeout (a client that stops
+/// reading).
 pub struct InFlightBody<B> {
     inner: B,
-    _in_flight: InFlight,
+    _streaming: Streaming,
 }
 
 impl<B> InFlightBody<B> {
-    /// Holds `in_flight` as long as `inner` lives.
+    /// Holds `in_flight`, turned into a [`Streaming`] guard, as long as `inner` lives.
     pub fn new(inner: B, in_flight: InFlight) -> Self {
         Self {
             inner,
-            _in_flight: in_flight,
+            _streaming: in_flight.into_streaming(),
         }
     }
 }
@@ -205,7 +253,13 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            if n > 0 {
+                self.activity.last_write.set(Instant::now());
+            }
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

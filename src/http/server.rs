@@ -308,6 +308,10 @@ async fn watchdog(activity: Rc<Activity>, limits: &Limits) -> Expired {
                 continue;
             }
             State::Idle { since } => (since + limits.idle_timeout, Expired::Idle),
+            State::Streaming => (
+                activity.last_progress() + limits.idle_timeout,
+                Expired::Idle,
+            ),
             State::ReadingHead { since } => {
                 let head = since + limits.header_read_timeout;
                 let quiet = activity.last_read() + limits.idle_timeout;
