@@ -73,7 +73,7 @@ fn ingress_and_storage_ports_answer_in_their_protocols() {
     );
     assert_eq!(status, 200);
     assert_eq!(headers["grpc-status"], "5");
-    // The storage API speaks gRPC.
+    // The storage API speaks gRPC: an empty ScanRequest (no filter) is INVALID_ARGUMENT.
     let (status, headers, _) = h2_request(
         server.storage,
         "POST",
@@ -82,7 +82,7 @@ fn ingress_and_storage_ports_answer_in_their_protocols() {
         &[0, 0, 0, 0, 0],
     );
     assert_eq!(status, 200);
-    assert_eq!(headers["grpc-status"], "12");
+    assert_eq!(headers["grpc-status"], "3");
 }
 
 #[test]
