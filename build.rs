@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dev/restate/service/protocol.proto",
         "proto/restate/test/endpoint.proto",
         "proto/dev/restate/storage/scan/v1/scan.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let mut compiler = protox::Compiler::new(["proto"])?;
@@ -29,6 +30,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("storage_scan_descriptor.bin"),
         prost::Message::encode_to_vec(&protox::compile(
             ["dev/restate/storage/scan/v1/scan.proto"],
+            ["proto"],
+        )?),
+    )?;
+    // The ingress's built-in services, served by its reflection next to the registered ones.
+    std::fs::write(
+        out.join("ingress_builtin_descriptor.bin"),
+        prost::Message::encode_to_vec(&protox::compile(
+            [
+                "dev/restate/services.proto",
+                "grpc/health/v1/health.proto",
+                "grpc/reflection/v1/reflection.proto",
+                "grpc/reflection/v1alpha/reflection.proto",
+            ],
             ["proto"],
         )?),
     )?;

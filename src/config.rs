@@ -410,6 +410,10 @@ pub struct IngressGrpc {
     /// `idempotency-key` attach to it); past it they get RESOURCE_EXHAUSTED. Callers that gave up are
     /// dropped from the count whenever another attaches.
     pub max_attached_callers: usize,
+    /// Origins whose browser scripts may call the ingress (CORS): `*` for any (Restate 0.1's default),
+    /// else exact origins such as `https://app.example.com`; empty: preflights get 403. In the
+    /// environment: comma-separated.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for IngressGrpc {
@@ -422,6 +426,7 @@ impl Default for IngressGrpc {
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_request_timeout: Duration::from_secs(24 * 3600),
             max_attached_callers: 1000,
+            cors_allowed_origins: vec!["*".to_owned()],
         }
     }
 }

@@ -35,3 +35,13 @@ pub mod storage {
     pub static DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/storage_scan_descriptor.bin"));
 }
+
+/// gRPC health checking (`grpc.health.v1`), served by the ingress.
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
+/// The descriptors of the ingress's built-in services (`dev.restate.Ingress`, `grpc.health.v1.Health`,
+/// reflection v1 and v1alpha), which its reflection serves next to the registered services.
+pub static INGRESS_BUILTIN_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ingress_builtin_descriptor.bin"));

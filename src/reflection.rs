@@ -120,6 +120,19 @@ pub struct ErrorResponse {
     pub error_message: String,
 }
 
+/// What a reflection stream answers from: one pool (the storage API), or several (the ingress: its
+/// built-ins and each registered endpoint's descriptors).
+pub trait Source: Send + 'static {
+    /// The response to one request.
+    fn answer(&self, request: &Request) -> Response;
+}
+
+impl Source for DescriptorPool {
+    fn answer(&self, request: &Request) -> Response {
+        answer(self, request)
+    }
+}
+
 /// True for the paths this module serves.
 pub fn handles(path: &str) -> bool {
     path == V1_PATH || path == V1ALPHA_PATH
@@ -222,13 +235,13 @@ fn files(file: &FileDescriptor) -> Answer {
 /// Serves one `ServerReflectionInfo` stream: each request message of the body gets its response as
 /// it arrives; a request message larger than `max_message_size` ends the stream with
 /// RESOURCE_EXHAUSTED.
-pub fn serve(
-    pool: DescriptorPool,
+pub fn serve<S: Source>(
+    source: S,
     max_message_size: usize,
     request: http::Request<Incoming>,
 ) -> http::Response<Body> {
     let state = Stream {
-        pool,
+        source,
         body: request.into_body(),
         buffer: BytesMut::new(),
         max_message_size,
@@ -241,8 +254,8 @@ pub fn serve(
         .expect("valid response")
 }
 
-struct Stream {
-    pool: DescriptorPool,
+struct Stream<S> {
+    source: S,
     body: Incoming,
     buffer: BytesMut,
     max_message_size: usize,
@@ -251,12 +264,12 @@ struct Stream {
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
 
-impl Stream {
-    async fn next_frame(mut self) -> Option<(FrameResult, Stream)> {
+impl<S: Source> Stream<S> {
+    async fn next_frame(mut self) -> Option<(FrameResult, Stream<S>)> {
         if self.done {
             return None;
         }
-        let end = |this: Stream, code: Code, message: Option<String>| {
+        let end = |this: Stream<S>, code: Code, message: Option<String>| {
             let mut this = this;
             this.done = true;
             Some((Ok(Frame::trailers(trailers(code, message))), this))
@@ -269,7 +282,7 @@ impl Stream {
                         let message = "a ServerReflectionRequest does not decode".to_owned();
                         return end(self, Code::InvalidArgument, Some(message));
                     };
-                    let response = answer(&self.pool, &request).encode_to_vec();
+                    let response = self.source.answer(&request).encode_to_vec();
                     let mut framed = BytesMut::with_capacity(5 + response.len());
                     framed.put_u8(0);
                     framed.put_u32(response.len() as u32);

@@ -301,6 +301,7 @@ async fn serve_core(
         router: router.clone(),
         local: processor,
         core,
+        shutdown: node.shutdown.clone(),
     };
     let meta_context = meta::Context {
         router: router.clone(),

@@ -106,7 +106,10 @@ fn grpc_unary_over_http2() {
         &grpc,
         &grpc_frame(&[]),
     );
-    assert_eq!(headers["grpc-status"], "5");
+    assert_eq!(
+        headers["grpc-status"], "12",
+        "an unknown method is UNIMPLEMENTED over gRPC"
+    );
     let (_, headers, _) = h2_request(
         server.ingress,
         "POST",

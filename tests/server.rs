@@ -63,7 +63,7 @@ fn ingress_and_storage_ports_answer_in_their_protocols() {
     )
     .unwrap();
     assert_eq!(status, 415);
-    // gRPC over h2c: Trailers-Only NOT_FOUND.
+    // gRPC over h2c: Trailers-Only UNIMPLEMENTED (nothing registered).
     let (status, headers, _) = h2_request(
         server.ingress,
         "POST",
@@ -72,7 +72,7 @@ fn ingress_and_storage_ports_answer_in_their_protocols() {
         &[0, 0, 0, 0, 0],
     );
     assert_eq!(status, 200);
-    assert_eq!(headers["grpc-status"], "5");
+    assert_eq!(headers["grpc-status"], "12");
     // The storage API speaks gRPC: an empty ScanRequest (no filter) is INVALID_ARGUMENT.
     let (status, headers, _) = h2_request(
         server.storage,

@@ -30,6 +30,8 @@ use crate::partition::{InvocationId, ServiceId};
 use crate::schema::registry::LocalSchemas;
 use crate::schema::ServiceType;
 
+pub mod builtin;
+pub mod cors;
 pub mod headers;
 
 /// The protocol a request speaks, from its content type.
@@ -65,6 +67,8 @@ pub struct Context {
     /// This core's processor (calls for partitions it owns skip the queue).
     pub local: Processor,
     pub core: usize,
+    /// Health answers NOT_SERVING once shutdown has started.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// An error answered in the caller's protocol: status code and message.
@@ -84,7 +88,19 @@ pub fn handler(context: Context) -> Handler {
     Rc::new(move |request| {
         let context = context.clone();
         let in_flight = in_flight.clone();
-        async move { serve(&context, &in_flight, request).await }.boxed_local()
+        async move {
+            let origins = &context.config.cors_allowed_origins;
+            if let Some(answer) = cors::preflight(origins, &request) {
+                return answer;
+            }
+            let origin = request.headers().get(http::header::ORIGIN).cloned();
+            let mut response = serve(&context, &in_flight, request).await;
+            if let Some(origin) = origin {
+                cors::decorate(origins, &origin, &mut response);
+            }
+            response
+        }
+        .boxed_local()
     })
 }
 
@@ -118,7 +134,11 @@ async fn serve(
         ));
     }
     in_flight.set(in_flight.get() + 1);
-    let result = call(ctx, protocol, request).await;
+    let result = if builtin::handles(request.uri().path()) {
+        builtin::serve(ctx, protocol, request).await
+    } else {
+        call(ctx, protocol, request).await
+    };
     in_flight.set(in_flight.get() - 1);
     result.unwrap_or_else(error)
 }
@@ -134,6 +154,11 @@ async fn call(
             format!("{} is not supported; use POST", request.method()),
         ));
     }
+    // gRPC tools expect UNIMPLEMENTED for an unknown service or method; Connect keeps NOT_FOUND.
+    let unknown = match protocol {
+        Protocol::Grpc => Code::Unimplemented,
+        Protocol::ConnectJson | Protocol::ConnectProto => Code::NotFound,
+    };
     let path = request.uri().path().to_owned();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let (service_name, method_name) = match (segments.next(), segments.next()) {
@@ -142,7 +167,7 @@ async fn call(
         }
         _ => {
             return Err(CallError::new(
-                Code::NotFound,
+                unknown,
                 format!("path {path} is not /{{service}}/{{method}}"),
             ))
         }
@@ -157,14 +182,14 @@ async fn call(
     let service = schemas
         .services
         .get(&service_name)
-        .ok_or_else(|| CallError::new(Code::NotFound, format!("service {service_name} not found")))?
+        .ok_or_else(|| CallError::new(unknown, format!("service {service_name} not found")))?
         .clone();
     let method = service
         .methods
         .get(&method_name)
         .ok_or_else(|| {
             CallError::new(
-                Code::NotFound,
+                unknown,
                 format!("method {service_name}/{method_name} not found"),
             )
         })?
@@ -305,6 +330,19 @@ fn new_invocation(
             format!("cannot extract the key: {e}"),
         )
     })?;
+    // An absent key field would extract the empty key (§2.4); from a client it is a mistake, refused
+    // here rather than running every such call on one shared instance.
+    if service.instance_type == ServiceType::Keyed && key.as_ref().is_some_and(|k| k.is_empty()) {
+        return Err(CallError::new(
+            Code::InvalidArgument,
+            format!(
+                "{}/{} is keyed: the request must carry its key (field {}), and a non-default one",
+                service.name,
+                method.name,
+                method.key_field.unwrap_or_default()
+            ),
+        ));
+    }
     let keyed = key.is_some();
     debug_assert!(keyed || service.instance_type == ServiceType::Unkeyed);
     let seed: Vec<&[u8]> = idempotency_key
@@ -385,8 +423,12 @@ async fn one_way(
 ) -> Result<http::Response<Body>, CallError> {
     use crate::proto::restate::{InvokeRequest, InvokeResponse};
     if method != "Invoke" {
+        let unknown = match protocol {
+            Protocol::Grpc => Code::Unimplemented,
+            Protocol::ConnectJson | Protocol::ConnectProto => Code::NotFound,
+        };
         return Err(CallError::new(
-            Code::NotFound,
+            unknown,
             format!("method dev.restate.Ingress/{method} not found"),
         ));
     }

@@ -285,6 +285,10 @@ async fn route(ctx: &Context, request: http::Request<Incoming>) -> Result<http::
             }
             _ => not_allowed(),
         },
+        ["services", name, "descriptors"] => match method {
+            Method::GET => descriptors(&ctx.registry.snapshot(), name),
+            _ => not_allowed(),
+        },
         ["services", name, "methods"] => match method {
             Method::GET => {
                 let schemas = ctx.registry.snapshot();
@@ -636,6 +640,37 @@ fn core_gauges(node: &NodeState, text: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     }
+}
+
+/// `GET /services/{name}/descriptors`: a `FileDescriptorSet` (binary) with the file declaring the service
+/// and every file it imports, dependencies first, for `grpcurl -protoset` and other tools without
+/// reflection.
+fn descriptors(schemas: &Schemas, name: &str) -> Result<http::Response<Body>> {
+    let service = find_service(schemas, name)?;
+    let endpoint = schemas.endpoints.get(&service.endpoint_id).ok_or_else(|| {
+        ApiError::not_found(format!("endpoint {} not found", service.endpoint_id))
+    })?;
+    let pool = &endpoint.pool;
+    let file = pool
+        .get_service_by_name(&service.name)
+        .map(|s| s.parent_file())
+        .ok_or_else(|| ApiError::not_found(format!("service {name} has no descriptor")))?;
+    let mut needed = std::collections::HashSet::new();
+    let mut stack = vec![file];
+    while let Some(next) = stack.pop() {
+        if needed.insert(next.name().to_owned()) {
+            stack.extend(next.dependencies());
+        }
+    }
+    // The pool keeps its files in dependency order; FileDescriptorSet is `repeated file = 1`.
+    let mut set = Vec::new();
+    for file in pool.files().filter(|f| needed.contains(f.name())) {
+        prost::encoding::bytes::encode(1, &file.encode_to_vec(), &mut set);
+    }
+    Ok(http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(full(set))
+        .expect("valid response"))
 }
 
 fn metrics(node: &NodeState) -> http::Response<Body> {

