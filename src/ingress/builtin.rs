@@ -14,7 +14,8 @@ use hyper::body::{Frame, Incoming};
 use prost::Message;
 use prost_reflect::DescriptorPool;
 
-use super::{read_body, respond_bytes, unframe, CallError, Context, Protocol};
+use super::codec::unframe;
+use super::{read_body, respond_bytes, CallError, Context, Protocol};
 use crate::grpc::Code;
 use crate::http::{Body, BoxError};
 use crate::proto::health::health_check_response::ServingStatus;
