@@ -213,6 +213,22 @@ fn well_known_types() -> HashMap<String, FileDescriptorProto> {
 
 /// Makes the set acceptable to a strict descriptor pool.
 fn repair(set: &mut FileDescriptorSet) -> Result<(), Error> {
+    // 0. Only syntaxes prost-reflect knows: it panics while reporting any other (0.14). An empty one
+    //    means proto2, as an unset one does.
+    for file in &mut set.file {
+        match file.syntax.as_deref() {
+            None | Some("proto2") | Some("proto3") => {}
+            Some("") => file.syntax = None,
+            Some(other) => {
+                let clip = |s: &str| s.chars().take(64).collect::<String>();
+                return Err(Error::Pool(format!(
+                    "file {:?} has syntax {:?}; proto2 and proto3 are supported",
+                    clip(file.name()),
+                    clip(other)
+                )));
+            }
+        }
+    }
     let wkt = well_known_types();
     // 1. Canonical well-known types replace the copies sent, and are added where imported but missing.
     for file in &mut set.file {
@@ -338,6 +354,23 @@ mod tests {
     use super::*;
 
     static ENDPOINT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/endpoint_descriptor.bin"));
+
+    /// Regression (found by the `discovery` fuzz target): prost-reflect 0.14 panics (index out of
+    /// bounds) while reporting a file whose `syntax` it does not know, e.g. `"editions"` as protoc
+    /// writes for edition 2023; with panics aborting the process, one registration stopped the server.
+    #[test]
+    fn unknown_syntaxes_are_refused_without_a_panic() {
+        for syntax in ["editions", "proto4", ""] {
+            let mut set = FileDescriptorSet::decode(ENDPOINT).unwrap();
+            let last = set.file.len() - 1;
+            set.file[last].syntax = Some(syntax.to_owned());
+            match parse(&set.encode_to_vec()) {
+                Err(Error::Pool(e)) => assert!(e.contains("syntax"), "{e}"),
+                Ok(_) if syntax.is_empty() => {} // "" is proto2's default
+                other => panic!("{syntax:?}: expected a pool error, got {:?}", other.err()),
+            }
+        }
+    }
 
     #[test]
     fn extension_options_of_a_protoc_built_set_are_read() {
