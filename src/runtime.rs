@@ -108,6 +108,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         http_counters: Arc::new(Counters::default()),
         port_limits: port_limits(&config),
         discoveries: meta::DiscoverySlots::new(config.meta.max_concurrent_discoveries),
+        ingress_metrics: Arc::default(),
         gauges: Arc::new(
             (0..config.runtime.cores)
                 .map(|_| Arc::new(CoreGauges::default()))
@@ -302,6 +303,7 @@ async fn serve_core(
         local: processor,
         core,
         shutdown: node.shutdown.clone(),
+        metrics: node.ingress_metrics.clone(),
     };
     let meta_context = meta::Context {
         router: router.clone(),

@@ -326,3 +326,77 @@ fn health_watch_streams_not_serving_once_shutdown_starts() {
     assert!(status.success(), "the watch ends with OK: {rest}");
     server.wait_exit(std::time::Duration::from_secs(30));
 }
+
+/// `/metrics` parsed by the reference Python parser (`pip install prometheus-client`): each sample as
+/// `name{labels} value` lines, sorted labels.
+fn parsed_metrics(server: &Server) -> std::collections::BTreeMap<String, f64> {
+    let (status, _, text) = h2_request(server.meta, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       print(f'{s.name}{{{labels}}} {s.value}')\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &text).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "install the parser with `pip install prometheus-client`: {stderr}"
+    );
+    assert!(output.status.success(), "/metrics does not parse: {stderr}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_parse_and_ingress_counters_move() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&[]);
+    register(&server, &endpoint.uri());
+    let before = parsed_metrics(&server);
+    let ok = "restate_ingress_requests_total{code=ok,protocol=connect_json}";
+    let not_found = "restate_ingress_requests_total{code=not_found,protocol=connect_json}";
+    let count = "restate_ingress_request_duration_seconds_count{protocol=connect_json}";
+    assert_eq!(before.get(count), Some(&0.0), "{before:?}");
+    for delta in 1..=3 {
+        let body = format!(r#"{{"key":"m","delta":"{delta}"}}"#);
+        let (status, text) = http1_request(
+            server.ingress,
+            "POST",
+            "/restate.test.Counter/Add",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let (status, _) = http1_request(
+        server.ingress,
+        "POST",
+        "/no.Such/Call",
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    let after = parsed_metrics(&server);
+    assert_eq!(after.get(ok), Some(&3.0), "{after:?}");
+    assert_eq!(after.get(not_found), Some(&1.0), "{after:?}");
+    assert_eq!(after.get(count), Some(&4.0), "{after:?}");
+    let inf = "restate_ingress_request_duration_seconds_bucket{le=+Inf,protocol=connect_json}";
+    assert_eq!(after.get(inf), Some(&4.0), "{after:?}");
+}

@@ -33,6 +33,7 @@ use crate::schema::ServiceType;
 pub mod builtin;
 pub mod cors;
 pub mod headers;
+pub mod metrics;
 
 /// The protocol a request speaks, from its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Context {
     pub core: usize,
     /// Health answers NOT_SERVING once shutdown has started.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Requests by protocol and code, latencies (node-wide, for /metrics).
+    pub metrics: std::sync::Arc<metrics::IngressMetrics>,
 }
 
 /// An error answered in the caller's protocol: status code and message.
@@ -126,6 +129,24 @@ async fn serve(
             }),
         );
     };
+    let started = std::time::Instant::now();
+    let response = serve_protocol(ctx, in_flight, protocol, request).await;
+    // Error answers carry their code as an extension (see error_response).
+    let code = response
+        .extensions()
+        .get::<Code>()
+        .copied()
+        .unwrap_or(Code::Ok);
+    ctx.metrics.record(protocol, code, started.elapsed());
+    response
+}
+
+async fn serve_protocol(
+    ctx: &Context,
+    in_flight: &Rc<Cell<usize>>,
+    protocol: Protocol,
+    request: http::Request<Incoming>,
+) -> http::Response<Body> {
     let error = |e: CallError| error_response(protocol, e);
     if in_flight.get() >= ctx.config.concurrency_limit {
         return error(CallError::new(
@@ -236,10 +257,12 @@ fn with_invocation_id(mut response: http::Response<Body>, sid: &str) -> http::Re
 
 /// A call's error in the caller's protocol.
 fn error_response(protocol: Protocol, e: CallError) -> http::Response<Body> {
-    match protocol {
+    let mut response = match protocol {
         Protocol::Grpc => trailers_only(e.0, &e.1),
         Protocol::ConnectJson | Protocol::ConnectProto => connect_error(e.0, &e.1),
-    }
+    };
+    response.extensions_mut().insert(e.0);
+    response
 }
 
 /// Waits (up to the caller's timeout) for an invocation's outcome and answers it.

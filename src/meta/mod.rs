@@ -744,6 +744,7 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
         ));
     }
     core_gauges(node, &mut text);
+    node.ingress_metrics.render(&mut text);
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(full(text))
