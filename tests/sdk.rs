@@ -27,6 +27,7 @@ fn the_real_sdk_registers_routers_and_grpc_services() {
         names,
         vec![
             "awaiter",
+            "bank",
             "caller",
             "counter",
             "effects",
