@@ -368,3 +368,55 @@ fn start_up_logs_the_three_bound_addresses() {
         "{line}"
     );
 }
+
+fn connection_errors(server: &Server) -> u64 {
+    let (_, metrics) = http1_request(server.meta, "GET", "/metrics", &[], b"").unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("restate_http_connection_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn clients_that_reset_their_connection_are_not_connection_errors() {
+    let server = Server::start(&[("RUST_LOG", "debug")]);
+    // Keep-alive requests, then the client goes away with a reset (SO_LINGER 0) and with a close.
+    for reset in [true, false, true] {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.meta)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        if reset {
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(stream);
+    }
+    // Garbage still counts (so the counter is live).
+    let mut stream = TcpStream::connect(("127.0.0.1", server.meta)).unwrap();
+    stream.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+    drop(stream);
+    let errors = common::eventually(Duration::from_secs(10), || {
+        Some(connection_errors(&server)).filter(|e| *e > 0)
+    });
+    let log: Vec<String> = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        errors, 1,
+        "resets were counted as connection errors: {log:#?}"
+    );
+}

@@ -114,7 +114,8 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// Connections closed because a request head was not complete within the header read timeout.
     pub header_timeouts: AtomicU64,
-    /// Connections that ended with a protocol or IO error (garbage, resets).
+    /// Connections that ended with a protocol or IO error (garbage, timeouts mid-request); not clients
+    /// that reset or closed their connection.
     pub connection_errors: AtomicU64,
 }
 
@@ -276,11 +277,17 @@ async fn serve_connection(
             connection.await
         }
     };
-    if let Err(e) = result {
-        core.counters
-            .connection_errors
-            .fetch_add(1, Ordering::Relaxed);
-        log::debug!(server = name; "connection ended with an error: {e}");
+    match result {
+        Err(e) if is_client_close(e.as_ref()) => {
+            log::debug!(server = name; "client closed the connection: {e}");
+        }
+        Err(e) => {
+            core.counters
+                .connection_errors
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!(server = name; "connection ended with an error: {e}");
+        }
+        Ok(()) => {}
     }
     core.open.set(core.open.get() - 1);
 }
@@ -295,6 +302,24 @@ enum Expired {
     Idle,
     /// Bytes of a request arrived, but no complete head within the header read timeout.
     HeaderRead,
+}
+
+/// True when a connection's error is only its client going away (a reset, a closed pipe, or a socket
+/// already disconnected when hyper shuts it down), which `restate_http_connection_errors_total` does
+/// not count.
+fn is_client_close(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, NotConnected};
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | NotConnected
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Completes when the connection has received nothing for the idle timeout with no request in flight,

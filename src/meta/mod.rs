@@ -709,7 +709,7 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
         ),
         (
             "restate_http_connection_errors_total",
-            "Connections that ended with a protocol or IO error.",
+            "Connections that ended with a protocol or IO error (not client resets or closes).",
             http.connection_errors.load(Ordering::Relaxed),
         ),
         (
