@@ -6,9 +6,11 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{connect_call, free_port, register, request_json_with, SdkEndpoint, Server};
+use common::{
+    connect_call, eventually, free_port, register, request_json_with, SdkEndpoint, Server,
+};
 use serde_json::{json, Value};
 
 /// Runs restatectl against `server` (None: nothing listening): (exit code, stdout, stderr).
@@ -45,21 +47,6 @@ fn ctl_json(server: &Server, args: &[&str]) -> Value {
     let (code, stdout, stderr) = ctl(Some(server), &all);
     assert_eq!(code, 0, "{stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-/// Polls `check` every 100 ms until it returns Some, at most `limit`.
-fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The invocations `invocations list` shows for (service, method, status).
