@@ -301,3 +301,49 @@ fn bearer_tokens_come_from_the_environment() {
         "{stderr}"
     );
 }
+
+/// An invocation whose endpoint is down is listed as backing-off, with its attempts and the last
+/// failure; `describe` says when the next attempt starts.
+#[test]
+fn a_failing_invocation_is_listed_as_backing_off_with_its_last_failure() {
+    let endpoint = common::Endpoint::start("ok", &[]);
+    let server = Server::start(&[
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__TYPE", "fixed"),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__INITIAL_INTERVAL",
+            "30s",
+        ),
+    ]);
+    register(&server, &endpoint.uri());
+    drop(endpoint);
+    let (status, body) = connect_call(
+        &server,
+        "/dev.restate.Ingress/Invoke",
+        &json!({ "service": "restate.test.Counter", "method": "Add",
+                 "argument": { "key": "down", "delta": 1 } }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let listed = eventually(Duration::from_secs(20), || {
+        let found = listed(&server, "restate.test.Counter", "Add", "backing-off");
+        found.into_iter().next()
+    });
+    assert_eq!(listed["attempts"], 1, "{listed}");
+    let failure = listed["last_failure"].as_str().unwrap();
+    assert!(!failure.is_empty(), "{listed}");
+    let id = listed["id"].as_str().unwrap();
+    let described = ctl_json(&server, &["invocations", "describe", id]);
+    assert_eq!(described["status"], "backing-off", "{described}");
+    assert!(
+        described["next_retry_ms"].as_u64().unwrap() > 0,
+        "{described}"
+    );
+    let (code, stdout, _) = ctl(
+        Some(&server),
+        &["invocations", "list", "--status", "backing-off"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("LAST FAILURE") && stdout.contains("backing-off"),
+        "{stdout}"
+    );
+}

@@ -274,6 +274,7 @@ impl Invoker {
                     let attempts = processor.attempts(id);
                     match retry {
                         Some(delay) => {
+                            processor.record_failure(id, &error.message, delay);
                             if warned.should_log(attempts, std::time::Instant::now()) {
                                 log::warn!(
                                     invocation = id.to_hex(), target = target.as_str(), attempts,

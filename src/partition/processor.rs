@@ -92,8 +92,10 @@ struct Invocation {
     stream: Option<mpsc::UnboundedSender<CompletionMessage>>,
     /// Delays before the next retries; reset when an attempt makes progress.
     retries: Delays,
-    /// Attempts started (for logs).
+    /// Attempts started (for logs and the status row).
     attempts: u32,
+    /// The last failed attempt's error (clipped) and when the next attempt starts (unix ms).
+    last_failure: Option<(String, u64)>,
     /// The journal of a just-started invocation (its input entry), so the first attempt need not
     /// read back what was just written.
     fresh: Option<Entry>,
@@ -251,6 +253,13 @@ impl Invocation {
             created_ms: rows::now_ms(),
             response_sink: self.response_sink.clone(),
             idempotency_key: self.idempotency_key.clone(),
+            attempts: self.attempts,
+            last_failure: self
+                .last_failure
+                .as_ref()
+                .map(|(m, _)| m.clone())
+                .unwrap_or_default(),
+            next_retry_ms: self.last_failure.as_ref().map_or(0, |(_, at)| *at),
         }
     }
 }
@@ -559,6 +568,7 @@ impl Processor {
             created_ms: rows::now_ms(),
             response_sink: new.response_sink.clone(),
             idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
+            ..Status::default()
         };
         let input = Entry {
             ty: types::POLL_INPUT_STREAM,
@@ -597,6 +607,7 @@ impl Processor {
                 stream: None,
                 retries: self.inner.config.worker.invoker.retry_policy.delays(),
                 attempts: 0,
+                last_failure: None,
                 fresh,
             },
         );
@@ -1195,6 +1206,30 @@ impl Processor {
             .and_then(|i| i.retries.next())
     }
 
+    /// An attempt of `id` failed with `message`; the next starts after `retry_in`. Stored in its status
+    /// row for operators (`restatectl invocations list` shows it backing off), without waiting.
+    pub fn record_failure(&self, id: InvocationId, message: &str, retry_in: Duration) {
+        const MESSAGE_CHARS_MAX: usize = 256;
+        let batch = {
+            let mut state = self.inner.state.borrow_mut();
+            let Some(invocation) = state.invocations.get_mut(&id) else {
+                return;
+            };
+            let clipped: String = message.chars().take(MESSAGE_CHARS_MAX).collect();
+            let next_ms = rows::now_ms() + retry_in.as_millis() as u64;
+            invocation.last_failure = Some((clipped, next_ms));
+            let waiting = invocation.suspended.clone();
+            let mut batch = WriteBatch::new();
+            batch.put(
+                Table::Status,
+                keys::status(invocation.partition, &id),
+                invocation.status_row(waiting).encode_to_vec(),
+            );
+            batch
+        };
+        self.write_then(batch, || {});
+    }
+
     /// Attempts started for `id`.
     pub fn attempts(&self, id: InvocationId) -> u32 {
         self.inner
@@ -1783,7 +1818,9 @@ impl Processor {
                         early,
                         stream: None,
                         retries: self.inner.config.worker.invoker.retry_policy.delays(),
-                        attempts: 0,
+                        attempts: status.attempts,
+                        last_failure: (!status.last_failure.is_empty())
+                            .then(|| (status.last_failure.clone(), status.next_retry_ms)),
                         fresh: None,
                     },
                 );

@@ -28,6 +28,15 @@ pub struct Status {
     /// The idempotency key the invocation was started with (its result is kept for the retention).
     #[prost(string, tag = "9")]
     pub idempotency_key: String,
+    /// Attempts started so far (for operators; restored at recovery).
+    #[prost(uint32, tag = "10")]
+    pub attempts: u32,
+    /// Why the last failed attempt failed (clipped), empty if none failed.
+    #[prost(string, tag = "11")]
+    pub last_failure: String,
+    /// When the next attempt starts after a failure (unix ms); in the past: it runs (or ran).
+    #[prost(uint64, tag = "12")]
+    pub next_retry_ms: u64,
 }
 
 /// Inbox table row: an invocation waiting for its key.

@@ -402,6 +402,7 @@ async fn invocations_list(
     let wanted = status.map(|st| match st {
         StatusFilter::Running => "running",
         StatusFilter::Suspended => "suspended",
+        StatusFilter::BackingOff => "backing-off",
         StatusFilter::Inbox => "inbox",
     });
     let keep = |i: &Value| {
@@ -424,11 +425,24 @@ async fn invocations_list(
                 format!("{}/{}", text(&i["service"]), text(&i["method"])),
                 text(&i["key"]),
                 text(&i["status"]),
+                i["attempts"].as_u64().map_or("-".into(), |a| a.to_string()),
+                clip(&text(&i["last_failure"]), 60),
                 render::age(i["since_ms"].as_u64().unwrap_or(0)),
             ]
         })
         .collect();
-    table(&["ID", "TARGET", "KEY", "STATUS", "SINCE"], &rows);
+    table(
+        &[
+            "ID",
+            "TARGET",
+            "KEY",
+            "STATUS",
+            "ATTEMPTS",
+            "LAST FAILURE",
+            "SINCE",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -513,6 +527,18 @@ fn print_description(summary: &Value, journal: &[(u32, Entry)], timers: &[Value]
         text(&summary["key"])
     );
     println!("status:    {}", text(&summary["status"]));
+    if let Some(attempts) = summary["attempts"].as_u64() {
+        println!("attempts:  {attempts}");
+    }
+    if let Some(failure) = summary["last_failure"].as_str() {
+        println!("failure:   {failure}");
+    }
+    if let Some(next) = summary["next_retry_ms"].as_u64() {
+        let now = restate::partition::rows::now_ms();
+        if next > now {
+            println!("next try:  in {} ms", next - now);
+        }
+    }
     println!(
         "since:     {}",
         render::age(summary["since_ms"].as_u64().unwrap_or(0))
@@ -814,4 +840,14 @@ async fn scan(s: &Servers, args: &ScanArgs) -> Result<()> {
         println!("no rows");
     }
     Ok(())
+}
+
+/// At most `max` characters of `text`, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max).collect();
+    out.push('…');
+    out
 }

@@ -141,6 +141,8 @@ pub enum InvocationsCommand {
 pub enum StatusFilter {
     Running,
     Suspended,
+    /// Waiting for its next attempt after a failed one.
+    BackingOff,
     Inbox,
 }
 

@@ -161,7 +161,10 @@ pub fn status_json(id: &str, status: &rows::Status) -> Value {
         "service": status.service,
         "key": service_key(&status.key),
         "method": status.method,
-        "status": if status.suspended { "suspended" } else { "running" },
+        "status": status_name(status, rows::now_ms()),
+        "attempts": status.attempts,
+        "last_failure": (!status.last_failure.is_empty()).then_some(&status.last_failure),
+        "next_retry_ms": (status.next_retry_ms > 0).then_some(status.next_retry_ms),
         "waiting_for_entries": status.waiting,
         "keyed": status.keyed,
         // When the status last changed (started, suspended, resumed).
@@ -172,6 +175,17 @@ pub fn status_json(id: &str, status: &rows::Status) -> Value {
         })),
         "idempotency_key": (!status.idempotency_key.is_empty()).then_some(&status.idempotency_key),
     })
+}
+
+/// suspended, backing-off (waiting for its next attempt after a failure) or running.
+pub fn status_name(status: &rows::Status, now_ms: u64) -> &'static str {
+    if status.suspended {
+        "suspended"
+    } else if status.next_retry_ms > now_ms {
+        "backing-off"
+    } else {
+        "running"
+    }
 }
 
 /// An inbox row as JSON.
