@@ -53,16 +53,7 @@ struct Call {
 impl Call {
     /// Opens `POST /invoke/{target}` on a fresh h2c connection and waits for the response head.
     async fn open(port: u16, target: &str) -> Call {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut sender = common::h2_connect(port).await;
         let (requests, receiver) = mpsc::channel(64);
         let request = http::Request::builder()
             .method("POST")

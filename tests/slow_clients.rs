@@ -98,16 +98,7 @@ fn h2_open_body(
     rt.block_on(async {
         use futures::StreamExt;
         use http_body_util::BodyExt;
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut sender = common::h2_connect(port).await;
         let (tx, rx) = futures::channel::mpsc::unbounded::<bytes::Bytes>();
         tx.unbounded_send(bytes::Bytes::from(sent)).unwrap();
         let body = http_body_util::StreamBody::new(

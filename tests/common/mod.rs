@@ -210,6 +210,27 @@ pub fn http1_request(
     Ok((status, body))
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to loopback `port`, driven by a task of the current
+/// tokio runtime.
+pub async fn h2_connect<B>(port: u16) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// One request over HTTP/2 with prior knowledge (h2c), through hyper's client on a throwaway tokio
 /// runtime. Returns status, headers and body.
 pub fn h2_request(
@@ -225,16 +246,7 @@ pub fn h2_request(
         .unwrap();
     rt.block_on(async {
         use http_body_util::BodyExt;
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2_connect(port).await;
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://127.0.0.1:{port}{path}"));
