@@ -402,6 +402,11 @@ pub struct IngressGrpc {
     /// How long the result of a call with an `idempotency-key` header is kept for repeated calls.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// How long an ended idempotent invocation's outcome also stays in memory: a repeated call whose
+    /// read of the idempotency row was submitted just before that row was written gets it from there.
+    /// Longer than any storage read takes; memory grows with the rate of idempotent calls times it.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_recent: Duration,
     /// The longest a caller may ask to wait through `grpc-timeout` / `connect-timeout-ms`; longer
     /// values are clamped to it (malformed ones get INVALID_ARGUMENT).
     #[serde(with = "humantime_serde")]
@@ -424,6 +429,7 @@ impl Default for IngressGrpc {
             concurrency_limit: 1000,
             max_connections: 10_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
+            idempotency_recent: Duration::from_secs(10),
             max_request_timeout: Duration::from_secs(24 * 3600),
             max_attached_callers: 1000,
             cors_allowed_origins: vec!["*".to_owned()],

@@ -289,7 +289,7 @@ async fn serve_core(
         core, resumed, invocations = processor.invocation_count(), queued, queued_argument_bytes;
         "partitions recovered"
     );
-    glommio::spawn_local(inbox.run(processor.clone())).detach();
+    glommio::spawn_local(processor.clone().serve(inbox)).detach();
     glommio::spawn_local(sample_gauges(processor.clone(), invoker, gauges)).detach();
     glommio::spawn_local(purge_idempotency(
         processor.clone(),

@@ -253,6 +253,8 @@ impl Invoker {
     async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId) {
         let mut target = String::new();
         let mut warned = FailureLog::default();
+        // Delays before the next retries; afresh after an attempt that made progress.
+        let mut retries = self.config.retry_policy.delays();
         loop {
             if !processor.exists(id) {
                 return; // ended elsewhere (cancelled)
@@ -260,14 +262,21 @@ impl Invoker {
             let end = {
                 let service = processor.service_name(id).unwrap_or_default();
                 let _slot = self.slot(id, &service).await;
-                self.attempt(&processor, id, &mut target).await
+                let mut progressed = false;
+                let end = self
+                    .attempt(&processor, id, &mut target, &mut progressed)
+                    .await;
+                if progressed {
+                    retries = self.config.retry_policy.delays();
+                }
+                end
             };
             match end {
                 AttemptEnd::Done | AttemptEnd::Suspended => return,
                 AttemptEnd::Resume => continue,
                 AttemptEnd::Failed(error) => {
                     let retry = if error.transient {
-                        processor.next_retry(id)
+                        retries.next()
                     } else {
                         None
                     };
@@ -366,8 +375,9 @@ impl Invoker {
         processor: &Processor,
         id: InvocationId,
         target: &mut String,
+        progressed: &mut bool,
     ) -> AttemptEnd {
-        match self.try_attempt(processor, id, target).await {
+        match self.try_attempt(processor, id, target, progressed).await {
             Ok(end) => end,
             Err(error) => AttemptEnd::Failed(error),
         }
@@ -378,6 +388,7 @@ impl Invoker {
         processor: &Processor,
         id: InvocationId,
         target_name: &mut String,
+        progressed: &mut bool,
     ) -> Result<AttemptEnd, AttemptError> {
         let Some(mut context) = processor
             .attempt_context(id)
@@ -402,13 +413,25 @@ impl Invoker {
                 format!("service {} is not registered", context.service.service),
             ));
         };
-        let endpoint = schemas
-            .endpoints
-            .get(&service.endpoint_id)
-            .ok_or_else(|| {
-                AttemptError::transient(Code::NotFound, "the service's endpoint is gone")
-            })?
-            .clone();
+        // Pinned: an invocation's attempts run on the endpoint its first attempt ran on, while that is
+        // registered (it is dropped once it serves no service at all); then on the service's current one.
+        let endpoint = match schemas.endpoints.get(&context.endpoint) {
+            Some(pinned) => pinned.clone(),
+            None => {
+                let current = schemas.endpoints.get(&service.endpoint_id).ok_or_else(|| {
+                    AttemptError::transient(Code::NotFound, "the service's endpoint is gone")
+                })?;
+                if !context.endpoint.is_empty() {
+                    log::warn!(
+                        invocation = id.to_hex(), pinned = context.endpoint.as_str();
+                        "the endpoint this invocation ran on is no longer registered; it continues on {}",
+                        current.id
+                    );
+                }
+                processor.pin_endpoint(id, current.id.clone());
+                current.clone()
+            }
+        };
         let uri: http::Uri = format!(
             "{}/invoke/{}/{}",
             endpoint.uri, context.service.service, context.method
@@ -592,7 +615,10 @@ impl Invoker {
             };
             let frame = match event {
                 Event::Completion(Some(completion)) => {
-                    completed.insert(completion.entry_index);
+                    // One the replayed journal already had completed is not sent twice.
+                    if !completed.insert(completion.entry_index) {
+                        continue;
+                    }
                     if request_open {
                         send(&out, completion_frame(&completion));
                         idle.touch();
@@ -749,6 +775,7 @@ impl Invoker {
                                     },
                                     e => AttemptError::transient(Code::Internal, e.to_string()),
                                 })?;
+                        *progressed = true;
                         if let Some(completion) = completion {
                             if completion.result.is_some() {
                                 completed.insert(completion.entry_index);

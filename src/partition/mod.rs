@@ -6,12 +6,15 @@
 //! carries the partition key in front of a UUIDv7, so any core can route anything addressed by an id
 //! (awakeables, cancellation) to the owner.
 
+pub mod command;
+pub mod effects;
 pub mod inbox;
 pub mod invocation;
 pub mod outbound;
 pub mod processor;
 pub mod router;
 pub mod rows;
+pub mod state_machine;
 
 use std::fmt;
 
@@ -50,9 +53,14 @@ impl InvocationId {
 
     /// A fresh id for an invocation of the instance with this partition key.
     pub fn new(partition_key: u64) -> InvocationId {
+        InvocationId::from_parts(partition_key, *uuid::Uuid::now_v7().as_bytes())
+    }
+
+    /// The id made of this partition key and these 16 unique bytes.
+    pub fn from_parts(partition_key: u64, unique: [u8; 16]) -> InvocationId {
         let mut bytes = [0u8; 24];
         bytes[..8].copy_from_slice(&partition_key.to_be_bytes());
-        bytes[8..].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
+        bytes[8..].copy_from_slice(&unique);
         InvocationId(bytes)
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
-use super::processor::{Command, Processor};
+use super::command::Command;
 use super::PartitionId;
 
 /// Why a command could not be delivered.
@@ -57,10 +57,8 @@ impl Router {
 }
 
 impl Inbox {
-    /// Feeds every command to `processor` until all senders are gone.
-    pub async fn run(mut self, processor: Processor) {
-        while let Some(command) = self.0.next().await {
-            processor.handle(command);
-        }
+    /// The next command; `None` once all senders are gone.
+    pub async fn next(&mut self) -> Option<Command> {
+        self.0.next().await
     }
 }

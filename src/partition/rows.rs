@@ -37,6 +37,10 @@ pub struct Status {
     /// When the next attempt starts after a failure (unix ms); in the past: it runs (or ran).
     #[prost(uint64, tag = "12")]
     pub next_retry_ms: u64,
+    /// The endpoint (id) its first attempt ran on: later attempts run there too, even after the
+    /// service moved to a newer endpoint. Empty: not pinned yet.
+    #[prost(string, tag = "13")]
+    pub endpoint: String,
 }
 
 /// Inbox table row: an invocation waiting for its key.

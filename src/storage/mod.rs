@@ -104,6 +104,9 @@ pub enum Error {
     /// The database directory could not be opened.
     #[error("cannot open database at {path}: {message}")]
     Open { path: String, message: String },
+    /// Rows that contradict each other or what was written (a journal with a gap).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
 }
 
 impl Error {
@@ -180,6 +183,10 @@ impl WriteBatch {
     /// Appends every operation of `other`, after this batch's.
     pub fn extend(&mut self, other: WriteBatch) {
         self.ops.extend(other.ops);
+    }
+    /// The operations, in order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
     }
     /// Number of operations.
     pub fn len(&self) -> usize {

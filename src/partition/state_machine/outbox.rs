@@ -1,0 +1,108 @@
+//! The outbox: messages to other partitions are written with the transition that causes them, shipped
+//! once durable, applied by their target once (per-(target, producer) sequence numbers de-duplicate
+//! replays), and deleted once acknowledged.
+
+use super::codec::{target_id, Expected};
+use super::complete::Completion;
+use super::{AckId, Action, Effect, Effects, Env, Shipped, State};
+use crate::partition::invocation::NewInvocation;
+use crate::partition::rows::{outbox_message, Entry, OutboxMessage};
+use crate::partition::PartitionId;
+
+impl State {
+    /// Writes outbox rows for `messages` and ships them once durable.
+    pub(super) fn queue_outbox(
+        &mut self,
+        env: &Env<'_>,
+        partition: PartitionId,
+        messages: Vec<outbox_message::Message>,
+        out: &mut Effects,
+    ) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut shipped = Vec::with_capacity(messages.len());
+        for message in messages {
+            let next = self.outbox_sequence.entry(partition).or_insert(0);
+            let sequence = *next;
+            *next += 1;
+            let row = OutboxMessage {
+                message: Some(message),
+            };
+            out.write(Effect::PutOutbox(partition, sequence, row.clone()));
+            match target_id(&row) {
+                Some(target) => shipped.push(Shipped {
+                    producer: partition,
+                    sequence,
+                    target: State::partition_of(env.limits, &target),
+                    row,
+                }),
+                None => {
+                    log::error!(partition, sequence; "undecodable outbox message; dropped");
+                    out.write(Effect::DeleteOutbox(partition, sequence));
+                }
+            }
+        }
+        if !shipped.is_empty() {
+            out.act(Action::Ship(shipped));
+        }
+    }
+
+    /// Applies a message from another partition's outbox, once; acknowledges it either way.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deliver(
+        &mut self,
+        env: &Env<'_>,
+        producer: PartitionId,
+        sequence: u64,
+        message: OutboxMessage,
+        ack: AckId,
+        entry: Option<Entry>,
+        out: &mut Effects,
+    ) {
+        let Some(target) = target_id(&message) else {
+            log::error!("undecodable outbox message from partition {producer}; dropped");
+            return out.act(Action::Ack {
+                ack,
+                result: Ok(()),
+            });
+        };
+        let target_partition = State::partition_of(env.limits, &target);
+        let last = self.dedup.get(&(target_partition, producer)).copied();
+        if last.is_some_and(|last| sequence <= last) {
+            return out.act(Action::Ack {
+                ack,
+                result: Ok(()),
+            });
+        }
+        self.dedup.insert((target_partition, producer), sequence);
+        out.write(Effect::PutDedup(target_partition, producer, sequence));
+        match message.message {
+            Some(outbox_message::Message::Invoke(request)) => {
+                match NewInvocation::from_request(request) {
+                    Some(invocation) => self.invoke(env, invocation, None, Some(ack), None, out),
+                    None => out.act(Action::Ack {
+                        ack,
+                        result: Ok(()),
+                    }),
+                }
+            }
+            Some(outbox_message::Message::Complete(c)) => {
+                let expected = Expected::from_request(&c);
+                let completion = Completion {
+                    id: target,
+                    index: c.entry_index,
+                    result: c.result,
+                    expected,
+                    stored: entry,
+                };
+                self.complete(env, completion, out);
+                out.act(Action::Ack {
+                    ack,
+                    result: Ok(()),
+                });
+            }
+            None => unreachable!("target_id checked the message"),
+        }
+    }
+}
