@@ -8,6 +8,7 @@
 //! We accept both.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use prost::Message;
 use prost_reflect::DescriptorPool;
@@ -131,17 +132,43 @@ fn read_message_key_options(
     if depth > wire::RECURSION_LIMIT {
         return Err(wire::Malformed("message types nested too deeply"));
     }
-    let name = join(scope, &wire::string_field(message, 1)?.unwrap_or_default());
-    for field in wire::bytes_fields(message, 2)? {
-        let number = wire::varint_field(field, 3)?.unwrap_or(0) as u32;
-        for field_options in wire::bytes_fields(field, 8)? {
-            // FieldType has the single value KEY = 0.
-            if wire::varint_field(field_options, RESTATE_EXTENSION_FIELD)? == Some(0) {
-                out.key_fields.insert((name.clone(), number));
+    // One pass over the message for its name (1, last one wins), fields (2) and nested types (3).
+    let mut name = None;
+    let mut fields = Vec::new();
+    let mut nested = Vec::new();
+    for field in wire::fields(message) {
+        let field = field?;
+        if let wire::Value::Bytes(payload, _) = field.value {
+            match field.number {
+                1 => name = Some(payload),
+                2 => fields.push(payload),
+                3 => nested.push(payload),
+                _ => {}
             }
         }
     }
-    for nested in wire::bytes_fields(message, 3)? {
+    let name = join(scope, &String::from_utf8_lossy(name.unwrap_or_default()));
+    for field in fields {
+        // One pass over the field for its number (3) and options (8).
+        let mut number = 0;
+        let mut marked = false;
+        for f in wire::fields(field) {
+            let f = f?;
+            match (f.number, f.value) {
+                (3, wire::Value::Varint(n, _)) => number = n as u32,
+                (8, wire::Value::Bytes(field_options, _)) => {
+                    // FieldType has the single value KEY = 0.
+                    marked |=
+                        wire::varint_field(field_options, RESTATE_EXTENSION_FIELD)? == Some(0);
+                }
+                _ => {}
+            }
+        }
+        if marked {
+            out.key_fields.insert((name.clone(), number));
+        }
+    }
+    for nested in nested {
         read_message_key_options(nested, &name, out, depth + 1)?;
     }
     Ok(())
@@ -202,13 +229,22 @@ fn read_uninterpreted_options(
     Ok(())
 }
 
-fn well_known_types() -> HashMap<String, FileDescriptorProto> {
-    FileDescriptorSet::decode(WELL_KNOWN_TYPES)
-        .expect("build.rs wrote a valid set")
-        .file
-        .into_iter()
-        .map(|f| (f.name().to_owned(), f))
-        .collect()
+/// The well-known types by file name, decoded once (every registration used to decode all 107 KB of
+/// them). Without their source info: the comments of `descriptor.proto` were most of those bytes, and
+/// each endpoint's pool held a copy.
+fn well_known_types() -> &'static HashMap<String, FileDescriptorProto> {
+    static DECODED: LazyLock<HashMap<String, FileDescriptorProto>> = LazyLock::new(|| {
+        FileDescriptorSet::decode(WELL_KNOWN_TYPES)
+            .expect("build.rs wrote a valid set")
+            .file
+            .into_iter()
+            .map(|mut f| {
+                f.source_code_info = None;
+                (f.name().to_owned(), f)
+            })
+            .collect()
+    });
+    &DECODED
 }
 
 /// Makes the set acceptable to a strict descriptor pool.
@@ -313,13 +349,14 @@ fn repair_message(message: &mut DescriptorProto, enums: &HashSet<String>) {
         if field.r#type.is_none() {
             let t = match field.type_name() {
                 "" => Type::Double,
-                name if enums
-                    .iter()
-                    .any(|e| e == name || e.ends_with(&format!(".{name}"))) =>
-                {
-                    Type::Enum
+                name => {
+                    let suffix = format!(".{name}");
+                    if enums.iter().any(|e| e == name || e.ends_with(&suffix)) {
+                        Type::Enum
+                    } else {
+                        Type::Message
+                    }
                 }
-                _ => Type::Message,
             };
             field.set_type(t);
         }
@@ -502,5 +539,50 @@ mod tests {
             Err(Error::MissingFile { missing, .. }) if missing == "b.proto"
         ));
         assert!(matches!(parse(&[0x0a, 0x05, 1]), Err(Error::Decode(_))));
+    }
+
+    /// Key options read from raw bytes in one pass per message: a field's options may come before its
+    /// number, nested types are scoped by their parent's last name, and only KEY (0) marks a key.
+    #[test]
+    fn key_options_are_read_in_any_field_order_and_scoped_by_nesting() {
+        use prost::encoding::{bytes, string, uint64};
+        let message = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            out
+        };
+        let options = |value: u64| message(&|o| uint64::encode(RESTATE_EXTENSION_FIELD, &value, o));
+        let key_first = message(&|o| {
+            bytes::encode(8, &options(0), o);
+            uint64::encode(3, &7, o);
+        });
+        let not_a_key = message(&|o| {
+            uint64::encode(3, &2, o);
+            bytes::encode(8, &options(1), o);
+        });
+        let inner = message(&|o| {
+            bytes::encode(2, &key_first, o);
+            string::encode(1, &"Inner".to_owned(), o);
+        });
+        let outer = message(&|o| {
+            string::encode(1, &"Wrong".to_owned(), o);
+            bytes::encode(3, &inner, o);
+            bytes::encode(2, &not_a_key, o);
+            string::encode(1, &"Outer".to_owned(), o);
+        });
+        let file = message(&|o| {
+            string::encode(2, &"p".to_owned(), o);
+            bytes::encode(4, &outer, o);
+        });
+        let set = message(&|o| bytes::encode(1, &file, o));
+        let mut out = RestateOptions::default();
+        read_extension_options(&set, &mut out).unwrap();
+        assert_eq!(
+            out.key_fields,
+            BTreeSet::from([("p.Outer.Inner".to_owned(), 7)])
+        );
+        let mut truncated = set.clone();
+        truncated.truncate(set.len() - 1);
+        assert!(read_extension_options(&truncated, &mut out).is_err());
     }
 }
