@@ -576,3 +576,6 @@ fn completion_for(index: EntryIndex, result: &[u8]) -> CompletionMessage {
 }
 
 pub mod codec;
+
+#[cfg(test)]
+mod tests;

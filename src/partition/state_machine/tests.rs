@@ -1,0 +1,984 @@
+//! Table-driven unit tests of the transitions: a command goes in, the exact writes, actions and reply
+//! come out. No IO: a fixed clock, a resolver that knows three services, small limits.
+
+use std::cell::Cell;
+
+use base64::Engine;
+use bytes::Bytes;
+use prost::Message;
+
+use super::*;
+use crate::grpc::Code;
+use crate::partition::keys;
+use crate::partition::rows::{outbox_message, CompletionRequest, InvocationRequest};
+use crate::protocol::messages::{
+    completion_message, AwakeableEntryMessage, BackgroundInvokeEntryMessage,
+    ClearStateEntryMessage, CompleteAwakeableEntryMessage, GetStateEntryMessage,
+    InvokeEntryMessage, PollInputStreamEntryMessage, SetStateEntryMessage, SleepEntryMessage,
+};
+use crate::protocol::{types, FLAG_COMPLETED};
+
+/// The clock's start: a plausible unix time, so "now" and "in the future" are distinguishable.
+const NOW_MS: u64 = 1_000_000;
+/// The partitions of the tests' core (small, so several ids share one).
+const PARTITIONS: u32 = 4;
+/// Sender ids in `Invoke` and `Deliver` commands.
+const CALLER: CallerId = 1;
+const ACK: AckId = 2;
+/// The partition delivered outbox messages come from.
+const PRODUCER: PartitionId = 3;
+
+/// A clock that moves only when told; fresh ids count up from 1000 (never equal to a test's `[n; 16]`).
+struct TestClock {
+    now_ms: Cell<u64>,
+    uuids: Cell<u128>,
+}
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    fn fresh_uuid(&self) -> [u8; 16] {
+        let next = self.uuids.get();
+        self.uuids.set(next + 1);
+        next.to_be_bytes()
+    }
+}
+
+/// Knows "Counter" (keyed: the key is the parameter) and "Greeter" (unkeyed); anything else is
+/// NOT_FOUND.
+struct TestResolver;
+
+impl Resolve for TestResolver {
+    fn resolve(&self, service: &str, method: &str, parameter: &Bytes) -> Result<Resolved, Failure> {
+        match service {
+            "Counter" => Ok(Resolved {
+                key: Some(parameter.to_vec()),
+            }),
+            "Greeter" => Ok(Resolved { key: None }),
+            _ => Err(Failure::new(
+                Code::NotFound,
+                format!("{service}/{method} is not registered"),
+            )),
+        }
+    }
+}
+
+/// The state under test with its environment.
+struct Harness {
+    state: State,
+    clock: TestClock,
+    limits: Limits,
+}
+
+impl Harness {
+    /// Inbox bounds: 2 per key, 4 per core, 64 bytes of arguments in memory. Timers: every stored
+    /// one is loaded (as after recovering an empty store).
+    fn new() -> Harness {
+        let inbox = crate::config::Inbox {
+            max_entries_per_key: 2,
+            max_entries_per_core: 4,
+            memory_bytes_per_core: 64,
+        };
+        let mut harness = Harness {
+            state: State::new(inbox),
+            clock: TestClock {
+                now_ms: Cell::new(NOW_MS),
+                uuids: Cell::new(1000),
+            },
+            limits: Limits {
+                partitions: PARTITIONS,
+                timers_in_memory: 8,
+                idempotency_retention_ms: 60_000,
+                idempotency_recent_ms: 1_000,
+            },
+        };
+        harness.apply(Command::TimersLoading);
+        harness.apply(Command::TimersLoaded {
+            keys: Vec::new(),
+            complete: true,
+        });
+        harness
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            clock: &self.clock,
+            resolver: &TestResolver,
+            limits: &self.limits,
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> Effects {
+        let mut out = Effects::default();
+        let env = Env {
+            clock: &self.clock,
+            resolver: &TestResolver,
+            limits: &self.limits,
+        };
+        self.state.apply(&env, command, &mut out);
+        out
+    }
+
+    /// Invokes `new` for an ingress caller that waits and acknowledges.
+    fn invoke(&mut self, new: &NewInvocation) -> Effects {
+        self.invoke_kept(new, None)
+    }
+
+    fn invoke_kept(&mut self, new: &NewInvocation, kept: Option<Idempotent>) -> Effects {
+        self.apply(Command::Invoke {
+            invocation: new.clone(),
+            caller: Some(CALLER),
+            ack: Some(ACK),
+            kept,
+        })
+    }
+
+    /// Invokes `new`, which must start at once.
+    fn start(&mut self, new: &NewInvocation) -> InvocationId {
+        let out = self.invoke(new);
+        assert!(out.actions.contains(&Action::Drive(new.id)), "{out:?}");
+        new.id
+    }
+
+    /// Appends `frame` at the end of `id`'s journal with nothing read.
+    fn append(&mut self, id: InvocationId, frame: Frame) -> Effects {
+        self.append_read(id, frame, entries::Read::default())
+    }
+
+    fn append_read(&mut self, id: InvocationId, frame: Frame, read: entries::Read) -> Effects {
+        let index = self.state.invocations[&id].journal_length();
+        self.apply(Command::Append {
+            id,
+            index,
+            frame,
+            read,
+        })
+    }
+
+    fn deliver(&mut self, sequence: u64, message: OutboxMessage, entry: Option<Entry>) -> Effects {
+        self.apply(Command::Deliver {
+            producer: PRODUCER,
+            sequence,
+            message,
+            ack: ACK,
+            entry,
+        })
+    }
+
+    fn set_now(&self, now_ms: u64) {
+        self.clock.now_ms.set(now_ms);
+    }
+
+    fn journal(&self, id: &InvocationId) -> Vec<EntryMeta> {
+        self.state.invocations[id].entries.clone()
+    }
+}
+
+fn partition(id: &InvocationId) -> PartitionId {
+    id.partition(PARTITIONS)
+}
+
+fn counter(key: &str) -> ServiceId {
+    ServiceId {
+        service: "Counter".into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+/// Invocation number `n` of the keyed Counter instance `key`.
+fn keyed(n: u8, key: &str) -> NewInvocation {
+    let service = counter(key);
+    NewInvocation {
+        id: InvocationId::from_parts(service.partition_key(), [n; 16]),
+        service,
+        method: "add".into(),
+        argument: Bytes::from_static(b"1"),
+        keyed: true,
+        response_sink: None,
+        idempotency_key: None,
+    }
+}
+
+/// The unique bytes the test clock hands out `n`-th (from 0).
+fn uuid(n: u128) -> [u8; 16] {
+    (1000 + n).to_be_bytes()
+}
+
+fn input_entry(argument: &[u8]) -> Entry {
+    Entry {
+        ty: types::POLL_INPUT_STREAM,
+        completed: true,
+        payload: PollInputStreamEntryMessage {
+            value: argument.to_vec(),
+        }
+        .encode_to_vec()
+        .into(),
+    }
+}
+
+/// The status row of a running `new` written at `NOW_MS`.
+fn running_status(new: &NewInvocation) -> Status {
+    Status {
+        service: new.service.service.clone(),
+        key: new.service.key.clone(),
+        method: new.method.clone(),
+        keyed: new.keyed,
+        created_ms: NOW_MS,
+        response_sink: new.response_sink.clone(),
+        idempotency_key: new.idempotency_key.clone().unwrap_or_default(),
+        ..Status::default()
+    }
+}
+
+fn entry(frame: &Frame, completed: bool) -> Entry {
+    Entry {
+        ty: frame.ty,
+        completed,
+        payload: frame.payload.clone(),
+    }
+}
+
+/// `entry` with a completion result appended, as the state machine stores a completed entry.
+fn completed(mut entry: Entry, result: &completion_message::Result) -> Entry {
+    let mut payload = entry.payload.to_vec();
+    payload.extend_from_slice(&codec::result_bytes(result));
+    entry.payload = payload.into();
+    entry.completed = true;
+    entry
+}
+
+fn value(bytes: &[u8]) -> completion_message::Result {
+    completion_message::Result::Value(bytes.to_vec())
+}
+
+fn appended(out: &Effects) -> Result<Option<CompletionMessage>, AppendError> {
+    match &out.reply {
+        Some(Reply::Appended(result)) => result.clone(),
+        other => panic!("not an Append reply: {other:?}"),
+    }
+}
+
+fn get_state(key: &str) -> Frame {
+    let message = GetStateEntryMessage {
+        key: key.into(),
+        result: None,
+    };
+    Frame::message(types::GET_STATE, 0, &message)
+}
+
+fn sleep(wake_up_time: u64) -> Frame {
+    let message = SleepEntryMessage {
+        wake_up_time,
+        result: None,
+    };
+    Frame::message(types::SLEEP, 0, &message)
+}
+
+fn call(service: &str, parameter: &str) -> Frame {
+    let message = InvokeEntryMessage {
+        service_name: service.into(),
+        method_name: "add".into(),
+        parameter: parameter.into(),
+        result: None,
+    };
+    Frame::message(types::INVOKE, 0, &message)
+}
+
+fn one_way(service: &str, parameter: &str, invoke_time: u64) -> Frame {
+    let message = BackgroundInvokeEntryMessage {
+        service_name: service.into(),
+        method_name: "add".into(),
+        parameter: parameter.into(),
+        invoke_time,
+    };
+    Frame::message(types::BACKGROUND_INVOKE, 0, &message)
+}
+
+fn awakeable() -> Frame {
+    Frame::message(types::AWAKEABLE, 0, &AwakeableEntryMessage { result: None })
+}
+
+/// The SDK's awakeable id of entry `index` of `id`.
+fn awakeable_id(id: &InvocationId, index: EntryIndex) -> String {
+    let mut raw = id.as_bytes().to_vec();
+    raw.extend_from_slice(&index.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn complete_awakeable(id: &str, value: &[u8]) -> Frame {
+    use crate::protocol::messages::complete_awakeable_entry_message::Result;
+    let message = CompleteAwakeableEntryMessage {
+        id: id.into(),
+        result: Some(Result::Value(value.to_vec())),
+    };
+    Frame::message(types::COMPLETE_AWAKEABLE, 0, &message)
+}
+
+/// An outbox message completing entry `index` (of type `ty`) of `target` with `result`.
+fn completion(target: &InvocationId, index: EntryIndex, ty: u16, result: &[u8]) -> OutboxMessage {
+    OutboxMessage {
+        message: Some(outbox_message::Message::Complete(CompletionRequest {
+            invocation_id: Bytes::copy_from_slice(target.as_bytes()),
+            entry_index: index,
+            result: codec::result_bytes(&value(result)),
+            entry_type: u32::from(ty),
+            source: Bytes::new(),
+        })),
+    }
+}
+
+fn outbox_row(message: outbox_message::Message) -> OutboxMessage {
+    OutboxMessage {
+        message: Some(message),
+    }
+}
+
+/// The single message of a `Ship` action.
+fn shipped(producer: PartitionId, sequence: u64, row: &OutboxMessage) -> Action {
+    let target = codec::target_id(row).expect("a target");
+    Action::Ship(vec![Shipped {
+        producer,
+        sequence,
+        target: partition(&target),
+        row: row.clone(),
+    }])
+}
+
+fn ack_ok() -> Action {
+    Action::Ack {
+        ack: ACK,
+        result: Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invoke
+
+#[test]
+fn an_invocation_on_a_free_key_starts_with_its_status_and_input_entry() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let out = h.invoke(&new);
+    let p = partition(&new.id);
+    assert_eq!(
+        out.writes,
+        vec![
+            Effect::PutStatus(p, new.id, running_status(&new)),
+            Effect::PutEntry(p, new.id, 0, input_entry(b"1")),
+        ]
+    );
+    assert_eq!(
+        out.actions,
+        vec![
+            Action::Attach {
+                id: new.id,
+                caller: CALLER
+            },
+            ack_ok(),
+            Action::Drive(new.id),
+        ]
+    );
+    assert_eq!(h.state.locks.get(&new.service), Some(&new.id));
+}
+
+#[test]
+fn an_invocation_on_a_busy_key_waits_in_its_inbox_and_is_not_driven() {
+    let mut h = Harness::new();
+    h.start(&keyed(1, "a"));
+    let second = keyed(2, "a");
+    let out = h.invoke(&second);
+    let p = partition(&second.id);
+    let Effect::PutInbox(wp, service, 0, row) = &out.writes[0] else {
+        panic!("{:?}", out.writes);
+    };
+    assert_eq!((*wp, service, out.writes.len()), (p, &second.service, 1));
+    assert_eq!(row.invocation_id.as_ref(), second.id.as_bytes());
+    assert_eq!(
+        out.actions,
+        vec![
+            Action::Attach {
+                id: second.id,
+                caller: CALLER
+            },
+            ack_ok(),
+        ]
+    );
+    assert!(h.state.inboxes.contains(&second.id));
+}
+
+#[test]
+fn past_the_inbox_bound_an_invocation_is_refused_with_resource_exhausted() {
+    let mut h = Harness::new();
+    h.start(&keyed(1, "a"));
+    h.invoke(&keyed(2, "a"));
+    h.invoke(&keyed(3, "a"));
+    let refused = keyed(4, "a");
+    let out = h.invoke(&refused);
+    assert!(out.writes.is_empty(), "{:?}", out.writes);
+    let [Action::Refused { id, failure, .. }, Action::Answer { caller, outcome }, Action::Ack { ack, result }] =
+        out.actions.as_slice()
+    else {
+        panic!("{:?}", out.actions);
+    };
+    assert_eq!((*id, *caller, *ack), (refused.id, CALLER, ACK));
+    assert_eq!(failure.code, Code::ResourceExhausted as u32);
+    assert_eq!(outcome, &Err(failure.clone()));
+    assert_eq!(result, &Err(failure.clone()));
+    assert!(!h.state.inboxes.contains(&refused.id));
+}
+
+#[test]
+fn a_repeated_invocation_id_attaches_and_acknowledges_only() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    h.start(&new);
+    let queued = keyed(2, "a");
+    h.invoke(&queued);
+    for repeated in [&new, &queued] {
+        let out = h.invoke(repeated);
+        assert!(out.writes.is_empty(), "{:?}", out.writes);
+        let attach = Action::Attach {
+            id: repeated.id,
+            caller: CALLER,
+        };
+        assert_eq!(out.actions, vec![attach, ack_ok()]);
+    }
+    assert_eq!(h.state.inboxes.depth(&queued.service), 1);
+}
+
+/// An idempotent invocation that ended: how a repeated call is answered.
+#[test]
+fn a_repeated_idempotent_call_is_answered_from_its_kept_outcome_while_it_is_kept() {
+    struct Case {
+        name: &'static str,
+        /// Milliseconds after the first invocation ended.
+        later_ms: u64,
+        kept: Option<Idempotent>,
+        /// `Some`: answered with this; `None`: started again.
+        answered: Option<Outcome>,
+    }
+    let row = |value: &'static [u8], expires_ms| Idempotent {
+        value: Bytes::from_static(value),
+        expires_ms,
+        ..Idempotent::default()
+    };
+    let cases = [
+        Case {
+            name: "recently finished, row not visible yet",
+            later_ms: 10,
+            kept: None,
+            answered: Some(Ok(Bytes::from_static(b"out"))),
+        },
+        Case {
+            name: "kept row, fresh",
+            later_ms: 5_000,
+            kept: Some(row(b"kept", NOW_MS + 60_000)),
+            answered: Some(Ok(Bytes::from_static(b"kept"))),
+        },
+        Case {
+            name: "kept row, expired",
+            later_ms: 70_000,
+            kept: Some(row(b"kept", NOW_MS + 60_000)),
+            answered: None,
+        },
+        Case {
+            name: "no row, no longer recent",
+            later_ms: 5_000,
+            kept: None,
+            answered: None,
+        },
+    ];
+    for case in cases {
+        let mut h = Harness::new();
+        let mut new = keyed(1, "a");
+        new.idempotency_key = Some("once".into());
+        h.start(&new);
+        let ended = h.apply(Command::Finish {
+            id: new.id,
+            outcome: Ok(Bytes::from_static(b"out")),
+        });
+        assert!(ended
+            .writes
+            .iter()
+            .any(|w| matches!(w, Effect::PutIdempotent(_, id, r) if *id == new.id && r.value == "out" && r.expires_ms == NOW_MS + 60_000)));
+        h.set_now(NOW_MS + case.later_ms);
+        let out = h.invoke_kept(&new, case.kept);
+        match case.answered {
+            Some(outcome) => {
+                assert!(out.writes.is_empty(), "{}: {:?}", case.name, out.writes);
+                let answer = Action::Answer {
+                    caller: CALLER,
+                    outcome,
+                };
+                assert_eq!(out.actions, vec![ack_ok(), answer], "{}", case.name);
+            }
+            None => assert!(
+                out.actions.contains(&Action::Drive(new.id)),
+                "{}: {:?}",
+                case.name,
+                out.actions
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Append: one test per journal entry type
+
+#[test]
+fn get_state_is_answered_from_the_value_read_and_stored_completed() {
+    use crate::protocol::messages::get_state_entry_message::Result as Stored;
+    let cases = [
+        (
+            Some(Bytes::from_static(b"v")),
+            Stored::Value(b"v".to_vec()),
+            value(b"v"),
+        ),
+        (
+            None,
+            Stored::Empty(()),
+            completion_message::Result::Empty(()),
+        ),
+    ];
+    for (read, stored, answer) in cases {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let state_value = Some(read.clone());
+        let out = h.append_read(
+            id,
+            get_state("k"),
+            entries::Read {
+                state_value,
+                early: None,
+            },
+        );
+        let payload = GetStateEntryMessage {
+            key: b"k".to_vec(),
+            result: Some(stored),
+        };
+        let stored = Entry {
+            ty: types::GET_STATE,
+            completed: true,
+            payload: payload.encode_to_vec().into(),
+        };
+        assert_eq!(
+            out.writes,
+            vec![Effect::PutEntry(partition(&id), id, 1, stored)],
+            "{read:?}"
+        );
+        assert!(out.actions.is_empty());
+        let completion = CompletionMessage {
+            entry_index: 1,
+            result: Some(answer),
+        };
+        assert_eq!(appended(&out), Ok(Some(completion)), "{read:?}");
+    }
+}
+
+#[test]
+fn get_state_completed_by_the_sdk_is_stored_as_sent() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let eager = GetStateEntryMessage {
+        key: b"k".to_vec(),
+        result: Some(
+            crate::protocol::messages::get_state_entry_message::Result::Value(b"e".to_vec()),
+        ),
+    };
+    let frame = Frame::message(types::GET_STATE, FLAG_COMPLETED, &eager);
+    let out = h.append(id, frame.clone());
+    assert_eq!(
+        out.writes,
+        vec![Effect::PutEntry(partition(&id), id, 1, entry(&frame, true))]
+    );
+    assert_eq!(appended(&out), Ok(None));
+}
+
+#[test]
+fn get_state_without_its_read_value_fails_and_changes_nothing() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let out = h.append(id, get_state("k"));
+    assert!(
+        matches!(appended(&out), Err(AppendError::Storage(_))),
+        "{:?}",
+        out.reply
+    );
+    assert!(out.writes.is_empty() && out.actions.is_empty());
+    assert_eq!(h.journal(&id).len(), 1);
+}
+
+#[test]
+fn set_and_clear_state_write_the_instance_state_with_the_entry() {
+    let service = counter("a");
+    let set = SetStateEntryMessage {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    };
+    let clear = ClearStateEntryMessage { key: b"k".to_vec() };
+    let p = partition(&keyed(1, "a").id);
+    let k = Bytes::from_static(b"k");
+    let cases = [
+        (
+            Frame::message(types::SET_STATE, 0, &set),
+            Effect::PutState(p, service.clone(), k.clone(), Bytes::from_static(b"v")),
+        ),
+        (
+            Frame::message(types::CLEAR_STATE, 0, &clear),
+            Effect::DeleteState(p, service.clone(), k),
+        ),
+    ];
+    for (frame, state_write) in cases {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let out = h.append(id, frame.clone());
+        let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
+        assert_eq!(out.writes, vec![stored, state_write]);
+        assert!(out.actions.is_empty());
+        assert_eq!(appended(&out), Ok(None));
+    }
+}
+
+fn timer_key(id: InvocationId, index: EntryIndex, wake_ms: u64) -> TimerKey {
+    TimerKey {
+        wake_ms,
+        partition: partition(&id),
+        id,
+        index,
+    }
+}
+
+#[test]
+fn sleep_arms_a_durable_timer_and_wakes_the_timers_only_when_it_is_the_nearest() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    // (wake-up time, whether it is the nearest timer when armed)
+    let cases = [
+        (NOW_MS + 5_000, true),
+        (NOW_MS + 9_000, false),
+        (NOW_MS + 1_000, true),
+    ];
+    for (wake_ms, nearest) in cases {
+        let index = h.journal(&id).len() as EntryIndex;
+        let frame = sleep(wake_ms);
+        let out = h.append(id, frame.clone());
+        let timer = Effect::PutTimer(timer_key(id, index, wake_ms), Timer { invoke: None });
+        let stored = Effect::PutEntry(partition(&id), id, index, entry(&frame, false));
+        assert_eq!(out.writes, vec![stored, timer], "{wake_ms}");
+        let wake = if nearest {
+            vec![Action::WakeTimers]
+        } else {
+            vec![]
+        };
+        assert_eq!(out.actions, wake, "{wake_ms}");
+        assert_eq!(appended(&out), Ok(None));
+    }
+    assert_eq!(h.state.timers.len(), 3);
+}
+
+#[test]
+fn a_completed_sleep_arms_no_timer() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let done = SleepEntryMessage {
+        wake_up_time: NOW_MS + 5_000,
+        result: Some(crate::protocol::messages::sleep_entry_message::Result::Empty(())),
+    };
+    let frame = Frame::message(types::SLEEP, FLAG_COMPLETED, &done);
+    let out = h.append(id, frame.clone());
+    assert_eq!(
+        out.writes,
+        vec![Effect::PutEntry(partition(&id), id, 1, entry(&frame, true))]
+    );
+    assert!(out.actions.is_empty());
+    assert!(h.state.timers.is_empty());
+}
+
+/// The request a call from entry `index` of `caller` makes: its id is the clock's `id_uuid`-th.
+fn request(
+    service: ServiceId,
+    keyed: bool,
+    id_uuid: u128,
+    argument: &str,
+    sink: Option<(InvocationId, EntryIndex)>,
+) -> InvocationRequest {
+    InvocationRequest {
+        invocation_id: Bytes::copy_from_slice(
+            InvocationId::from_parts(service.partition_key(), uuid(id_uuid)).as_bytes(),
+        ),
+        service: service.service,
+        key: service.key,
+        method: "add".into(),
+        argument: Bytes::copy_from_slice(argument.as_bytes()),
+        keyed,
+        response_sink: sink.map(|(caller, entry_index)| ResponseSink {
+            caller: Bytes::copy_from_slice(caller.as_bytes()),
+            entry_index,
+        }),
+    }
+}
+
+fn greeter(key: [u8; 16]) -> ServiceId {
+    ServiceId {
+        service: "Greeter".into(),
+        key: Bytes::copy_from_slice(&key),
+    }
+}
+
+#[test]
+fn a_call_is_written_to_the_outbox_with_its_entry_and_shipped_to_the_callee() {
+    // (target service, parameter, the callee's request: a keyed one is keyed by the parameter, an
+    // unkeyed one gets a fresh key and then a fresh id)
+    let sink = Some((keyed(1, "a").id, 1));
+    let cases = [
+        ("Counter", "b", request(counter("b"), true, 0, "b", sink)),
+        (
+            "Greeter",
+            "x",
+            request(greeter(uuid(0)), false, 1, "x", sink),
+        ),
+    ];
+    for (service, parameter, expected) in cases {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let p = partition(&id);
+        let frame = call(service, parameter);
+        let out = h.append(id, frame.clone());
+        let row = outbox_row(outbox_message::Message::Invoke(expected));
+        let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
+        assert_eq!(
+            out.writes,
+            vec![stored, Effect::PutOutbox(p, 0, row.clone())],
+            "{service}"
+        );
+        assert_eq!(out.actions, vec![shipped(p, 0, &row)], "{service}");
+        assert_eq!(appended(&out), Ok(None));
+    }
+}
+
+#[test]
+fn a_call_to_an_unknown_service_completes_its_entry_with_not_found() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let frame = call("Nope", "x");
+    let out = h.append(id, frame.clone());
+    let failure = completion_message::Result::Failure(crate::protocol::messages::Failure {
+        code: Code::NotFound as u32,
+        message: "Nope/add is not registered".into(),
+    });
+    let stored = completed(entry(&frame, false), &failure);
+    assert_eq!(
+        out.writes,
+        vec![Effect::PutEntry(partition(&id), id, 1, stored)]
+    );
+    assert!(out.actions.is_empty(), "nothing shipped: {:?}", out.actions);
+    let completion = CompletionMessage {
+        entry_index: 1,
+        result: Some(failure),
+    };
+    assert_eq!(appended(&out), Ok(Some(completion)));
+    assert!(h.journal(&id)[1].completed);
+}
+
+#[test]
+fn a_one_way_call_ships_now_waits_in_a_timer_or_is_dropped() {
+    let later = NOW_MS + 5_000;
+    let req = || request(counter("b"), true, 0, "b", None);
+    // (name, frame, writes besides the entry, actions) for caller `id` in partition `p`
+    type Expect = fn(InvocationId, PartitionId, InvocationRequest) -> (Vec<Effect>, Vec<Action>);
+    let cases: [(&str, Frame, Expect); 4] = [
+        ("due now", one_way("Counter", "b", NOW_MS), |_, p, r| {
+            let row = outbox_row(outbox_message::Message::Invoke(r));
+            (
+                vec![Effect::PutOutbox(p, 0, row.clone())],
+                vec![shipped(p, 0, &row)],
+            )
+        }),
+        ("no time", one_way("Counter", "b", 0), |_, p, r| {
+            let row = outbox_row(outbox_message::Message::Invoke(r));
+            (
+                vec![Effect::PutOutbox(p, 0, row.clone())],
+                vec![shipped(p, 0, &row)],
+            )
+        }),
+        (
+            "in the future",
+            one_way("Counter", "b", later),
+            |id, _, r| {
+                let timer = Timer { invoke: Some(r) };
+                let put = Effect::PutTimer(timer_key(id, 1, NOW_MS + 5_000), timer);
+                (vec![put], vec![Action::WakeTimers])
+            },
+        ),
+        (
+            "unknown service",
+            one_way("Nope", "b", NOW_MS),
+            |_, _, _| (vec![], vec![]),
+        ),
+    ];
+    for (name, frame, expect) in cases {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let p = partition(&id);
+        let out = h.append(id, frame.clone());
+        let (writes, actions) = expect(id, p, req());
+        let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
+        assert_eq!(out.writes, [vec![stored], writes].concat(), "{name}");
+        assert_eq!(out.actions, actions, "{name}");
+        assert_eq!(appended(&out), Ok(None), "{name}");
+    }
+}
+
+#[test]
+fn an_awakeable_is_stored_and_nothing_else() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let out = h.append(id, awakeable());
+    assert_eq!(
+        out.writes,
+        vec![Effect::PutEntry(
+            partition(&id),
+            id,
+            1,
+            entry(&awakeable(), false)
+        )]
+    );
+    assert!(out.actions.is_empty());
+    assert_eq!(appended(&out), Ok(None));
+    assert_eq!(
+        h.journal(&id)[1],
+        EntryMeta {
+            ty: types::AWAKEABLE,
+            completed: false
+        }
+    );
+}
+
+#[test]
+fn completing_an_awakeable_ships_an_awakeable_completion_from_its_resolver() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let p = partition(&id);
+    let target = keyed(9, "z").id;
+    let frame = complete_awakeable(&awakeable_id(&target, 3), b"v");
+    let out = h.append(id, frame.clone());
+    let row = outbox_row(outbox_message::Message::Complete(CompletionRequest {
+        invocation_id: Bytes::copy_from_slice(target.as_bytes()),
+        entry_index: 3,
+        result: codec::result_bytes(&value(b"v")),
+        entry_type: u32::from(types::AWAKEABLE),
+        source: Bytes::copy_from_slice(id.as_bytes()),
+    }));
+    let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
+    assert_eq!(
+        out.writes,
+        vec![stored, Effect::PutOutbox(p, 0, row.clone())]
+    );
+    assert_eq!(out.actions, vec![shipped(p, 0, &row)]);
+    assert_eq!(appended(&out), Ok(None));
+}
+
+#[test]
+fn completing_an_awakeable_with_an_invalid_id_is_refused_and_changes_nothing() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let out = h.append(id, complete_awakeable("not-an-awakeable-id", b"v"));
+    let Err(AppendError::Refused(failure)) = appended(&out) else {
+        panic!("{:?}", out.reply);
+    };
+    assert_eq!(failure.code, Code::InvalidArgument as u32);
+    assert!(out.writes.is_empty() && out.actions.is_empty());
+    assert_eq!(h.journal(&id).len(), 1);
+    assert!(
+        h.state.outbox_sequence.is_empty(),
+        "no outbox sequence taken"
+    );
+}
+
+#[test]
+fn a_custom_entry_is_stored_uncompleted_and_acknowledged_only_when_asked() {
+    for (flags, reply) in [
+        (0, None),
+        (
+            crate::protocol::FLAG_REQUIRES_ACK,
+            Some(CompletionMessage {
+                entry_index: 1,
+                result: None,
+            }),
+        ),
+    ] {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let frame = Frame::new(types::SIDE_EFFECT, flags, Bytes::from_static(b"opaque"));
+        let out = h.append(id, frame.clone());
+        let stored = Effect::PutEntry(partition(&id), id, 1, entry(&frame, false));
+        assert_eq!(out.writes, vec![stored], "flags {flags}");
+        assert_eq!(appended(&out), Ok(reply), "flags {flags}");
+    }
+}
+
+#[test]
+fn entries_that_break_the_protocol_are_refused_and_change_nothing() {
+    let set = SetStateEntryMessage {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    };
+    // (name, index past the journal's end, frame)
+    let cases = [
+        (
+            "an output",
+            0,
+            Frame::new(types::OUTPUT_STREAM, 0, Bytes::new()),
+        ),
+        ("an unknown type", 0, Frame::new(0x0005, 0, Bytes::new())),
+        (
+            "a core message",
+            0,
+            Frame::new(types::SUSPENSION, 0, Bytes::new()),
+        ),
+        (
+            "an undecodable payload",
+            0,
+            Frame::new(types::SET_STATE, 0, Bytes::from_static(&[0xff])),
+        ),
+        (
+            "a wrong index",
+            1,
+            Frame::message(types::SET_STATE, 0, &set),
+        ),
+    ];
+    for (name, skip, frame) in cases {
+        let mut h = Harness::new();
+        let id = h.start(&keyed(1, "a"));
+        let index = 1 + skip;
+        let out = h.apply(Command::Append {
+            id,
+            index,
+            frame,
+            read: entries::Read::default(),
+        });
+        assert!(
+            matches!(appended(&out), Err(AppendError::Protocol(_))),
+            "{name}: {:?}",
+            out.reply
+        );
+        assert!(out.writes.is_empty() && out.actions.is_empty(), "{name}");
+        assert_eq!(h.journal(&id).len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn an_entry_for_an_unknown_invocation_is_gone() {
+    let mut h = Harness::new();
+    let id = keyed(1, "a").id;
+    let out = h.apply(Command::Append {
+        id,
+        index: 1,
+        frame: awakeable(),
+        read: entries::Read::default(),
+    });
+    assert_eq!(appended(&out), Err(AppendError::Gone));
+    assert!(out.writes.is_empty());
+}
