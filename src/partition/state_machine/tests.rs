@@ -982,3 +982,528 @@ fn an_entry_for_an_unknown_invocation_is_gone() {
     assert_eq!(appended(&out), Err(AppendError::Gone));
     assert!(out.writes.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Completions, suspension
+
+/// A running invocation whose journal is [input, awakeable, sleep]; returns it and its awakeable and
+/// sleep entries as stored.
+fn with_awakeable_and_sleep(h: &mut Harness) -> (NewInvocation, Entry, Entry) {
+    let new = keyed(1, "a");
+    h.start(&new);
+    h.append(new.id, awakeable());
+    h.append(new.id, sleep(NOW_MS + 5_000));
+    let sleep_entry = entry(&sleep(NOW_MS + 5_000), false);
+    (new, entry(&awakeable(), false), sleep_entry)
+}
+
+fn dedup(target: &InvocationId, sequence: u64) -> Effect {
+    Effect::PutDedup(partition(target), PRODUCER, sequence)
+}
+
+fn forward(id: InvocationId, index: EntryIndex, result: &[u8]) -> Action {
+    let completion = CompletionMessage {
+        entry_index: index,
+        result: Some(value(result)),
+    };
+    Action::Forward { id, completion }
+}
+
+#[test]
+fn a_completion_of_the_right_type_completes_forwards_and_resumes_a_suspended_invocation() {
+    for suspended in [false, true] {
+        let mut h = Harness::new();
+        let (new, awakeable, _) = with_awakeable_and_sleep(&mut h);
+        let (id, p) = (new.id, partition(&new.id));
+        if suspended {
+            h.apply(Command::Suspend {
+                id,
+                indexes: vec![1],
+                known_completed: vec![],
+            });
+        }
+        let out = h.deliver(
+            1,
+            completion(&id, 1, types::AWAKEABLE, b"v"),
+            Some(awakeable.clone()),
+        );
+        let stored = Effect::PutEntry(p, id, 1, completed(awakeable, &value(b"v")));
+        let mut writes = vec![dedup(&id, 1), stored];
+        let mut actions = vec![forward(id, 1, b"v")];
+        if suspended {
+            writes.push(Effect::PutStatus(p, id, running_status(&new)));
+            actions.push(Action::Drive(id));
+        }
+        actions.push(ack_ok());
+        assert_eq!(out.writes, writes, "suspended: {suspended}");
+        assert_eq!(out.actions, actions, "suspended: {suspended}");
+        assert!(h.journal(&id)[1].completed);
+        assert!(h.state.invocations[&id].suspended.is_none());
+    }
+}
+
+#[test]
+fn a_completion_that_does_not_fit_is_refused_and_only_its_dedup_row_is_written() {
+    struct Case {
+        name: &'static str,
+        gone: bool,
+        index: EntryIndex,
+        ty: u16,
+        /// Deliver the same (valid) completion first, with the previous sequence.
+        twice: bool,
+        read: bool,
+    }
+    let case = |name, index, ty| Case {
+        name,
+        gone: false,
+        index,
+        ty,
+        twice: false,
+        read: true,
+    };
+    let cases = [
+        case(
+            "wrong type: an awakeable completion for a sleep",
+            2,
+            types::AWAKEABLE,
+        ),
+        case("wrong type: an old untyped completion for a sleep", 2, 0),
+        case("past the journal's end", 7, types::AWAKEABLE),
+        Case {
+            twice: true,
+            ..case("already completed", 1, types::AWAKEABLE)
+        },
+        Case {
+            gone: true,
+            ..case("the invocation is gone", 1, types::AWAKEABLE)
+        },
+        Case {
+            read: false,
+            ..case("the entry was not read", 1, types::AWAKEABLE)
+        },
+    ];
+    for case in cases {
+        let mut h = Harness::new();
+        let (new, awakeable, sleep_entry) = with_awakeable_and_sleep(&mut h);
+        let target = if case.gone { keyed(7, "q").id } else { new.id };
+        let stored = [None, Some(awakeable), Some(sleep_entry)];
+        let read = stored
+            .get(case.index as usize)
+            .cloned()
+            .flatten()
+            .filter(|_| case.read);
+        if case.twice {
+            h.deliver(
+                1,
+                completion(&target, case.index, case.ty, b"v"),
+                read.clone(),
+            );
+        }
+        let before = h.state.invocations.get(&new.id).map(|i| i.entries.clone());
+        let out = h.deliver(2, completion(&target, case.index, case.ty, b"v"), read);
+        assert_eq!(out.writes, vec![dedup(&target, 2)], "{}", case.name);
+        assert_eq!(out.actions, vec![ack_ok()], "{}", case.name);
+        let after = h.state.invocations.get(&new.id).map(|i| i.entries.clone());
+        assert_eq!(before, after, "{}", case.name);
+    }
+}
+
+#[test]
+fn a_repeated_delivery_is_acknowledged_and_nothing_else() {
+    let mut h = Harness::new();
+    let (new, awakeable, _) = with_awakeable_and_sleep(&mut h);
+    let message = completion(&new.id, 1, types::AWAKEABLE, b"v");
+    h.deliver(5, message.clone(), Some(awakeable.clone()));
+    for sequence in [5, 4] {
+        let out = h.deliver(sequence, message.clone(), Some(awakeable.clone()));
+        assert!(out.writes.is_empty(), "{sequence}: {:?}", out.writes);
+        assert_eq!(out.actions, vec![ack_ok()], "{sequence}");
+    }
+}
+
+#[test]
+fn a_delivered_call_starts_its_invocation_after_its_dedup_row() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let message = outbox_row(outbox_message::Message::Invoke(new.to_request()));
+    let out = h.deliver(1, message, None);
+    let p = partition(&new.id);
+    let status = Effect::PutStatus(p, new.id, running_status(&new));
+    let input = Effect::PutEntry(p, new.id, 0, input_entry(b"1"));
+    assert_eq!(out.writes, vec![dedup(&new.id, 1), status, input]);
+    assert_eq!(out.actions, vec![ack_ok(), Action::Drive(new.id)]);
+}
+
+#[test]
+fn a_suspension_resumes_at_once_when_an_awaited_entry_is_completed() {
+    // (name, complete entry 1 first, entries the attempt saw completed, outcome)
+    let cases = [
+        ("waiting", false, vec![], SuspendOutcome::Suspended),
+        ("completed meanwhile", true, vec![], SuspendOutcome::Resume),
+        (
+            "the attempt saw it completed",
+            false,
+            vec![1],
+            SuspendOutcome::Resume,
+        ),
+    ];
+    for (name, complete_first, known_completed, outcome) in cases {
+        let mut h = Harness::new();
+        let (new, awakeable, _) = with_awakeable_and_sleep(&mut h);
+        let id = new.id;
+        if complete_first {
+            h.deliver(
+                1,
+                completion(&id, 1, types::AWAKEABLE, b"v"),
+                Some(awakeable),
+            );
+        }
+        let out = h.apply(Command::Suspend {
+            id,
+            indexes: vec![1, 2],
+            known_completed,
+        });
+        assert_eq!(out.reply, Some(Reply::Suspended(outcome)), "{name}");
+        let writes = match outcome {
+            SuspendOutcome::Resume => vec![],
+            SuspendOutcome::Suspended => {
+                let status = Status {
+                    suspended: true,
+                    waiting: vec![1, 2],
+                    ..running_status(&new)
+                };
+                vec![Effect::PutStatus(partition(&id), id, status)]
+            }
+        };
+        assert_eq!(out.writes, writes, "{name}");
+        assert!(out.actions.is_empty(), "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finish, cancel
+
+#[test]
+fn finishing_deletes_the_invocation_answers_its_caller_and_starts_the_next_in_its_inbox() {
+    let mut h = Harness::new();
+    let caller = keyed(8, "c").id;
+    let mut first = keyed(1, "a");
+    first.response_sink = Some(ResponseSink {
+        caller: Bytes::copy_from_slice(caller.as_bytes()),
+        entry_index: 4,
+    });
+    first.idempotency_key = Some("once".into());
+    let id = h.start(&first);
+    h.append(id, awakeable());
+    let next = keyed(2, "a");
+    h.invoke(&next);
+    let out = h.apply(Command::Finish {
+        id,
+        outcome: Ok(Bytes::from_static(b"out")),
+    });
+    let p = partition(&id);
+    let kept = Idempotent {
+        value: Bytes::from_static(b"out"),
+        expires_ms: NOW_MS + 60_000,
+        ..Idempotent::default()
+    };
+    let response = outbox_row(codec::response_message(
+        first.response_sink.as_ref().unwrap(),
+        &Ok(Bytes::from_static(b"out")),
+    ));
+    let expected = vec![
+        Effect::DeleteJournal(p, id, 2),
+        Effect::DeleteStatus(p, id),
+        Effect::PutIdempotent(p, id, kept),
+        Effect::DeleteInbox(p, next.service.clone(), 0),
+        Effect::PutStatus(p, next.id, running_status(&next)),
+        Effect::PutEntry(p, next.id, 0, input_entry(b"1")),
+        Effect::PutOutbox(p, 0, response.clone()),
+    ];
+    assert_eq!(out.writes, expected);
+    let ended = Action::Ended {
+        id,
+        outcome: Ok(Bytes::from_static(b"out")),
+    };
+    assert_eq!(
+        out.actions,
+        vec![Action::Drive(next.id), shipped(p, 0, &response), ended]
+    );
+    assert_eq!(h.state.locks.get(&next.service), Some(&next.id));
+    assert!(!h.state.invocations.contains_key(&id));
+}
+
+fn aborted(id: InvocationId) -> Action {
+    Action::Ended {
+        id,
+        outcome: Err(codec::aborted()),
+    }
+}
+
+#[test]
+fn cancelling_a_running_invocation_ends_it_with_aborted() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let out = h.apply(Command::Cancel { id });
+    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
+    let p = partition(&id);
+    assert_eq!(
+        out.writes,
+        vec![Effect::DeleteJournal(p, id, 1), Effect::DeleteStatus(p, id)]
+    );
+    assert_eq!(out.actions, vec![aborted(id)]);
+    assert!(h.state.locks.is_empty());
+}
+
+#[test]
+fn cancelling_a_queued_invocation_deletes_its_inbox_row_and_ends_it_with_aborted() {
+    let mut h = Harness::new();
+    let running = h.start(&keyed(1, "a"));
+    let queued = keyed(2, "a");
+    h.invoke(&queued);
+    let out = h.apply(Command::Cancel { id: queued.id });
+    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
+    let delete = Effect::DeleteInbox(partition(&queued.id), queued.service.clone(), 0);
+    assert_eq!(out.writes, vec![delete]);
+    assert_eq!(out.actions, vec![aborted(queued.id)]);
+    assert!(!h.state.inboxes.contains(&queued.id));
+    assert!(h.state.invocations.contains_key(&running));
+}
+
+#[test]
+fn cancelling_an_invocation_starting_from_its_inbox_row_ends_it_when_the_row_is_read() {
+    let mut h = Harness::new();
+    let first = h.start(&keyed(1, "a"));
+    let mut big = keyed(2, "a");
+    big.argument = Bytes::from(vec![7; 100]); // past the 64 bytes kept in memory
+    h.invoke(&big);
+    let out = h.apply(Command::Finish {
+        id: first,
+        outcome: Ok(Bytes::new()),
+    });
+    let p = partition(&big.id);
+    let read = Action::ReadInboxRow {
+        id: big.id,
+        partition: p,
+        service: big.service.clone(),
+        sequence: 0,
+    };
+    assert!(out.actions.contains(&read), "{:?}", out.actions);
+    let out = h.apply(Command::Cancel { id: big.id });
+    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
+    assert!(out.writes.is_empty() && out.actions.is_empty());
+    let row = inbox_row(&big, NOW_MS);
+    let out = h.apply(Command::InboxRowRead {
+        id: big.id,
+        row: Some(row),
+    });
+    assert_eq!(
+        out.writes,
+        vec![Effect::DeleteInbox(p, big.service.clone(), 0)]
+    );
+    assert_eq!(out.actions, vec![aborted(big.id)]);
+    assert!(h.state.locks.is_empty() && h.state.starting.is_empty());
+}
+
+#[test]
+fn an_invocation_starting_from_its_inbox_row_starts_when_the_row_is_read() {
+    let mut h = Harness::new();
+    let first = h.start(&keyed(1, "a"));
+    let mut big = keyed(2, "a");
+    big.argument = Bytes::from(vec![7; 100]);
+    h.invoke(&big);
+    h.apply(Command::Finish {
+        id: first,
+        outcome: Ok(Bytes::new()),
+    });
+    let out = h.apply(Command::InboxRowRead {
+        id: big.id,
+        row: Some(inbox_row(&big, NOW_MS)),
+    });
+    let p = partition(&big.id);
+    let expected = vec![
+        Effect::DeleteInbox(p, big.service.clone(), 0),
+        Effect::PutStatus(p, big.id, running_status(&big)),
+        Effect::PutEntry(p, big.id, 0, input_entry(&[7; 100])),
+    ];
+    assert_eq!(out.writes, expected);
+    assert_eq!(out.actions, vec![Action::Drive(big.id)]);
+}
+
+#[test]
+fn cancelling_an_unknown_invocation_finds_nothing() {
+    let mut h = Harness::new();
+    let out = h.apply(Command::Cancel {
+        id: keyed(1, "a").id,
+    });
+    assert_eq!(out.reply, Some(Reply::Cancelled(false)));
+    assert!(out.writes.is_empty() && out.actions.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers
+
+#[test]
+fn a_sleep_timer_completes_its_entry_once() {
+    let mut h = Harness::new();
+    let (new, _, sleep_entry) = with_awakeable_and_sleep(&mut h);
+    let id = new.id;
+    let key = timer_key(id, 2, NOW_MS + 5_000);
+    let fire = Command::FireTimer {
+        key,
+        row: Some(Timer { invoke: None }),
+        entry: Some(sleep_entry.clone()),
+    };
+    let out = h.apply(fire.clone());
+    let empty = completion_message::Result::Empty(());
+    let stored = Effect::PutEntry(partition(&id), id, 2, completed(sleep_entry, &empty));
+    assert_eq!(out.writes, vec![Effect::DeleteTimer(key), stored]);
+    let completion = CompletionMessage {
+        entry_index: 2,
+        result: Some(empty),
+    };
+    assert_eq!(out.actions, vec![Action::Forward { id, completion }]);
+    let again = h.apply(fire);
+    assert!(
+        again.writes.is_empty() && again.actions.is_empty(),
+        "fired twice: {again:?}"
+    );
+}
+
+#[test]
+fn a_timer_whose_row_is_gone_does_nothing() {
+    let mut h = Harness::new();
+    let (new, _, sleep_entry) = with_awakeable_and_sleep(&mut h);
+    let key = timer_key(new.id, 2, NOW_MS + 5_000);
+    let out = h.apply(Command::FireTimer {
+        key,
+        row: None,
+        entry: Some(sleep_entry),
+    });
+    assert!(out.writes.is_empty() && out.actions.is_empty(), "{out:?}");
+    assert!(!h.journal(&new.id)[2].completed);
+}
+
+#[test]
+fn a_delayed_call_is_shipped_when_its_timer_fires() {
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let p = partition(&id);
+    h.append(id, one_way("Counter", "b", NOW_MS + 5_000));
+    let key = timer_key(id, 1, NOW_MS + 5_000);
+    let call = request(counter("b"), true, 0, "b", None);
+    let row = Some(Timer {
+        invoke: Some(call.clone()),
+    });
+    let out = h.apply(Command::FireTimer {
+        key,
+        row,
+        entry: None,
+    });
+    let message = outbox_row(outbox_message::Message::Invoke(call));
+    assert_eq!(
+        out.writes,
+        vec![
+            Effect::DeleteTimer(key),
+            Effect::PutOutbox(p, 0, message.clone())
+        ]
+    );
+    assert_eq!(out.actions, vec![shipped(p, 0, &message)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox, attempts, failures, endpoints
+
+#[test]
+fn an_acknowledged_outbox_message_is_deleted() {
+    let mut h = Harness::new();
+    let out = h.apply(Command::OutboxAcked {
+        producer: 2,
+        sequence: 9,
+    });
+    assert_eq!(out.writes, vec![Effect::DeleteOutbox(2, 9)]);
+    assert!(out.actions.is_empty());
+}
+
+#[test]
+fn an_attempt_gets_the_fresh_input_once_and_is_counted() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let id = h.start(&new);
+    let plan = |fresh| AttemptPlan {
+        partition: partition(&id),
+        service: new.service.clone(),
+        method: "add".into(),
+        keyed: true,
+        endpoint: String::new(),
+        journal_length: 1,
+        fresh,
+    };
+    for expected in [plan(Some(input_entry(b"1"))), plan(None)] {
+        let out = h.apply(Command::AttemptStarted { id });
+        assert_eq!(out.reply, Some(Reply::Attempt(Some(expected))));
+    }
+    assert_eq!(h.state.invocations[&id].attempts, 2);
+    let gone = h.apply(Command::AttemptStarted {
+        id: keyed(2, "b").id,
+    });
+    assert_eq!(gone.reply, Some(Reply::Attempt(None)));
+}
+
+#[test]
+fn a_failed_attempt_is_recorded_in_the_status_row_clipped() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let id = h.start(&new);
+    let message = "x".repeat(300);
+    let out = h.apply(Command::RecordFailure {
+        id,
+        message,
+        retry_in_ms: 500,
+    });
+    let status = Status {
+        last_failure: "x".repeat(256),
+        next_retry_ms: NOW_MS + 500,
+        ..running_status(&new)
+    };
+    assert_eq!(
+        out.writes,
+        vec![Effect::PutStatus(partition(&id), id, status)]
+    );
+    let gone = h.apply(Command::RecordFailure {
+        id: keyed(2, "b").id,
+        message: "x".into(),
+        retry_in_ms: 1,
+    });
+    assert!(gone.writes.is_empty());
+}
+
+#[test]
+fn pinning_an_endpoint_writes_the_status_row_only_when_it_changes() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let id = h.start(&new);
+    let pinned = |endpoint: &str| Status {
+        endpoint: endpoint.into(),
+        ..running_status(&new)
+    };
+    // (invocation, endpoint, status row written)
+    let cases = [
+        (id, "e1", Some(pinned("e1"))),
+        (id, "e1", None),
+        (id, "e2", Some(pinned("e2"))),
+        (keyed(2, "b").id, "e1", None),
+    ];
+    for (target, endpoint, status) in cases {
+        let out = h.apply(Command::PinEndpoint {
+            id: target,
+            endpoint: endpoint.into(),
+        });
+        let writes: Vec<Effect> = status
+            .into_iter()
+            .map(|s| Effect::PutStatus(partition(&id), id, s))
+            .collect();
+        assert_eq!(out.writes, writes, "{endpoint}");
+    }
+    assert_eq!(h.state.invocations[&id].endpoint, "e2");
+}
