@@ -102,22 +102,19 @@ impl Harness {
         harness
     }
 
-    fn env(&self) -> Env<'_> {
-        Env {
-            clock: &self.clock,
-            resolver: &TestResolver,
-            limits: &self.limits,
-        }
+    fn apply(&mut self, command: Command) -> Effects {
+        self.run(|state, env, out| state.apply(env, command, out))
     }
 
-    fn apply(&mut self, command: Command) -> Effects {
+    /// Runs `f` on the state with the harness's environment.
+    fn run(&mut self, f: impl FnOnce(&mut State, &Env<'_>, &mut Effects)) -> Effects {
         let mut out = Effects::default();
         let env = Env {
             clock: &self.clock,
             resolver: &TestResolver,
             limits: &self.limits,
         };
-        self.state.apply(&env, command, &mut out);
+        f(&mut self.state, &env, &mut out);
         out
     }
 
@@ -1506,4 +1503,205 @@ fn pinning_an_endpoint_writes_the_status_row_only_when_it_changes() {
         assert_eq!(out.writes, writes, "{endpoint}");
     }
     assert_eq!(h.state.invocations[&id].endpoint, "e2");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+fn status_row(p: PartitionId, new: &NewInvocation, waiting: Option<Vec<u32>>) -> recover::Row {
+    let status = Status {
+        suspended: waiting.is_some(),
+        waiting: waiting.unwrap_or_default(),
+        endpoint: "e1".into(),
+        attempts: 3,
+        ..running_status(new)
+    };
+    (keys::status(p, &new.id), status.encode_to_vec())
+}
+
+/// Journal rows: (index, entry type, completed).
+fn journal_rows(
+    p: PartitionId,
+    id: &InvocationId,
+    entries: &[(u32, u16, bool)],
+) -> Vec<recover::Row> {
+    let row = |&(index, ty, completed): &(u32, u16, bool)| {
+        let entry = Entry {
+            ty,
+            completed,
+            payload: Bytes::new(),
+        };
+        (keys::journal(p, id, index), entry.encode())
+    };
+    entries.iter().map(row).collect()
+}
+
+#[test]
+fn a_recovered_invocation_is_driven_when_it_can_run() {
+    const INPUT: (u32, u16, bool) = (0, types::POLL_INPUT_STREAM, true);
+    struct Case {
+        name: &'static str,
+        waiting: Option<Vec<u32>>,
+        journal: Vec<(u32, u16, bool)>,
+        /// `None`: not restored at all.
+        driven: Option<bool>,
+    }
+    let cases = [
+        Case {
+            name: "invoked",
+            waiting: None,
+            journal: vec![INPUT],
+            driven: Some(true),
+        },
+        Case {
+            name: "suspended, its entry completed",
+            waiting: Some(vec![1]),
+            journal: vec![INPUT, (1, types::AWAKEABLE, true)],
+            driven: Some(true),
+        },
+        Case {
+            name: "suspended, waiting",
+            waiting: Some(vec![1]),
+            journal: vec![INPUT, (1, types::AWAKEABLE, false)],
+            driven: Some(false),
+        },
+        Case {
+            name: "a gap in its journal",
+            waiting: None,
+            journal: vec![INPUT, (2, types::AWAKEABLE, false)],
+            driven: None,
+        },
+    ];
+    for case in cases {
+        let mut h = Harness::new();
+        let new = keyed(1, "a");
+        let p = partition(&new.id);
+        let status = status_row(p, &new, case.waiting.clone());
+        let journal = journal_rows(p, &new.id, &case.journal);
+        let mut out = Effects::default();
+        h.state
+            .recover_invocation(p, &status, &journal, &[], &mut out);
+        let driven = out.actions == vec![Action::Drive(new.id)];
+        let restored = h.state.invocations.get(&new.id);
+        assert_eq!(
+            restored.is_some().then_some(driven),
+            case.driven,
+            "{}",
+            case.name
+        );
+        assert!(out.writes.is_empty(), "{}", case.name);
+        assert_eq!(
+            h.state.corrupt_rows,
+            u64::from(case.driven.is_none()),
+            "{}",
+            case.name
+        );
+        let Some(restored) = restored else { continue };
+        assert_eq!(
+            restored.journal_length() as usize,
+            case.journal.len(),
+            "{}",
+            case.name
+        );
+        assert_eq!(restored.suspended.is_some(), !driven, "{}", case.name);
+        assert_eq!(
+            (restored.endpoint.as_str(), restored.attempts),
+            ("e1", 3),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            h.state.locks.get(&new.service),
+            Some(&new.id),
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn recovered_inbox_rows_are_queued_in_order_and_unreadable_ones_counted() {
+    let mut h = Harness::new();
+    let (first, second) = (keyed(1, "a"), keyed(2, "a"));
+    let p = partition(&first.id);
+    let row = |new: &NewInvocation, sequence| {
+        (
+            keys::inbox(p, &new.service, sequence),
+            inbox_row(new, NOW_MS).encode_to_vec(),
+        )
+    };
+    let mut bad_id = inbox_row(&first, NOW_MS);
+    bad_id.invocation_id = Bytes::from_static(b"short");
+    let rows = vec![
+        row(&first, 3),
+        (b"junk".to_vec(), vec![1]),
+        row(&second, 7),
+        (keys::inbox(p, &first.service, 8), bad_id.encode_to_vec()),
+    ];
+    h.state.recover_inbox(p, &rows);
+    assert_eq!(h.state.corrupt_rows, 2);
+    assert_eq!(h.state.inboxes.depth(&first.service), 2);
+    assert_eq!(h.state.next_inbox_sequence, 8);
+    // The key is free: the first of them starts.
+    let out = h.run(|state, env, out| state.recover_orphaned_inboxes(env, out));
+    let expected = vec![
+        Effect::DeleteInbox(p, first.service.clone(), 3),
+        Effect::PutStatus(p, first.id, running_status(&first)),
+        Effect::PutEntry(p, first.id, 0, input_entry(b"1")),
+    ];
+    assert_eq!(out.writes, expected);
+    assert_eq!(out.actions, vec![Action::Drive(first.id)]);
+}
+
+#[test]
+fn recovered_dedup_rows_are_restored_and_unreadable_ones_counted() {
+    let mut h = Harness::new();
+    let rows = vec![
+        (keys::dedup(1, 2), 5u64.to_be_bytes().to_vec()),
+        (keys::dedup(1, 3), vec![1, 2, 3]),
+        (vec![0, 0], 6u64.to_be_bytes().to_vec()),
+    ];
+    h.state.recover_dedup(1, &rows);
+    assert_eq!(h.state.dedup.get(&(1, 2)), Some(&5));
+    assert_eq!(h.state.dedup.len(), 1);
+    assert_eq!(h.state.corrupt_rows, 2);
+}
+
+#[test]
+fn a_recovered_outbox_is_shipped_again_and_its_sequence_never_goes_below_the_clock_in_micros() {
+    // (clock, next sequence): the last row's successor, or the clock in µs if larger
+    for (now_ms, next) in [(NOW_MS, NOW_MS * 1000), (0, 7)] {
+        let mut h = Harness::new();
+        h.set_now(now_ms);
+        let message = outbox_row(outbox_message::Message::Invoke(keyed(1, "a").to_request()));
+        let rows = vec![
+            (keys::outbox(2, 5), message.encode_to_vec()),
+            (b"ab".to_vec(), message.encode_to_vec()),
+            (keys::outbox(2, 6), vec![0xff, 0xff]),
+        ];
+        let out = h.run(|state, env, out| state.recover_outbox(env, 2, &rows, out));
+        assert_eq!(out.actions, vec![shipped(2, 5, &message)], "{now_ms}");
+        assert_eq!(h.state.corrupt_rows, 2, "{now_ms}");
+        assert_eq!(h.state.outbox_sequence.get(&2), Some(&next), "{now_ms}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The effects interpreter
+
+#[test]
+fn deleting_a_journal_deletes_each_of_its_entries() {
+    use crate::storage::{Op, Table, WriteBatch};
+    let id = keyed(1, "a").id;
+    for length in [0, 1, 3] {
+        let mut batch = WriteBatch::new();
+        crate::partition::effects::to_batch(&[Effect::DeleteJournal(2, id, length)], &mut batch);
+        let expected: Vec<Op> = (0..length)
+            .map(|index| Op::Delete {
+                table: Table::Journal,
+                key: keys::journal(2, &id, index),
+            })
+            .collect();
+        assert_eq!(batch.ops(), expected.as_slice(), "{length}");
+    }
 }
