@@ -405,25 +405,72 @@ fn an_invocation_on_a_busy_key_waits_in_its_inbox_and_is_not_driven() {
     assert!(h.state.inboxes.contains(&second.id));
 }
 
+/// Fills inboxes up to a bound (2 waiting per key, 4 per core) and returns the invocation past it,
+/// with the setting that bounds it.
+fn past_a_bound(h: &mut Harness, per_core: bool) -> (NewInvocation, &'static str) {
+    let keys: &[&str] = if per_core { &["a", "b"] } else { &["a"] };
+    for (n, key) in keys.iter().enumerate() {
+        let n = 10 * n as u8;
+        h.start(&keyed(n + 1, key));
+        h.invoke(&keyed(n + 2, key));
+        h.invoke(&keyed(n + 3, key));
+    }
+    if !per_core {
+        return (keyed(4, "a"), "max_entries_per_key");
+    }
+    h.start(&keyed(31, "c"));
+    (keyed(32, "c"), "max_entries_per_core")
+}
+
 #[test]
-fn past_the_inbox_bound_an_invocation_is_refused_with_resource_exhausted() {
+fn past_an_inbox_bound_an_invocation_is_refused_with_resource_exhausted() {
+    for per_core in [false, true] {
+        let mut h = Harness::new();
+        let (refused, setting) = past_a_bound(&mut h, per_core);
+        let out = h.invoke(&refused);
+        assert!(out.writes.is_empty(), "{per_core}: {:?}", out.writes);
+        let [Action::Refused { id, failure, .. }, Action::Answer { caller, outcome }, Action::Ack { ack, result }] =
+            out.actions.as_slice()
+        else {
+            panic!("{per_core}: {:?}", out.actions);
+        };
+        assert_eq!((*id, *caller, *ack), (refused.id, CALLER, ACK));
+        assert_eq!(failure.code, Code::ResourceExhausted as u32, "{per_core}");
+        assert!(failure.message.contains(setting), "{}", failure.message);
+        assert_eq!(outcome, &Err(failure.clone()));
+        assert_eq!(result, &Err(failure.clone()));
+        assert!(!h.state.inboxes.contains(&refused.id));
+    }
+}
+
+#[test]
+fn a_call_refused_at_an_inbox_bound_answers_its_calling_invocation_through_the_outbox() {
     let mut h = Harness::new();
-    h.start(&keyed(1, "a"));
-    h.invoke(&keyed(2, "a"));
-    h.invoke(&keyed(3, "a"));
-    let refused = keyed(4, "a");
-    let out = h.invoke(&refused);
-    assert!(out.writes.is_empty(), "{:?}", out.writes);
-    let [Action::Refused { id, failure, .. }, Action::Answer { caller, outcome }, Action::Ack { ack, result }] =
+    let (mut refused, _) = past_a_bound(&mut h, false);
+    let caller = keyed(9, "z").id;
+    let sink = ResponseSink {
+        caller: Bytes::copy_from_slice(caller.as_bytes()),
+        entry_index: 2,
+    };
+    refused.response_sink = Some(sink.clone());
+    let message = outbox_row(outbox_message::Message::Invoke(refused.to_request()));
+    let out = h.deliver(1, message, None);
+    let p = partition(&refused.id);
+    let [Action::Refused { failure, .. }, ship, Action::Ack { result, .. }] =
         out.actions.as_slice()
     else {
         panic!("{:?}", out.actions);
     };
-    assert_eq!((*id, *caller, *ack), (refused.id, CALLER, ACK));
-    assert_eq!(failure.code, Code::ResourceExhausted as u32);
-    assert_eq!(outcome, &Err(failure.clone()));
+    let response = outbox_row(codec::response_message(&sink, &Err(failure.clone())));
+    assert_eq!(
+        out.writes,
+        vec![
+            dedup(&refused.id, 1),
+            Effect::PutOutbox(p, 0, response.clone())
+        ]
+    );
+    assert_eq!(ship, &shipped(p, 0, &response));
     assert_eq!(result, &Err(failure.clone()));
-    assert!(!h.state.inboxes.contains(&refused.id));
 }
 
 #[test]
@@ -1008,10 +1055,22 @@ fn forward(id: InvocationId, index: EntryIndex, result: &[u8]) -> Action {
 
 #[test]
 fn a_completion_of_the_right_type_completes_forwards_and_resumes_a_suspended_invocation() {
-    for suspended in [false, true] {
+    // (entry, completion type: 0 is an old untyped completion of an Invoke or Awakeable entry)
+    let call = call("Counter", "b");
+    let cases = [
+        (awakeable(), types::AWAKEABLE),
+        (awakeable(), 0),
+        (call.clone(), types::INVOKE),
+        (call, 0),
+    ];
+    for ((frame, ty), suspended) in cases
+        .iter()
+        .flat_map(|c| [(c.clone(), false), (c.clone(), true)])
+    {
         let mut h = Harness::new();
-        let (new, awakeable, _) = with_awakeable_and_sleep(&mut h);
-        let (id, p) = (new.id, partition(&new.id));
+        let new = keyed(1, "a");
+        let (id, p) = (h.start(&new), partition(&new.id));
+        h.append(id, frame.clone());
         if suspended {
             h.apply(Command::Suspend {
                 id,
@@ -1019,24 +1078,63 @@ fn a_completion_of_the_right_type_completes_forwards_and_resumes_a_suspended_inv
                 known_completed: vec![],
             });
         }
-        let out = h.deliver(
-            1,
-            completion(&id, 1, types::AWAKEABLE, b"v"),
-            Some(awakeable.clone()),
-        );
-        let stored = Effect::PutEntry(p, id, 1, completed(awakeable, &value(b"v")));
-        let mut writes = vec![dedup(&id, 1), stored];
+        let stored = entry(&frame, false);
+        let out = h.deliver(1, completion(&id, 1, ty, b"v"), Some(stored.clone()));
+        let put = Effect::PutEntry(p, id, 1, completed(stored, &value(b"v")));
+        let mut writes = vec![dedup(&id, 1), put];
         let mut actions = vec![forward(id, 1, b"v")];
         if suspended {
             writes.push(Effect::PutStatus(p, id, running_status(&new)));
             actions.push(Action::Drive(id));
         }
         actions.push(ack_ok());
-        assert_eq!(out.writes, writes, "suspended: {suspended}");
-        assert_eq!(out.actions, actions, "suspended: {suspended}");
-        assert!(h.journal(&id)[1].completed);
-        assert!(h.state.invocations[&id].suspended.is_none());
+        let case = format!("{:#06x} by {ty:#06x}, suspended: {suspended}", frame.ty);
+        assert_eq!(out.writes, writes, "{case}");
+        assert_eq!(out.actions, actions, "{case}");
+        assert!(h.journal(&id)[1].completed, "{case}");
+        assert!(h.state.invocations[&id].suspended.is_none(), "{case}");
     }
+}
+
+#[test]
+fn a_sleep_timer_resumes_an_invocation_suspended_on_it() {
+    let mut h = Harness::new();
+    let (new, _, sleep_entry) = with_awakeable_and_sleep(&mut h);
+    let id = new.id;
+    h.apply(Command::Suspend {
+        id,
+        indexes: vec![2],
+        known_completed: vec![],
+    });
+    let key = timer_key(id, 2, NOW_MS + 5_000);
+    let row = Some(Timer { invoke: None });
+    let out = h.apply(Command::FireTimer {
+        key,
+        row,
+        entry: Some(sleep_entry),
+    });
+    assert_eq!(
+        out.writes.last(),
+        Some(&Effect::PutStatus(partition(&id), id, running_status(&new)))
+    );
+    assert_eq!(out.actions.last(), Some(&Action::Drive(id)));
+}
+
+#[test]
+fn a_timer_of_a_cancelled_invocation_only_deletes_its_row() {
+    let mut h = Harness::new();
+    let (new, _, sleep_entry) = with_awakeable_and_sleep(&mut h);
+    h.apply(Command::Cancel { id: new.id });
+    let key = timer_key(new.id, 2, NOW_MS + 5_000);
+    let row = Some(Timer { invoke: None });
+    let out = h.apply(Command::FireTimer {
+        key,
+        row,
+        entry: Some(sleep_entry),
+    });
+    assert_eq!(out.writes, vec![Effect::DeleteTimer(key)]);
+    assert!(out.actions.is_empty());
+    assert!(h.state.invocations.is_empty());
 }
 
 #[test]
