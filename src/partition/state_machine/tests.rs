@@ -1803,3 +1803,62 @@ fn deleting_a_journal_deletes_each_of_its_entries() {
         assert_eq!(batch.ops(), expected.as_slice(), "{length}");
     }
 }
+
+/// Recovers `new` as invoked with only its input entry and an early completion row for entry 1.
+fn recovered_with_early_completion(h: &mut Harness, new: &NewInvocation) {
+    let p = partition(&new.id);
+    let status = status_row(p, new, None);
+    let journal = journal_rows(p, &new.id, &[(0, types::POLL_INPUT_STREAM, true)]);
+    let early = vec![(
+        keys::completion(p, &new.id, 1),
+        codec::result_bytes(&value(b"v")).to_vec(),
+    )];
+    let mut out = Effects::default();
+    h.state
+        .recover_invocation(p, &status, &journal, &early, &mut out);
+    assert!(h.state.has_early(&new.id, 1));
+}
+
+#[test]
+fn a_completion_stored_ahead_of_its_entry_completes_it_when_it_is_appended() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    recovered_with_early_completion(&mut h, &new);
+    let (id, p) = (new.id, partition(&new.id));
+    let early = Some(codec::result_bytes(&value(b"v")));
+    let read = entries::Read {
+        state_value: None,
+        early,
+    };
+    let out = h.append_read(id, awakeable(), read);
+    let stored = completed(entry(&awakeable(), false), &value(b"v"));
+    let expected = vec![
+        Effect::DeleteCompletion(p, id, 1),
+        Effect::PutEntry(p, id, 1, stored),
+    ];
+    assert_eq!(out.writes, expected);
+    let completion = CompletionMessage {
+        entry_index: 1,
+        result: Some(value(b"v")),
+    };
+    assert_eq!(appended(&out), Ok(Some(completion)));
+    assert!(!h.state.has_early(&id, 1) && h.journal(&id)[1].completed);
+}
+
+#[test]
+fn finishing_deletes_completions_stored_ahead_of_their_entries() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    recovered_with_early_completion(&mut h, &new);
+    let (id, p) = (new.id, partition(&new.id));
+    let out = h.apply(Command::Finish {
+        id,
+        outcome: Ok(Bytes::new()),
+    });
+    let expected = vec![
+        Effect::DeleteJournal(p, id, 1),
+        Effect::DeleteCompletion(p, id, 1),
+        Effect::DeleteStatus(p, id),
+    ];
+    assert_eq!(out.writes, expected);
+}
