@@ -828,46 +828,35 @@ fn a_call_to_an_unknown_service_completes_its_entry_with_not_found() {
 
 #[test]
 fn a_one_way_call_ships_now_waits_in_a_timer_or_is_dropped() {
+    let id = keyed(1, "a").id;
+    let p = partition(&id);
+    let call = request(counter("b"), true, 0, "b", None);
+    let row = outbox_row(outbox_message::Message::Invoke(call.clone()));
+    let ship = (
+        vec![Effect::PutOutbox(p, 0, row.clone())],
+        vec![shipped(p, 0, &row)],
+    );
     let later = NOW_MS + 5_000;
-    let req = || request(counter("b"), true, 0, "b", None);
-    // (name, frame, writes besides the entry, actions) for caller `id` in partition `p`
-    type Expect = fn(InvocationId, PartitionId, InvocationRequest) -> (Vec<Effect>, Vec<Action>);
-    let cases: [(&str, Frame, Expect); 4] = [
-        ("due now", one_way("Counter", "b", NOW_MS), |_, p, r| {
-            let row = outbox_row(outbox_message::Message::Invoke(r));
-            (
-                vec![Effect::PutOutbox(p, 0, row.clone())],
-                vec![shipped(p, 0, &row)],
-            )
-        }),
-        ("no time", one_way("Counter", "b", 0), |_, p, r| {
-            let row = outbox_row(outbox_message::Message::Invoke(r));
-            (
-                vec![Effect::PutOutbox(p, 0, row.clone())],
-                vec![shipped(p, 0, &row)],
-            )
-        }),
+    let timer = Effect::PutTimer(timer_key(id, 1, later), Timer { invoke: Some(call) });
+    // (name, frame, (writes besides the entry, actions))
+    let cases = [
+        ("due now", one_way("Counter", "b", NOW_MS), ship.clone()),
+        ("no time", one_way("Counter", "b", 0), ship),
         (
             "in the future",
             one_way("Counter", "b", later),
-            |id, _, r| {
-                let timer = Timer { invoke: Some(r) };
-                let put = Effect::PutTimer(timer_key(id, 1, NOW_MS + 5_000), timer);
-                (vec![put], vec![Action::WakeTimers])
-            },
+            (vec![timer], vec![Action::WakeTimers]),
         ),
         (
             "unknown service",
             one_way("Nope", "b", NOW_MS),
-            |_, _, _| (vec![], vec![]),
+            (vec![], vec![]),
         ),
     ];
-    for (name, frame, expect) in cases {
+    for (name, frame, (writes, actions)) in cases {
         let mut h = Harness::new();
-        let id = h.start(&keyed(1, "a"));
-        let p = partition(&id);
+        h.start(&keyed(1, "a"));
         let out = h.append(id, frame.clone());
-        let (writes, actions) = expect(id, p, req());
         let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
         assert_eq!(out.writes, [vec![stored], writes].concat(), "{name}");
         assert_eq!(out.actions, actions, "{name}");
