@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod invoker;
 pub mod logging;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod proto;

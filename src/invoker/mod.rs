@@ -259,13 +259,15 @@ impl Invoker {
             if !processor.exists(id) {
                 return; // ended elsewhere (cancelled)
             }
+            let service = processor.service_name(id).unwrap_or_default();
             let end = {
-                let service = processor.service_name(id).unwrap_or_default();
                 let _slot = self.slot(id, &service).await;
                 let mut progressed = false;
+                let started = std::time::Instant::now();
                 let end = self
                     .attempt(&processor, id, &mut target, &mut progressed)
                     .await;
+                crate::metrics::attempt_ended(started.elapsed());
                 if progressed {
                     retries = self.config.retry_policy.delays();
                 }
@@ -283,6 +285,7 @@ impl Invoker {
                     let attempts = processor.attempts(id);
                     match retry {
                         Some(delay) => {
+                            crate::metrics::invocation_retried(&service);
                             processor.record_failure(id, &error.message, delay);
                             if warned.should_log(attempts, std::time::Instant::now()) {
                                 log::warn!(
@@ -292,6 +295,7 @@ impl Invoker {
                                     error.message
                                 );
                             }
+                            let _backing_off = crate::metrics::backing_off();
                             glommio::timer::sleep(delay).await;
                         }
                         None => {

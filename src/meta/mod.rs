@@ -642,6 +642,39 @@ fn core_gauges(node: &NodeState, text: &mut String) {
     }
 }
 
+/// The storage thread's group commits: size and write latency; and the timers it holds.
+fn storage_histograms(stats: &crate::storage::Stats, text: &mut String) {
+    use crate::metrics::header;
+    let histograms = [
+        (
+            "restate_storage_batch_operations",
+            "Put and delete operations per group commit.",
+            &stats.batch_ops,
+        ),
+        (
+            "restate_storage_batch_bytes",
+            "Bytes of each group commit's RocksDB write batch (keys, values, operation headers).",
+            &stats.batch_bytes,
+        ),
+        (
+            "restate_storage_write_duration_seconds",
+            "RocksDB write of one group commit (WAL append, and fsync with sync_writes).",
+            &stats.write_seconds,
+        ),
+    ];
+    for (name, help, histogram) in histograms {
+        header(text, name, "histogram", help);
+        histogram.snapshot().render(text, name, "");
+    }
+    header(
+        text,
+        "restate_timers_pending",
+        "gauge",
+        "Durable timers not fired yet (sleeps and delayed calls).",
+    );
+    text.push_str(&format!("restate_timers_pending {}\n", stats.timers.get()));
+}
+
 /// `GET /services/{name}/descriptors`: a `FileDescriptorSet` (binary) with the file declaring the service
 /// and every file it imports, dependencies first, for `grpcurl -protoset` and other tools without
 /// reflection.
@@ -744,6 +777,8 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
         ));
     }
     core_gauges(node, &mut text);
+    node.core_metrics.render(&mut text);
+    storage_histograms(node.storage.stats(), &mut text);
     node.ingress_metrics.render(&mut text);
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")

@@ -15,6 +15,7 @@ pub mod processor;
 pub mod router;
 pub mod rows;
 pub mod state_machine;
+mod tally;
 
 use std::fmt;
 

@@ -34,6 +34,7 @@ use super::state_machine::{
     self, entries, AckId, Action, CallerId, Clock, Effects, Env, Limits, Reply, Resolve, Resolved,
     State, TimerKey,
 };
+use super::tally::Tally;
 use super::{effects, keys, EntryIndex, InvocationId, PartitionId};
 use crate::config::Config;
 use crate::grpc::Code;
@@ -307,10 +308,12 @@ impl Processor {
             resolver: &self.inner.resolver,
             limits: &self.inner.limits,
         };
+        let tally = Tally::before(self, &command);
         self.inner
             .state
             .borrow_mut()
             .apply(&env, command, &mut effects);
+        tally.after(&effects);
         self.submit(effects)
     }
 

@@ -199,7 +199,7 @@ impl WriteBatch {
 }
 
 /// Counters of the storage thread, readable from any thread (exported on `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Write requests acknowledged.
     pub write_requests: AtomicU64,
@@ -209,6 +209,31 @@ pub struct Stats {
     pub write_ops: AtomicU64,
     /// Point reads and scans served.
     pub reads: AtomicU64,
+    /// Put and delete operations per group commit.
+    pub batch_ops: crate::metrics::Histogram,
+    /// Bytes of each group commit's RocksDB write batch (keys, values and per-operation headers).
+    pub batch_bytes: crate::metrics::Histogram,
+    /// How long each group commit's RocksDB write took (WAL append, and fsync with `sync_writes`).
+    pub write_seconds: crate::metrics::Histogram,
+    /// Rows in the timers table (durable timers not fired yet): counted at open, then kept by the
+    /// commits (a timer row is put once and deleted once, when it fires).
+    pub timers: crate::metrics::Counter,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        use crate::metrics::{Counter, Histogram, BATCH_BYTES, BATCH_OPS, WRITE_SECONDS};
+        Stats {
+            write_requests: AtomicU64::default(),
+            write_batches: AtomicU64::default(),
+            write_ops: AtomicU64::default(),
+            reads: AtomicU64::default(),
+            batch_ops: Histogram::new(BATCH_OPS),
+            batch_bytes: Histogram::new(BATCH_BYTES),
+            write_seconds: Histogram::new(WRITE_SECONDS),
+            timers: Counter::default(),
+        }
+    }
 }
 
 /// A snapshot of [`Stats`].
@@ -306,6 +331,8 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
     check_partitions(&db, path, partitions)?;
     let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity + 1);
     let stats = Arc::new(Stats::default());
+    // This thread writes the gauge once before the storage thread (its owner from then on) starts.
+    stats.timers.set(count_rows(&db, Table::Timers)?);
     let handle = Storage {
         tx,
         permits: Arc::new(async_lock::Semaphore::new(config.queue_capacity)),
@@ -344,6 +371,17 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, Error> {
         path: path.display().to_string(),
         message: e.into_string(),
     })
+}
+
+/// Rows in `table` (one pass over its keys, at open).
+fn count_rows(db: &rocksdb::DB, table: Table) -> Result<u64, Error> {
+    let cf = db.cf_handle(table.name()).expect("every table is opened");
+    let mut rows = 0;
+    for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+        item?;
+        rows += 1;
+    }
+    Ok(rows)
 }
 
 fn check_partitions(db: &rocksdb::DB, path: &Path, partitions: u32) -> Result<(), Error> {
@@ -612,11 +650,18 @@ impl Worker {
         }
         let mut batch = rocksdb::WriteBatch::default();
         let mut ops = 0u64;
+        let (mut timers_put, mut timers_deleted) = (0, 0);
         for (request, _) in &writes {
             for op in &request.ops {
                 match op {
-                    Op::Put { table, key, value } => batch.put_cf(self.cf(*table), key, value),
-                    Op::Delete { table, key } => batch.delete_cf(self.cf(*table), key),
+                    Op::Put { table, key, value } => {
+                        timers_put += u64::from(*table == Table::Timers);
+                        batch.put_cf(self.cf(*table), key, value)
+                    }
+                    Op::Delete { table, key } => {
+                        timers_deleted += u64::from(*table == Table::Timers);
+                        batch.delete_cf(self.cf(*table), key)
+                    }
                     Op::DeleteRange { table, start, end } => {
                         batch.delete_range_cf(self.cf(*table), start, end)
                     }
@@ -624,12 +669,20 @@ impl Worker {
                 ops += 1;
             }
         }
+        let bytes = batch.size_in_bytes();
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(self.sync_writes);
+        let started = std::time::Instant::now();
         let result = self.db.write_opt(batch, &wo).map_err(Error::from);
+        self.stats.write_seconds.observe_duration(started.elapsed());
         if let Err(e) = &result {
             log::error!("group commit of {} requests failed: {e}", writes.len());
+        } else {
+            self.stats.timers.add(timers_put);
+            self.stats.timers.sub(timers_deleted);
         }
+        self.stats.batch_ops.observe(ops as f64);
+        self.stats.batch_bytes.observe(bytes as f64);
         self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .write_requests
