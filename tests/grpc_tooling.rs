@@ -174,10 +174,11 @@ fn grpc_status_conventions_and_connect_to_reflection() {
         .unwrap();
         assert_eq!(status, 404, "{path} over Connect");
     }
+    // The streaming built-ins are gRPC only.
     for path in [
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
     ] {
         let (status, body) = http1_request(
             server.ingress,
@@ -189,6 +190,47 @@ fn grpc_status_conventions_and_connect_to_reflection() {
         .unwrap();
         assert_eq!(status, 415, "{path}: {body}");
     }
+}
+
+#[test]
+fn health_check_answers_connect_json_and_proto_like_any_unary_method() {
+    use restate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest};
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let path = "/grpc.health.v1.Health/Check";
+    for (service, status, answer) in [
+        ("", 200, r#"{"status":"SERVING"}"#),
+        ("counter", 200, r#"{"status":"SERVING"}"#),
+        ("grpc.health.v1.Health", 200, r#"{"status":"SERVING"}"#),
+    ] {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        let (code, text) = connect_json(&server, path, &body);
+        assert_eq!((code, text.as_str()), (status, answer), "{service:?}");
+    }
+    let (code, text) = connect_json(&server, path, r#"{"service":"nope"}"#);
+    assert_eq!(code, 404, "{text}");
+    let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["code"], "not_found", "{text}");
+    let (code, text) = connect_json(&server, path, r#"{"service":7}"#);
+    assert_eq!(code, 400, "{text}");
+
+    // Connect proto, over HTTP/2.
+    let request = prost::Message::encode_to_vec(&HealthCheckRequest {
+        service: "counter".into(),
+    });
+    let (code, headers, body) = h2_request(
+        server.ingress,
+        "POST",
+        path,
+        &[("content-type", "application/proto")],
+        &request,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(headers["content-type"], "application/proto");
+    let answer: restate::proto::health::HealthCheckResponse =
+        prost::Message::decode(body.as_slice()).unwrap();
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
 }
 
 #[test]

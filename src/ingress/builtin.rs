@@ -1,7 +1,8 @@
 //! The ingress's built-in gRPC services (shared/docs/protocol.md §0.3, §4.3): server reflection (v1
 //! and v1alpha) of the registered services plus the built-ins, so `grpcurl` and `ghz` work without
-//! protos, and `grpc.health.v1.Health` (Check and Watch). Both are gRPC only: a Connect request to them
-//! gets 415. Reflection reads the registrations when a stream opens, so it follows them live.
+//! protos, and `grpc.health.v1.Health` (Check and Watch). Check is unary and answers Connect (JSON and
+//! proto) too; reflection and Watch stream, so they are gRPC only and a Connect request to them gets 415.
+//! Reflection reads the registrations when a stream opens, so it follows them live.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,8 +15,8 @@ use hyper::body::{Frame, Incoming};
 use prost::Message;
 use prost_reflect::DescriptorPool;
 
-use super::codec::unframe;
-use super::{read_body, respond_bytes, CallError, Context, Protocol};
+use super::codec::{json_request, unframe};
+use super::{read_body, respond, CallError, Context, Protocol};
 use crate::grpc::Code;
 use crate::http::{Body, BoxError};
 use crate::proto::health::health_check_response::ServingStatus;
@@ -43,7 +44,8 @@ pub(super) async fn serve(
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, CallError> {
     let path = request.uri().path().to_owned();
-    if protocol != Protocol::Grpc {
+    // Check is unary, so Connect calls it like any other method; reflection and Watch stream.
+    if protocol != Protocol::Grpc && path != HEALTH_CHECK {
         return Ok(crate::http::json_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &serde_json::json!({
@@ -68,7 +70,12 @@ pub(super) async fn serve(
             format!("method {path} is not implemented"),
         ));
     }
-    let body = unframe(read_body(ctx, protocol, request).await?)?;
+    let body = read_body(ctx, protocol, request).await?;
+    let body = match protocol {
+        Protocol::Grpc => unframe(body)?,
+        Protocol::ConnectProto => body,
+        Protocol::ConnectJson => json_request(&health_message("HealthCheckRequest"), &body)?,
+    };
     let service = HealthCheckRequest::decode(body)
         .map_err(|e| CallError::new(Code::InvalidArgument, format!("undecodable request: {e}")))?
         .service;
@@ -80,8 +87,19 @@ pub(super) async fn serve(
             Code::NotFound,
             format!("service {service} not found"),
         )),
-        status => respond_bytes(protocol, health_response(status)),
+        status => respond(
+            protocol,
+            &health_message("HealthCheckResponse"),
+            health_response(status),
+        ),
     }
+}
+
+/// A message of `grpc.health.v1`, for Connect JSON.
+fn health_message(name: &str) -> prost_reflect::MessageDescriptor {
+    builtin_pool()
+        .get_message_by_name(&format!("grpc.health.v1.{name}"))
+        .expect("the built-in descriptors have grpc.health.v1")
 }
 
 /// The descriptors of `dev.restate.Ingress`, health and reflection.
