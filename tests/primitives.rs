@@ -91,11 +91,14 @@ fn a_thousand_timers_fire_in_order_with_ten_in_memory() {
         order.swap(i, (seed % (i as u64 + 1)) as usize);
     }
     let ingress = server.ingress;
+    // Each timer's wake-up time and when its sleep was acknowledged: one acknowledged after it was due
+    // (a slow machine) fires at once, out of order, and is left out of the order check below.
     let clients: Vec<_> = order
         .chunks(count as usize / 8)
         .map(|chunk| {
             let chunk = chunk.to_vec();
             std::thread::spawn(move || {
+                let mut late = Vec::new();
                 for i in chunk {
                     let (status, body) = common::request_json(
                         ingress,
@@ -105,16 +108,23 @@ fn a_thousand_timers_fire_in_order_with_ten_in_memory() {
                                       "argument": { "key": format!("t{i}"), "request": start + i * 3 } })),
                     );
                     assert_eq!(status, 200, "{body}");
+                    // A margin for the SDK's own round trip before its Sleep entry is stored.
+                    if now_ms() + 200 >= start + i * 3 {
+                        late.push((start + i * 3) as u64);
+                    }
                 }
+                late
             })
         })
         .collect();
-    for client in clients {
-        client.join().unwrap();
-    }
+    let late: std::collections::HashSet<u64> = clients
+        .into_iter()
+        .flat_map(|client| client.join().unwrap())
+        .collect();
     assert!(
-        now_ms() < start,
-        "scheduling took longer than the lead time; the test proves nothing"
+        late.len() < count as usize / 2,
+        "{} of {count} sleeps were scheduled after they were due; the test proves too little",
+        late.len()
     );
     let fired: Vec<i64> = (0..count)
         .map(|i| {
@@ -147,13 +157,16 @@ fn a_thousand_timers_fire_in_order_with_ten_in_memory() {
             record["core"].as_u64().unwrap(),
             record["wake"].as_u64().unwrap(),
         );
+        firings += 1;
+        if late.contains(&wake) {
+            continue;
+        }
         let last = last_wake.entry(core).or_default();
         assert!(
             wake >= *last,
             "core {core} fired the timer due at {wake} after the one due at {last}"
         );
         *last = wake;
-        firings += 1;
     }
     assert!(
         firings >= count,
