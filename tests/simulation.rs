@@ -474,6 +474,8 @@ struct World {
     shipping: HashMap<u64, (PartitionId, PartitionId, u64)>,
     /// Draining: no failures, no new work; blocked attempts suspend.
     draining: bool,
+    /// Timers fired since the last crash.
+    fired: HashSet<TimerKey>,
     forged_sequence: u64,
     model: Model,
     trace: Vec<String>,
@@ -517,6 +519,7 @@ impl World {
             acks: HashMap::new(),
             shipping: HashMap::new(),
             draining: false,
+            fired: HashSet::new(),
             forged_sequence: 0,
             model: Model::default(),
             trace: Vec::new(),
@@ -1311,6 +1314,7 @@ impl World {
             })
             .flatten();
         self.note(format!("timer {}/{} fires", key.id, key.index));
+        assert!(self.fired.insert(key), "timer {key:?} fires a second time");
         self.apply(Command::FireTimer { key, row, entry }, ReplyTo::Nobody);
         true
     }
@@ -1352,6 +1356,7 @@ impl World {
         self.shipping.clear();
         self.acks.clear();
         self.timer_task = TimerTask::Idle;
+        self.fired.clear();
         for caller in std::mem::take(&mut self.model.open_callers) {
             // The connection died with the process: it is never answered.
             self.model.answered.insert(caller);
