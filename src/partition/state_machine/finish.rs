@@ -45,7 +45,7 @@ impl State {
     }
 
     /// Stores an idempotent invocation's outcome for the retention, and remembers it a moment.
-    fn keep_outcome(
+    pub(super) fn keep_outcome(
         &mut self,
         env: &Env<'_>,
         p: crate::partition::PartitionId,

@@ -260,8 +260,18 @@ impl State {
             starting.sequence,
         ));
         let Some(row) = row else {
-            log::error!(invocation = id.to_hex(); "the inbox row of a starting invocation is missing; it is dropped");
+            // Storage lost a row it acknowledged: the invocation cannot start; its callers learn so.
+            log::error!(invocation = id.to_hex(); "the inbox row of a starting invocation is missing; it fails");
+            self.corrupt_rows += 1;
             self.locks.remove(&service);
+            let failure = Failure::new(
+                crate::grpc::Code::DataLoss,
+                "the invocation's inbox row is lost",
+            );
+            out.act(Action::Ended {
+                id,
+                outcome: Err(failure),
+            });
             return self.start_next_in_inbox(env, partition, &service, out);
         };
         let new = NewInvocation {
@@ -291,6 +301,10 @@ impl State {
         out: &mut Effects,
     ) {
         let aborted: Outcome = Err(super::codec::aborted());
+        // Like a cancelled running one: a repeated call with its idempotency key gets ABORTED.
+        if new.idempotency_key.is_some() {
+            self.keep_outcome(env, partition, new.id, &aborted, out);
+        }
         let messages = new
             .response_sink
             .iter()

@@ -25,21 +25,27 @@ impl State {
         completions: &[Row],
         out: &mut Effects,
     ) {
-        let Some(id) = InvocationId::from_slice(&status.0[4..]) else {
+        let Some(id) = status.0.get(4..).and_then(InvocationId::from_slice) else {
             return self.corrupt("status row key", p);
         };
         let Ok(status) = Status::decode(status.1.as_slice()) else {
             return self.corrupt("status row", p);
         };
-        let Some(entries) = self.journal_metas(p, &id, journal) else {
-            log::error!(invocation = id.to_hex(); "its journal cannot be read; it is not resumed");
-            return;
-        };
+        // A journal with a gap or an unreadable entry: the invocation is kept (holding its key, shown to
+        // operators, cancellable) with the entries before the damage, and never resumed.
+        let (entries, readable) = self.journal_metas(p, &id, journal);
+        if !readable {
+            log::error!(invocation = id.to_hex(); "its journal cannot be read; it is kept, not resumed");
+        }
         let early: HashSet<EntryIndex> = completions
             .iter()
             .filter_map(|(k, _)| index_of(k))
             .collect();
-        let suspended = status.suspended.then_some(status.waiting);
+        let suspended = if readable {
+            status.suspended.then_some(status.waiting)
+        } else {
+            Some(Vec::new())
+        };
         let completed = |i: &EntryIndex| entries.get(*i as usize).is_some_and(|e| e.completed);
         let resume = suspended.as_ref().is_none_or(|w| w.iter().any(completed));
         let service = ServiceId {
@@ -73,13 +79,14 @@ impl State {
         }
     }
 
-    /// The in-memory journal of `id`: its rows must be entries 0, 1, 2, … with no gap.
+    /// The in-memory journal of `id`: its rows must be entries 0, 1, 2, … with no gap. Returns the
+    /// entries before the first damaged one, and whether there was none.
     fn journal_metas(
         &mut self,
         p: PartitionId,
         id: &InvocationId,
         rows: &[Row],
-    ) -> Option<Vec<EntryMeta>> {
+    ) -> (Vec<EntryMeta>, bool) {
         let mut entries = Vec::with_capacity(rows.len());
         for (position, (key, value)) in rows.iter().enumerate() {
             let entry = Entry::decode(value);
@@ -93,11 +100,11 @@ impl State {
                 _ => {
                     self.corrupt("journal entry", p);
                     log::error!(invocation = id.to_hex(), position; "journal has a gap or an unreadable entry");
-                    return None;
+                    return (entries, false);
                 }
             }
         }
-        Some(entries)
+        (entries, true)
     }
 
     /// Restores queued invocations from a chunk of inbox rows (in key order).

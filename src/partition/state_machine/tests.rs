@@ -1632,6 +1632,10 @@ fn a_recovered_invocation_is_driven_when_it_can_run() {
         journal: Vec<(u32, u16, bool)>,
         /// `None`: not restored at all.
         driven: Option<bool>,
+        /// Entries kept in memory.
+        kept: usize,
+        /// Rows counted as unreadable.
+        corrupt: u64,
     }
     let cases = [
         Case {
@@ -1639,24 +1643,33 @@ fn a_recovered_invocation_is_driven_when_it_can_run() {
             waiting: None,
             journal: vec![INPUT],
             driven: Some(true),
+            kept: 1,
+            corrupt: 0,
         },
         Case {
             name: "suspended, its entry completed",
             waiting: Some(vec![1]),
             journal: vec![INPUT, (1, types::AWAKEABLE, true)],
             driven: Some(true),
+            kept: 2,
+            corrupt: 0,
         },
         Case {
             name: "suspended, waiting",
             waiting: Some(vec![1]),
             journal: vec![INPUT, (1, types::AWAKEABLE, false)],
             driven: Some(false),
+            kept: 2,
+            corrupt: 0,
         },
+        // Kept (holding its key, cancellable) with the entries before the gap, never resumed.
         Case {
             name: "a gap in its journal",
             waiting: None,
             journal: vec![INPUT, (2, types::AWAKEABLE, false)],
-            driven: None,
+            driven: Some(false),
+            kept: 1,
+            corrupt: 1,
         },
     ];
     for case in cases {
@@ -1677,16 +1690,11 @@ fn a_recovered_invocation_is_driven_when_it_can_run() {
             case.name
         );
         assert!(out.writes.is_empty(), "{}", case.name);
-        assert_eq!(
-            h.state.corrupt_rows,
-            u64::from(case.driven.is_none()),
-            "{}",
-            case.name
-        );
+        assert_eq!(h.state.corrupt_rows, case.corrupt, "{}", case.name);
         let Some(restored) = restored else { continue };
         assert_eq!(
             restored.journal_length() as usize,
-            case.journal.len(),
+            case.kept,
             "{}",
             case.name
         );
@@ -1850,4 +1858,55 @@ fn finishing_deletes_completions_stored_ahead_of_their_entries() {
         Effect::DeleteStatus(p, id),
     ];
     assert_eq!(out.writes, expected);
+}
+
+#[test]
+fn cancelling_a_queued_idempotent_invocation_keeps_aborted_for_repeated_calls() {
+    let mut h = Harness::new();
+    h.start(&keyed(1, "a"));
+    let mut queued = keyed(2, "a");
+    queued.idempotency_key = Some("once".into());
+    h.invoke(&queued);
+    let out = h.apply(Command::Cancel { id: queued.id });
+    let p = partition(&queued.id);
+    let kept = out.writes.iter().find_map(|w| match w {
+        Effect::PutIdempotent(pp, id, row) if *pp == p && *id == queued.id => Some(row.clone()),
+        _ => None,
+    });
+    let kept = kept.expect("an idempotency row");
+    assert!(kept.failed && kept.code == Code::Aborted as u32, "{kept:?}");
+    // A repeated call gets ABORTED, not a new run.
+    let out = h.invoke_kept(&queued, Some(kept));
+    assert!(
+        out.writes.is_empty() && !out.actions.iter().any(|a| matches!(a, Action::Drive(_))),
+        "{:?}",
+        out.actions
+    );
+}
+
+#[test]
+fn an_inbox_row_lost_by_storage_fails_its_invocation_with_data_loss() {
+    let mut h = Harness::new();
+    let first = h.start(&keyed(1, "a"));
+    let mut big = keyed(2, "a");
+    big.argument = Bytes::from(vec![7; 100]); // past the 64 bytes kept in memory
+    h.invoke(&big);
+    h.apply(Command::Finish {
+        id: first,
+        outcome: Ok(Bytes::new()),
+    });
+    let out = h.apply(Command::InboxRowRead {
+        id: big.id,
+        row: None,
+    });
+    let ended = out.actions.iter().find_map(|a| match a {
+        Action::Ended { id, outcome } if *id == big.id => Some(outcome.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ended.map(|o| o.map_err(|f| f.code)),
+        Some(Err(Code::DataLoss as u32))
+    );
+    assert_eq!(h.state.corrupt_rows, 1);
+    assert!(h.state.locks.is_empty() && h.state.starting.is_empty());
 }
