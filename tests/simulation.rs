@@ -411,11 +411,11 @@ struct Pending {
 enum ReplyTo {
     Nobody,
     /// An append of this invocation's attempt (at this index).
-    Append(InvocationId, EntryIndex, u16),
+    Append(InvocationId, EntryIndex),
     /// A suspension of this invocation's attempt.
     Suspend(InvocationId),
-    /// The attempt of this invocation ended with its output.
-    Finish(InvocationId),
+    /// The attempt ended with its output.
+    Finish,
 }
 
 /// The timer task: one load or one firing at a time.
@@ -757,7 +757,7 @@ impl World {
 
     fn reply(&mut self, to: ReplyTo, reply: Reply) {
         match (to, reply) {
-            (ReplyTo::Append(id, index, ty), Reply::Appended(result)) => {
+            (ReplyTo::Append(id, index), Reply::Appended(result)) => {
                 let Some(attempt) = self.attempts.get_mut(&id) else {
                     return;
                 };
@@ -766,9 +766,7 @@ impl World {
                     Ok(Some(completion)) => {
                         attempt.record(completion.entry_index, completion.result.as_ref())
                     }
-                    Ok(None) => {
-                        let _ = (index, ty);
-                    }
+                    Ok(None) => {}
                     // Cancelled meanwhile: the attempt ends.
                     Err(AppendError::Gone) => {
                         self.attempts.remove(&id);
@@ -777,7 +775,7 @@ impl World {
                 }
             }
             (ReplyTo::Suspend(id), Reply::Suspended(outcome)) => self.suspended(id, outcome),
-            (ReplyTo::Finish(_), _) | (ReplyTo::Nobody, _) => {}
+            (ReplyTo::Finish, _) | (ReplyTo::Nobody, _) => {}
             (to, reply) => panic!("reply {reply:?} for {to:?}"),
         }
     }
@@ -1070,8 +1068,8 @@ impl World {
             frame: frame.clone(),
             read,
         };
-        if let Some(reply) = self.apply(command, ReplyTo::Append(id, index, frame.ty)) {
-            self.reply(ReplyTo::Append(id, index, frame.ty), reply);
+        if let Some(reply) = self.apply(command, ReplyTo::Append(id, index)) {
+            self.reply(ReplyTo::Append(id, index), reply);
         }
         true
     }
@@ -1107,7 +1105,7 @@ impl World {
             String::from_utf8_lossy(&value)
         ));
         let outcome = Ok(Bytes::from(value));
-        self.apply(Command::Finish { id, outcome }, ReplyTo::Finish(id));
+        self.apply(Command::Finish { id, outcome }, ReplyTo::Finish);
         true
     }
 
