@@ -1,10 +1,16 @@
-//! Partitions of the key space: ids, how rows are keyed in storage, and the per-core processor that
-//! owns them (`processor`).
+//! Partitions of the key space: ids, how rows are keyed in storage, and the per-core engine that owns
+//! them.
 //!
 //! An invocation's partition key is a stable hash (FNV-1a 64) of (service, instance key); its
 //! partition is `partition_key % partitions`, owned by core `partition % cores`. The invocation id
 //! carries the partition key in front of a UUIDv7, so any core can route anything addressed by an id
 //! (awakeables, cancellation) to the owner.
+//!
+//! The engine of a core is a pure [`state_machine`] (every decision; no IO, no clock, no channels), the
+//! [`effects`] interpreter (decisions → one storage batch) and the [`processor`] shell (reads before,
+//! writes in decision order, actions after durability). [`inbox`] and [`outbound`] are pure helpers of
+//! the state machine and the shell; [`command`] is what other cores and servers send; [`router`] carries
+//! it to the owning core; [`rows`] are the stored rows.
 
 pub mod command;
 pub mod effects;
