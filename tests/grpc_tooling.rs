@@ -577,6 +577,45 @@ fn invocation_counters_move_with_completed_retried_and_failed_invocations() {
         delta(&before, &after, "restate_storage_batch_operations_sum{}"),
         ops
     );
+
+    // A cancelled invocation (its endpoint never answers) ends as failed.
+    let hang = Endpoint::start("hang", &["--services", "Echo"]);
+    register(&server, &hang.uri());
+    let (status, body) = connect_json(
+        &server,
+        "/dev.restate.Ingress/Invoke",
+        r#"{"service":"restate.test.Echo","method":"Echo","argument":{"text":"stuck"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let sid: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, body) = common::request_json(
+        server.meta,
+        "DELETE",
+        "/invocations",
+        Some(&serde_json::json!({ "sid": sid["sid"] })),
+    );
+    assert!(status < 300, "{status} {body}");
+    let failed = series("restate_invocations_failed_total", echo);
+    eventually(std::time::Duration::from_secs(10), || {
+        (parsed_metrics(&server).get(&failed) == Some(&1.0)).then_some(())
+    });
+    let last = parsed_metrics(&server);
+    assert_eq!(
+        delta(
+            &after,
+            &last,
+            &series("restate_invocations_started_total", echo)
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &after,
+            &last,
+            &series("restate_invocations_completed_total", echo)
+        ),
+        0.0
+    );
 }
 
 #[test]
