@@ -23,14 +23,16 @@ use crate::grpc::Code;
 use crate::http::allow::AllowList;
 use crate::http::client::{self, Connection};
 use crate::http::{Body, BoxError};
-use crate::partition::processor::{AppendError, Failure, Processor, SuspendOutcome};
+use crate::partition::processor::{
+    AppendError, AttemptContext, Failure, Processor, SuspendOutcome,
+};
 use crate::partition::{EntryIndex, InvocationId};
 use crate::protocol::messages::{
     output_stream_entry_message, start_message, CompletionMessage, ErrorMessage,
     OutputStreamEntryMessage, StartMessage, SuspensionMessage,
 };
 use crate::protocol::{self, types, Decoder, Frame, Kind, FLAG_COMPLETED, FLAG_PARTIAL_STATE};
-use crate::schema::ProtocolMode;
+use crate::schema::{Endpoint, ProtocolMode};
 
 mod slots;
 
@@ -410,6 +412,49 @@ impl Invoker {
             }
         }
         let _detach = Detach(processor, id);
+        let endpoint = self.endpoint(processor, id, &context)?;
+        // The request body: frames pushed into a channel; dropping the sender ends our side.
+        let (out, out_rx) = mpsc::unbounded::<Bytes>();
+        let (request, target) = self.request(&endpoint, &context, out_rx)?;
+        let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
+            && !self.config.inactivity_timeout.is_zero();
+        let mut attempt = Attempt {
+            invoker: self,
+            processor,
+            id,
+            out,
+            request_open: bidi,
+            completed: HashSet::new(),
+            next_index: context.journal.len() as u32,
+            progressed,
+            completions_open: true,
+            idle: IdleEntry {
+                idle: &self.idle,
+                key: None,
+            },
+            preempted: None,
+        };
+        attempt.start(&context);
+        let (mut sender, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
+            client::Error::NotAllowed { .. } => {
+                AttemptError::terminal(Code::PermissionDenied, e.to_string())
+            }
+            e => AttemptError::transient(Code::Unavailable, e.to_string()),
+        })?;
+        let response = attempt.response(&mut sender, request, &target).await?;
+        check_response(&response)?;
+        attempt
+            .run(response.into_body(), &mut context.completions)
+            .await
+    }
+
+    /// The endpoint this attempt runs on, pinning the invocation to it on its first attempt.
+    fn endpoint(
+        &self,
+        processor: &Processor,
+        id: InvocationId,
+        context: &AttemptContext,
+    ) -> Result<Arc<Endpoint>, AttemptError> {
         let schemas = processor.schemas().get();
         let Some(service) = schemas.services.get(&context.service.service) else {
             return Err(AttemptError::transient(
@@ -419,23 +464,30 @@ impl Invoker {
         };
         // Pinned: an invocation's attempts run on the endpoint its first attempt ran on, while that is
         // registered (it is dropped once it serves no service at all); then on the service's current one.
-        let endpoint = match schemas.endpoints.get(&context.endpoint) {
-            Some(pinned) => pinned.clone(),
-            None => {
-                let current = schemas.endpoints.get(&service.endpoint_id).ok_or_else(|| {
-                    AttemptError::transient(Code::NotFound, "the service's endpoint is gone")
-                })?;
-                if !context.endpoint.is_empty() {
-                    log::warn!(
-                        invocation = id.to_hex(), pinned = context.endpoint.as_str();
-                        "the endpoint this invocation ran on is no longer registered; it continues on {}",
-                        current.id
-                    );
-                }
-                processor.pin_endpoint(id, current.id.clone());
-                current.clone()
-            }
-        };
+        if let Some(pinned) = schemas.endpoints.get(&context.endpoint) {
+            return Ok(pinned.clone());
+        }
+        let current = schemas.endpoints.get(&service.endpoint_id).ok_or_else(|| {
+            AttemptError::transient(Code::NotFound, "the service's endpoint is gone")
+        })?;
+        if !context.endpoint.is_empty() {
+            log::warn!(
+                invocation = id.to_hex(), pinned = context.endpoint.as_str();
+                "the endpoint this invocation ran on is no longer registered; it continues on {}",
+                current.id
+            );
+        }
+        processor.pin_endpoint(id, current.id.clone());
+        Ok(current.clone())
+    }
+
+    /// The `invoke` request to `endpoint` with its body read from `out_rx`, and where it goes.
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        context: &AttemptContext,
+        out_rx: mpsc::UnboundedReceiver<Bytes>,
+    ) -> Result<(http::Request<Body>, client::Target), AttemptError> {
         let uri: http::Uri = format!(
             "{}/invoke/{}/{}",
             endpoint.uri, context.service.service, context.method
@@ -444,11 +496,6 @@ impl Invoker {
         .map_err(|e| AttemptError::terminal(Code::Internal, format!("bad invoke uri: {e}")))?;
         let target = client::target(&uri, self.proxy.as_deref())
             .map_err(|e| AttemptError::terminal(Code::Internal, e.to_string()))?;
-        let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
-            && !self.config.inactivity_timeout.is_zero();
-
-        // The request body: frames pushed into a channel; dropping the sender ends our side.
-        let (out_tx, out_rx) = mpsc::unbounded::<Bytes>();
         let body = http_body_util::StreamBody::new(
             out_rx.map(|bytes| Ok::<_, BoxError>(hyper::body::Frame::data(bytes))),
         );
@@ -465,13 +512,74 @@ impl Invoker {
                 request.headers_mut().insert(name, value);
             }
         }
+        Ok((request, target))
+    }
+}
 
-        // Start + replay.
-        let known_entries = context.journal.len() as u32;
+/// One attempt's stream once its request is built: what it sends, what the endpoint knows, and what
+/// wakes it.
+struct Attempt<'a> {
+    invoker: &'a Invoker,
+    processor: &'a Processor,
+    id: InvocationId,
+    /// Our side of the request body; closing it ends the request.
+    out: mpsc::UnboundedSender<Bytes>,
+    /// Bidi and not closed yet: completions are still sent to the endpoint.
+    request_open: bool,
+    /// Entries the endpoint knows to be completed (replayed so, or sent their completion): their
+    /// completions are not sent twice, and a suspension on them resumes at once.
+    completed: HashSet<EntryIndex>,
+    /// The index the next entry from the endpoint gets.
+    next_index: EntryIndex,
+    /// Set once an entry was appended: the retry delays start afresh.
+    progressed: &'a mut bool,
+    /// The processor still sends completions (it drops their sender when the invocation ends).
+    completions_open: bool,
+    /// This attempt's place in the line of idle bidi attempts, while its request side is open.
+    idle: IdleEntry<'a>,
+    /// Fires when this attempt is told to close its request side for others waiting for a slot.
+    preempted: Option<oneshot::Receiver<()>>,
+}
+
+/// What one event means for the attempt loop.
+enum Step {
+    /// Nothing to decode: wait for the next event.
+    Wait,
+    /// Bytes from the endpoint, to decode.
+    Data(Bytes),
+    /// The attempt is over.
+    End(AttemptEnd),
+}
+
+impl Attempt<'_> {
+    fn send(&self, frame: Frame) {
+        let _ = self.out.unbounded_send(frame.encode());
+    }
+
+    /// Ends our side of the request: the endpoint gets no more completions (and suspends once it
+    /// needs one).
+    fn close_request(&mut self) {
+        self.request_open = false;
+        self.out.close_channel();
+    }
+
+    /// How long the endpoint may stay silent: while our side is open (bidi), the inactivity timeout
+    /// (then our side closes); after that, the abort timeout.
+    fn silence_limit(&self) -> std::time::Duration {
+        if self.request_open {
+            self.invoker.config.inactivity_timeout
+        } else {
+            self.invoker.config.abort_timeout
+        }
+    }
+
+    /// Queues Start (with the eager state) and the stored journal; the request side stays open only
+    /// for bidi.
+    fn start(&mut self, context: &AttemptContext) {
         let start = StartMessage {
-            id: id.as_bytes().to_vec(),
-            debug_id: id.to_hex(),
-            known_entries,
+            id: self.id.as_bytes().to_vec(),
+            debug_id: self.id.to_hex(),
+            known_entries: self.next_index,
             state_map: context
                 .state
                 .iter()
@@ -487,49 +595,37 @@ impl Invoker {
         } else {
             0
         };
-        let mut out = out_tx;
-        let send = |out: &mpsc::UnboundedSender<Bytes>, frame: Frame| {
-            let _ = out.unbounded_send(frame.encode());
-        };
-        send(&out, Frame::message(types::START, flags, &start));
-        let mut completed: HashSet<EntryIndex> = HashSet::new();
+        self.send(Frame::message(types::START, flags, &start));
         for (index, entry) in context.journal.iter().enumerate() {
             let flags = if entry.completed { FLAG_COMPLETED } else { 0 };
             if entry.completed {
-                completed.insert(index as EntryIndex);
+                self.completed.insert(index as EntryIndex);
             }
-            send(&out, Frame::new(entry.ty, flags, entry.payload.clone()));
+            self.send(Frame::new(entry.ty, flags, entry.payload.clone()));
         }
-        let mut request_open = bidi;
-        if !bidi {
-            out.close_channel();
+        if !self.request_open {
+            self.out.close_channel();
         }
+    }
 
-        let (mut sender, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
-            client::Error::NotAllowed { .. } => {
-                AttemptError::terminal(Code::PermissionDenied, e.to_string())
-            }
-            e => AttemptError::transient(Code::Unavailable, e.to_string()),
-        })?;
+    /// Sends the request and waits for the response headers.
+    async fn response(
+        &mut self,
+        sender: &mut hyper::client::conn::http2::SendRequest<Body>,
+        request: http::Request<Body>,
+        target: &client::Target,
+    ) -> Result<http::Response<hyper::body::Incoming>, AttemptError> {
         // Response headers are bounded like any silence: first the inactivity timeout (then our side
         // closes, as an endpoint that answers only after the whole request needs), then the abort timeout.
         let sent = sender.send_request(request);
         futures::pin_mut!(sent);
-        let mut waited = if request_open {
-            self.config.inactivity_timeout
-        } else {
-            self.config.abort_timeout
-        };
         let response = loop {
+            let waited = self.silence_limit();
             let timeout = glommio::timer::sleep(waited);
             futures::pin_mut!(timeout);
             match select(sent.as_mut(), timeout).await {
                 Either::Left((response, _)) => break response,
-                Either::Right(_) if request_open => {
-                    request_open = false;
-                    out.close_channel();
-                    waited = self.config.abort_timeout;
-                }
+                Either::Right(_) if self.request_open => self.close_request(),
                 Either::Right(_) => {
                     return Err(AttemptError::transient(
                         Code::DeadlineExceeded,
@@ -538,269 +634,276 @@ impl Invoker {
                 }
             }
         };
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => {
-                self.forget_closed_connections(&target);
-                return Err(AttemptError::transient(
-                    Code::Unavailable,
-                    format!("request failed: {e}"),
-                ));
-            }
-        };
-        if !response.status().is_success() {
-            return Err(AttemptError::transient(
-                Code::Internal,
-                format!("the endpoint answered HTTP {}", response.status()),
-            ));
-        }
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        if content_type != Some(b"application/restate") {
-            return Err(AttemptError::transient(
-                Code::Internal,
-                format!(
-                    "the endpoint answered content-type {:?}, expected application/restate",
-                    content_type.map(String::from_utf8_lossy)
-                ),
-            ));
-        }
+        response.map_err(|e| {
+            self.invoker.forget_closed_connections(target);
+            AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
+        })
+    }
 
-        let mut body = response.into_body();
-        let mut decoder = Decoder::new(self.config.message_size_limit);
-        let mut next_index = known_entries;
-        let mut completions_open = true;
-        let mut idle = IdleEntry {
-            idle: &self.idle,
-            key: None,
-        };
-        let mut preempted = None;
-        if request_open {
+    /// Runs the stream until the endpoint ends the attempt: decodes its frames, and (bidi) passes it
+    /// completions while our side is open.
+    async fn run(
+        &mut self,
+        mut body: hyper::body::Incoming,
+        completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
+    ) -> Result<AttemptEnd, AttemptError> {
+        let mut decoder = Decoder::new(self.invoker.config.message_size_limit);
+        if self.request_open {
             let (preempt, told) = oneshot::channel();
-            let key = (Instant::now(), self.next_sequence());
-            self.idle.borrow_mut().insert(key, preempt);
-            idle.key = Some(key);
-            preempted = Some(told);
+            let key = (Instant::now(), self.invoker.next_sequence());
+            self.invoker.idle.borrow_mut().insert(key, preempt);
+            self.idle.key = Some(key);
+            self.preempted = Some(told);
         }
         loop {
             // Bidi: inactivity closes our side (the SDK then suspends); after that, silence aborts.
-            let wait = if request_open {
-                self.config.inactivity_timeout
-            } else {
-                self.config.abort_timeout
-            };
-            let event = {
-                let frame = body.frame();
-                let completion = async {
-                    if completions_open {
-                        context.completions.next().await
-                    } else {
-                        futures::future::pending().await
-                    }
-                };
-                let timeout = glommio::timer::sleep(wait);
-                let told = async {
-                    match preempted.as_mut() {
-                        Some(told) => told.await.is_ok(),
-                        None => futures::future::pending().await,
-                    }
-                };
-                futures::pin_mut!(frame, completion, timeout, told);
-                match select(select(frame, completion), select(timeout, told)).await {
-                    Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
-                    Either::Left((Either::Right((completion, _)), _)) => {
-                        Event::Completion(completion)
-                    }
-                    Either::Right((Either::Left(_), _)) => Event::Timeout,
-                    Either::Right((Either::Right((told, _)), _)) => Event::Preempted(told),
-                }
-            };
-            let frame = match event {
-                Event::Completion(Some(completion)) => {
-                    // One the replayed journal already had completed is not sent twice.
-                    if !completed.insert(completion.entry_index) {
-                        continue;
-                    }
-                    if request_open {
-                        send(&out, completion_frame(&completion));
-                        idle.touch();
-                    }
-                    continue;
-                }
-                Event::Completion(None) => {
-                    if !processor.exists(id) {
-                        return Ok(AttemptEnd::Done); // cancelled: drop the stream
-                    }
-                    completions_open = false;
-                    continue;
-                }
-                Event::Timeout if request_open => {
-                    request_open = false;
-                    out.close_channel();
-                    idle.forget();
-                    continue;
-                }
-                Event::Preempted(told) => {
-                    // Told: others wait for a slot; the endpoint suspends once it needs a completion.
-                    preempted = None;
-                    if told && request_open {
-                        request_open = false;
-                        out.close_channel();
-                    }
-                    idle.forget();
-                    continue;
-                }
-                Event::Timeout => {
-                    return Err(AttemptError::transient(
-                        Code::DeadlineExceeded,
-                        format!("no message from the endpoint for {wait:?} (abort timeout)"),
-                    ))
-                }
-                Event::Frame(frame) => {
-                    idle.touch();
-                    frame
-                }
-            };
-            let data = match frame {
-                None => {
-                    return Err(AttemptError::transient(
-                        Code::Internal,
-                        "unexpected end of invocation stream",
-                    ))
-                }
-                Some(Err(e)) => {
-                    return Err(AttemptError::transient(
-                        Code::Unavailable,
-                        format!("stream broke: {e}"),
-                    ))
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue, // trailers
-                },
+            let wait = self.silence_limit();
+            let event = self.next_event(&mut body, completions, wait).await;
+            let data = match self.on_event(event, wait)? {
+                Step::Wait => continue,
+                Step::Data(data) => data,
+                Step::End(end) => return Ok(end),
             };
             decoder.push(&data);
-            while let Some(frame) = decoder.next().map_err(|e| {
-                AttemptError::transient(Code::Internal, format!("protocol violation: {e}"))
-            })? {
-                match frame.ty {
-                    types::OUTPUT_STREAM => {
-                        let output = OutputStreamEntryMessage::decode(frame.payload.clone())
-                            .map_err(|e| {
-                                AttemptError::transient(
-                                    Code::Internal,
-                                    format!("protocol violation: {e}"),
-                                )
-                            })?;
-                        let outcome = match output.result {
-                            Some(output_stream_entry_message::Result::Value(value)) => {
-                                Ok(Bytes::from(value))
-                            }
-                            Some(output_stream_entry_message::Result::Failure(f)) => Err(Failure {
-                                code: f.code,
-                                message: f.message,
-                            }),
-                            None => Ok(Bytes::new()),
-                        };
-                        out.close_channel();
-                        processor.finish(id, outcome).await;
-                        return Ok(AttemptEnd::Done);
-                    }
-                    types::SUSPENSION => {
-                        let suspension =
-                            SuspensionMessage::decode(frame.payload.clone()).map_err(|e| {
-                                AttemptError::transient(
-                                    Code::Internal,
-                                    format!("protocol violation: {e}"),
-                                )
-                            })?;
-                        if suspension.entry_indexes.is_empty()
-                            || suspension.entry_indexes.iter().any(|i| *i >= next_index)
-                        {
-                            return Err(AttemptError::transient(
-                                Code::Internal,
-                                format!(
-                                    "protocol violation: suspension on {:?} with {next_index} entries",
-                                    suspension.entry_indexes
-                                ),
-                            ));
-                        }
-                        out.close_channel();
-                        return Ok(
-                            match processor
-                                .suspend(id, suspension.entry_indexes, &completed)
-                                .await
-                            {
-                                SuspendOutcome::Resume => AttemptEnd::Resume,
-                                SuspendOutcome::Suspended => AttemptEnd::Suspended,
-                            },
-                        );
-                    }
-                    types::ERROR => {
-                        let error = ErrorMessage::decode(frame.payload.clone()).unwrap_or_default();
-                        let code = if (1..=16).contains(&error.code) {
-                            error.code
-                        } else {
-                            Code::Unknown as u32
-                        };
-                        return Err(AttemptError {
-                            code,
-                            message: if error.description.is_empty() {
-                                error.message
-                            } else {
-                                format!("{}: {}", error.message, error.description)
-                            },
-                            transient: true,
-                        });
-                    }
-                    ty if protocol::kind(ty) == Some(Kind::Core) => {
-                        return Err(AttemptError::transient(
-                            Code::Internal,
-                            format!("protocol violation: the endpoint sent message type {ty:#06x}"),
-                        ));
-                    }
-                    _ => {
-                        let index = next_index;
-                        next_index += 1;
-                        let completion =
-                            processor
-                                .append(id, index, &frame)
-                                .await
-                                .map_err(|e| match e {
-                                    AppendError::Gone => {
-                                        AttemptError::terminal(Code::Aborted, "invocation gone")
-                                    }
-                                    AppendError::Refused(failure) => AttemptError {
-                                        code: failure.code,
-                                        message: failure.message,
-                                        transient: false,
-                                    },
-                                    e => AttemptError::transient(Code::Internal, e.to_string()),
-                                })?;
-                        *progressed = true;
-                        if let Some(completion) = completion {
-                            if completion.result.is_some() {
-                                completed.insert(completion.entry_index);
-                            }
-                            if request_open {
-                                send(&out, completion_frame(&completion));
-                            } else if completion.result.is_none() {
-                                // An ack that cannot be sent: the entry is durable, which replay shows.
-                                completed.insert(completion.entry_index);
-                            }
-                        } else if protocol::kind(frame.ty) == Some(Kind::Completable)
-                            && frame.flag_bit()
-                        {
-                            completed.insert(index);
-                        }
-                    }
+            while let Some(frame) = decoder.next().map_err(protocol_violation)? {
+                if let Some(end) = self.on_frame(frame).await? {
+                    return Ok(end);
                 }
             }
-            let _ = &mut out;
         }
     }
+
+    /// Whichever comes first: a frame of the response body, a completion, `wait` of silence, or
+    /// preemption.
+    async fn next_event(
+        &mut self,
+        body: &mut hyper::body::Incoming,
+        completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
+        wait: std::time::Duration,
+    ) -> Event {
+        let frame = body.frame();
+        let completions_open = self.completions_open;
+        let completion = async {
+            if completions_open {
+                completions.next().await
+            } else {
+                futures::future::pending().await
+            }
+        };
+        let timeout = glommio::timer::sleep(wait);
+        let told = async {
+            match self.preempted.as_mut() {
+                Some(told) => told.await.is_ok(),
+                None => futures::future::pending().await,
+            }
+        };
+        futures::pin_mut!(frame, completion, timeout, told);
+        match select(select(frame, completion), select(timeout, told)).await {
+            Either::Left((Either::Left((frame, _)), _)) => Event::Frame(frame),
+            Either::Left((Either::Right((completion, _)), _)) => Event::Completion(completion),
+            Either::Right((Either::Left(_), _)) => Event::Timeout,
+            Either::Right((Either::Right((told, _)), _)) => Event::Preempted(told),
+        }
+    }
+
+    /// Acts on one event; `wait` is the silence it was waited for.
+    fn on_event(&mut self, event: Event, wait: std::time::Duration) -> Result<Step, AttemptError> {
+        match event {
+            Event::Completion(Some(completion)) => {
+                // One the replayed journal already had completed is not sent twice.
+                if self.completed.insert(completion.entry_index) && self.request_open {
+                    self.send(completion_frame(&completion));
+                    self.idle.touch();
+                }
+            }
+            Event::Completion(None) => {
+                if !self.processor.exists(self.id) {
+                    return Ok(Step::End(AttemptEnd::Done)); // cancelled: drop the stream
+                }
+                self.completions_open = false;
+            }
+            Event::Timeout if self.request_open => {
+                self.close_request();
+                self.idle.forget();
+            }
+            Event::Preempted(told) => {
+                // Told: others wait for a slot; the endpoint suspends once it needs a completion.
+                self.preempted = None;
+                if told && self.request_open {
+                    self.close_request();
+                }
+                self.idle.forget();
+            }
+            Event::Timeout => {
+                return Err(AttemptError::transient(
+                    Code::DeadlineExceeded,
+                    format!("no message from the endpoint for {wait:?} (abort timeout)"),
+                ))
+            }
+            Event::Frame(frame) => {
+                self.idle.touch();
+                return body_data(frame).map(|data| data.map_or(Step::Wait, Step::Data));
+            }
+        }
+        Ok(Step::Wait)
+    }
+
+    /// Acts on one message from the endpoint: `Some` when it ends the attempt.
+    async fn on_frame(&mut self, frame: Frame) -> Result<Option<AttemptEnd>, AttemptError> {
+        match frame.ty {
+            types::OUTPUT_STREAM => self.finish(&frame).await.map(Some),
+            types::SUSPENSION => self.suspend(&frame).await.map(Some),
+            types::ERROR => Err(endpoint_error(&frame)),
+            ty if protocol::kind(ty) == Some(Kind::Core) => Err(AttemptError::transient(
+                Code::Internal,
+                format!("protocol violation: the endpoint sent message type {ty:#06x}"),
+            )),
+            _ => self.append(&frame).await.map(|()| None),
+        }
+    }
+
+    /// The endpoint's output: the invocation ends with it.
+    async fn finish(&mut self, frame: &Frame) -> Result<AttemptEnd, AttemptError> {
+        let output =
+            OutputStreamEntryMessage::decode(frame.payload.clone()).map_err(protocol_violation)?;
+        let outcome = match output.result {
+            Some(output_stream_entry_message::Result::Value(value)) => Ok(Bytes::from(value)),
+            Some(output_stream_entry_message::Result::Failure(f)) => Err(Failure {
+                code: f.code,
+                message: f.message,
+            }),
+            None => Ok(Bytes::new()),
+        };
+        self.out.close_channel();
+        self.processor.finish(self.id, outcome).await;
+        Ok(AttemptEnd::Done)
+    }
+
+    /// The endpoint suspended on entries it has sent: it resumes at once if one is already completed.
+    async fn suspend(&mut self, frame: &Frame) -> Result<AttemptEnd, AttemptError> {
+        let suspension =
+            SuspensionMessage::decode(frame.payload.clone()).map_err(protocol_violation)?;
+        let next_index = self.next_index;
+        if suspension.entry_indexes.is_empty()
+            || suspension.entry_indexes.iter().any(|i| *i >= next_index)
+        {
+            return Err(AttemptError::transient(
+                Code::Internal,
+                format!(
+                    "protocol violation: suspension on {:?} with {next_index} entries",
+                    suspension.entry_indexes
+                ),
+            ));
+        }
+        self.out.close_channel();
+        let outcome = self
+            .processor
+            .suspend(self.id, suspension.entry_indexes, &self.completed)
+            .await;
+        Ok(match outcome {
+            SuspendOutcome::Resume => AttemptEnd::Resume,
+            SuspendOutcome::Suspended => AttemptEnd::Suspended,
+        })
+    }
+
+    /// A journal entry from the endpoint: appended durably, then its completion (or ack) sent back.
+    async fn append(&mut self, frame: &Frame) -> Result<(), AttemptError> {
+        let index = self.next_index;
+        self.next_index += 1;
+        let completion =
+            self.processor
+                .append(self.id, index, frame)
+                .await
+                .map_err(|e| match e {
+                    AppendError::Gone => AttemptError::terminal(Code::Aborted, "invocation gone"),
+                    AppendError::Refused(failure) => AttemptError {
+                        code: failure.code,
+                        message: failure.message,
+                        transient: false,
+                    },
+                    e => AttemptError::transient(Code::Internal, e.to_string()),
+                })?;
+        *self.progressed = true;
+        if let Some(completion) = completion {
+            if completion.result.is_some() {
+                self.completed.insert(completion.entry_index);
+            }
+            if self.request_open {
+                self.send(completion_frame(&completion));
+            } else if completion.result.is_none() {
+                // An ack that cannot be sent: the entry is durable, which replay shows.
+                self.completed.insert(completion.entry_index);
+            }
+        } else if protocol::kind(frame.ty) == Some(Kind::Completable) && frame.flag_bit() {
+            self.completed.insert(index);
+        }
+        Ok(())
+    }
+}
+
+/// Fails the attempt unless the endpoint answered with a success status and the protocol's
+/// content type.
+fn check_response(response: &http::Response<hyper::body::Incoming>) -> Result<(), AttemptError> {
+    if !response.status().is_success() {
+        return Err(AttemptError::transient(
+            Code::Internal,
+            format!("the endpoint answered HTTP {}", response.status()),
+        ));
+    }
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes());
+    if content_type != Some(b"application/restate") {
+        return Err(AttemptError::transient(
+            Code::Internal,
+            format!(
+                "the endpoint answered content-type {:?}, expected application/restate",
+                content_type.map(String::from_utf8_lossy)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of one frame of the response body: `None` for trailers.
+fn body_data(
+    frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
+) -> Result<Option<Bytes>, AttemptError> {
+    match frame {
+        None => Err(AttemptError::transient(
+            Code::Internal,
+            "unexpected end of invocation stream",
+        )),
+        Some(Err(e)) => Err(AttemptError::transient(
+            Code::Unavailable,
+            format!("stream broke: {e}"),
+        )),
+        Some(Ok(frame)) => Ok(frame.into_data().ok()),
+    }
+}
+
+/// The endpoint's Error message as the attempt's error (an unknown code becomes `Unknown`).
+fn endpoint_error(frame: &Frame) -> AttemptError {
+    let error = ErrorMessage::decode(frame.payload.clone()).unwrap_or_default();
+    let code = if (1..=16).contains(&error.code) {
+        error.code
+    } else {
+        Code::Unknown as u32
+    };
+    AttemptError {
+        code,
+        message: if error.description.is_empty() {
+            error.message
+        } else {
+            format!("{}: {}", error.message, error.description)
+        },
+        transient: true,
+    }
+}
+
+fn protocol_violation(error: impl std::fmt::Display) -> AttemptError {
+    AttemptError::transient(Code::Internal, format!("protocol violation: {error}"))
 }
 
 /// How often the failed attempts of one invocation are logged at WARN: at attempts 1, 2, 4, 8, ... and
