@@ -662,6 +662,7 @@ impl World {
 
     fn run(&mut self, action: Action) {
         self.assert_durable_for(&action);
+        self.note(format!("  -> {}", describe(&action)));
         match action {
             Action::Attach { id, caller } => {
                 self.model.waiting.entry(id).or_default().push(caller);
@@ -1386,7 +1387,9 @@ impl World {
             let dedup = self.store.scan(Table::Dedup, &keys::partition(p));
             self.state.recover_dedup(p, &dedup);
             let outbox = self.store.scan(Table::Outbox, &keys::partition(p));
-            self.state.recover_outbox(&env, p, &outbox, &mut out);
+            let next = self.store.get(Table::Fsm, &keys::outbox_next(p));
+            self.state
+                .recover_outbox(&env, p, &outbox, next.as_deref(), &mut out);
         }
         assert_eq!(self.state.corrupt_rows, 0, "recovery found unreadable rows");
         let mut loading = Effects::default();
@@ -1401,6 +1404,36 @@ impl World {
     fn advance_clock(&mut self) {
         let by = 1 + self.rng.below(400) as u64;
         self.clock.now.set(self.clock.now.get() + by);
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Ship(messages) => messages
+            .iter()
+            .map(|m| {
+                let what = match &m.row.message {
+                    Some(outbox_message::Message::Invoke(r)) => format!(
+                        "invoke {} {}",
+                        r.service,
+                        InvocationId::from_slice(&r.invocation_id).unwrap()
+                    ),
+                    Some(outbox_message::Message::Complete(c)) => format!(
+                        "complete {}/{}",
+                        InvocationId::from_slice(&c.invocation_id).unwrap(),
+                        c.entry_index
+                    ),
+                    None => "?".into(),
+                };
+                format!("ship {}/{} {what}", m.producer, m.sequence)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Action::Ended { id, outcome } => format!("ended {id} ok={}", outcome.is_ok()),
+        other => {
+            let text = format!("{other:?}");
+            text.chars().take(100).collect()
+        }
     }
 }
 

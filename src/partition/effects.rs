@@ -61,6 +61,11 @@ fn add(effect: &Effect, batch: &mut WriteBatch) {
         Effect::DeleteOutbox(p, sequence) => {
             batch.delete(Table::Outbox, keys::outbox(*p, *sequence))
         }
+        Effect::PutOutboxNext(p, next) => batch.put(
+            Table::Fsm,
+            keys::outbox_next(*p),
+            next.to_be_bytes().to_vec(),
+        ),
         Effect::PutDedup(target, producer, sequence) => batch.put(
             Table::Dedup,
             keys::dedup(*target, *producer),

@@ -222,6 +222,14 @@ pub mod keys {
         Some((wake, id, index))
     }
 
+    /// Fsm table: `[partition]outbox_next`, the partition's next outbox sequence (u64 BE) as of the
+    /// last acknowledged message; with the outbox rows it tells recovery where sequences continue.
+    pub fn outbox_next(p: PartitionId) -> Vec<u8> {
+        let mut out = partition(p);
+        out.put_slice(b"outbox_next");
+        out
+    }
+
     /// Outbox table: `[partition][sequence]`.
     pub fn outbox(p: PartitionId, sequence: u64) -> Vec<u8> {
         let mut out = partition(p);

@@ -1008,10 +1008,14 @@ impl Processor {
             let outbox = storage
                 .scan_prefix(Table::Outbox, keys::partition(p), usize::MAX)
                 .await?;
-            self.inner
-                .state
-                .borrow_mut()
-                .recover_outbox(&env, p, &outbox, &mut effects);
+            let next = storage.get(Table::Fsm, keys::outbox_next(p)).await?;
+            self.inner.state.borrow_mut().recover_outbox(
+                &env,
+                p,
+                &outbox,
+                next.as_deref(),
+                &mut effects,
+            );
         }
         self.load_timers().await?;
         self.inner

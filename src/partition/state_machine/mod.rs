@@ -271,6 +271,8 @@ pub enum Effect {
     DeleteTimer(TimerKey),
     PutOutbox(PartitionId, u64, OutboxMessage),
     DeleteOutbox(PartitionId, u64),
+    /// The partition's next outbox sequence, kept past the deletion of its last message.
+    PutOutboxNext(PartitionId, u64),
     /// Last applied sequence of (target partition, producer).
     PutDedup(PartitionId, PartitionId, u64),
     PutIdempotent(PartitionId, InvocationId, Idempotent),
@@ -454,7 +456,7 @@ impl State {
                     .loaded(keys, complete, env.limits.timers_in_memory)
             }
             Command::OutboxAcked { producer, sequence } => {
-                out.write(Effect::DeleteOutbox(producer, sequence))
+                self.outbox_acked(producer, sequence, out)
             }
             Command::InboxRowRead { id, row } => self.inbox_row_read(env, id, row, out),
         }

@@ -48,6 +48,16 @@ impl State {
         }
     }
 
+    /// Message (`producer`, `sequence`) is applied by its target: its row goes, and the partition's
+    /// next sequence is written with the delete. Targets drop any message whose sequence is not above
+    /// the last one they applied from this producer, so sequences must never repeat, also after a
+    /// restart that finds the outbox empty.
+    pub(super) fn outbox_acked(&mut self, producer: PartitionId, sequence: u64, out: &mut Effects) {
+        let next = self.outbox_sequence.get(&producer).copied().unwrap_or(0);
+        out.write(Effect::DeleteOutbox(producer, sequence));
+        out.write(Effect::PutOutboxNext(producer, next.max(sequence + 1)));
+    }
+
     /// Applies a message from another partition's outbox, once; acknowledges it either way.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver(

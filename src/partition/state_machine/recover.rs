@@ -152,13 +152,15 @@ impl State {
     }
 
     /// Restores partition `p`'s outbox: every message is shipped again (targets de-duplicate).
-    /// Sequences continue after the last one, and never below the clock in microseconds, so they grow
-    /// across restarts while targets still hold dedup rows for old ones.
+    /// Sequences continue after the last row and after the stored next sequence (`next_row`, the
+    /// Fsm table's `outbox_next`), so none repeats while targets hold dedup rows for old ones. Data
+    /// written before that row existed falls back on the clock in microseconds.
     pub fn recover_outbox(
         &mut self,
         env: &Env<'_>,
         p: PartitionId,
         rows: &[Row],
+        next_row: Option<&[u8]>,
         out: &mut Effects,
     ) {
         let mut next = 0;
@@ -184,7 +186,15 @@ impl State {
                 None => self.corrupt("outbox row", p),
             }
         }
-        let floor = env.clock.now_ms().saturating_mul(1000);
+        let stored = next_row.map(|v| <[u8; 8]>::try_from(v).map(u64::from_be_bytes));
+        let floor = match stored {
+            Some(Ok(stored)) => stored,
+            Some(Err(_)) => {
+                self.corrupt("outbox_next row", p);
+                env.clock.now_ms().saturating_mul(1000)
+            }
+            None => env.clock.now_ms().saturating_mul(1000),
+        };
         self.outbox_sequence.insert(p, next.max(floor));
         if !shipped.is_empty() {
             out.act(Action::Ship(shipped));
