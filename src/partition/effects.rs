@@ -81,3 +81,40 @@ fn add(effect: &Effect, batch: &mut WriteBatch) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::InvocationId;
+    use crate::storage::Op;
+
+    #[test]
+    fn deleting_a_journal_deletes_each_of_its_entries() {
+        let id = InvocationId::from_parts(1, [1; 16]);
+        for length in [0, 1, 3] {
+            let mut batch = WriteBatch::new();
+            to_batch(&[Effect::DeleteJournal(2, id, length)], &mut batch);
+            let expected: Vec<Op> = (0..length)
+                .map(|index| Op::Delete {
+                    table: Table::Journal,
+                    key: keys::journal(2, &id, index),
+                })
+                .collect();
+            assert_eq!(batch.ops(), expected.as_slice(), "{length}");
+        }
+    }
+
+    #[test]
+    fn the_next_outbox_sequence_is_a_big_endian_fsm_row() {
+        let mut batch = WriteBatch::new();
+        to_batch(&[Effect::PutOutboxNext(3, 258)], &mut batch);
+        assert_eq!(
+            batch.ops(),
+            &[Op::Put {
+                table: Table::Fsm,
+                key: keys::outbox_next(3),
+                value: 258u64.to_be_bytes().to_vec(),
+            }]
+        );
+    }
+}

@@ -1784,26 +1784,6 @@ fn a_recovered_outbox_is_shipped_again_and_its_sequence_never_goes_below_the_clo
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The effects interpreter
-
-#[test]
-fn deleting_a_journal_deletes_each_of_its_entries() {
-    use crate::storage::{Op, Table, WriteBatch};
-    let id = keyed(1, "a").id;
-    for length in [0, 1, 3] {
-        let mut batch = WriteBatch::new();
-        crate::partition::effects::to_batch(&[Effect::DeleteJournal(2, id, length)], &mut batch);
-        let expected: Vec<Op> = (0..length)
-            .map(|index| Op::Delete {
-                table: Table::Journal,
-                key: keys::journal(2, &id, index),
-            })
-            .collect();
-        assert_eq!(batch.ops(), expected.as_slice(), "{length}");
-    }
-}
-
 /// Recovers `new` as invoked with only its input entry and an early completion row for entry 1.
 fn recovered_with_early_completion(h: &mut Harness, new: &NewInvocation) {
     let p = partition(&new.id);
