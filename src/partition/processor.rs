@@ -31,8 +31,8 @@ use super::outbound::{self, Outbound};
 use super::router::{Inbox, Router};
 use super::rows::{self, Entry, Idempotent, InboxEntry, Timer};
 use super::state_machine::{
-    self, entries, AckId, Action, CallerId, Clock, Effects, Env, Limits, Reply, Resolve, Resolved,
-    State, TimerKey,
+    self, entries, AckId, Action, CallerId, Clock, Effect, Effects, Env, Limits, Reply, Resolve,
+    Resolved, State, TimerKey,
 };
 use super::tally::Tally;
 use super::{effects, keys, EntryIndex, InvocationId, PartitionId};
@@ -314,6 +314,13 @@ impl Processor {
             .borrow_mut()
             .apply(&env, command, &mut effects);
         tally.after(&effects);
+        if log::log_enabled!(log::Level::Debug) {
+            for write in &effects.writes {
+                if let Effect::PutTimer(key, _) = write {
+                    log::debug!(core = self.inner.core, wake = key.wake_ms, partition = key.partition; "timer armed");
+                }
+            }
+        }
         self.submit(effects)
     }
 
