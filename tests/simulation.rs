@@ -1314,6 +1314,16 @@ impl World {
             .flatten();
         self.note(format!("timer {}/{} fires", key.id, key.index));
         assert!(self.fired.insert(key), "timer {key:?} fires a second time");
+        // Timers fire in wake-up order: none stored is due before this one.
+        for p in 0..PARTITIONS {
+            for (row_key, _) in self.store.scan(Table::Timers, &keys::partition(p)) {
+                let (wake_ms, ..) = keys::parse_timer(&row_key).expect("timer key");
+                assert!(
+                    wake_ms >= key.wake_ms,
+                    "timer {key:?} fires while a stored one is due at {wake_ms}"
+                );
+            }
+        }
         self.apply(Command::FireTimer { key, row, entry }, ReplyTo::Nobody);
         true
     }

@@ -53,9 +53,12 @@ impl Timers {
         if let Some((armed, _)) = &mut self.reload {
             armed.push(key);
         }
-        let beyond = self.loaded.last().is_some_and(|last| key > *last);
+        // Unless every stored timer is loaded, one beyond the loaded ones waits in storage: nearer
+        // ones may be there. With none loaded (a reload reading, or about to) that is every one: were
+        // it loaded, it would fire before the nearer stored ones the reload has yet to bring.
+        let beyond = self.loaded.last().is_none_or(|last| key > *last);
         if !self.complete && beyond {
-            return false; // storage has nearer ones still to load; this one waits there
+            return false;
         }
         self.loaded.insert(key);
         if self.loaded.len() > limit {
@@ -126,11 +129,31 @@ mod tests {
     fn a_timer_armed_while_a_reload_reads_is_kept() {
         let mut timers = Timers::default();
         timers.loading();
-        assert!(timers.add(key(5), 10));
+        assert!(!timers.add(key(5), 10), "not loaded before the reload ends");
         // The read was submitted before the new timer's write.
         timers.loaded(vec![key(7)], true, 10);
         assert_eq!(timers.next(), Some(key(5)));
         assert_eq!(timers.len(), 2);
+    }
+
+    #[test]
+    fn a_timer_armed_while_a_reload_reads_does_not_fire_before_nearer_stored_ones() {
+        let mut timers = Timers::default();
+        timers.loaded(vec![key(1)], false, 1);
+        assert!(timers.fire(&key(1)));
+        assert!(timers.needs_reload(), "storage holds more");
+        timers.loading();
+        assert!(!timers.add(key(9), 1));
+        assert_eq!(
+            timers.next(),
+            None,
+            "storage may hold nearer timers: none fires before the reload"
+        );
+        // The read sees the stored 5 (and maybe 9).
+        timers.loaded(vec![key(5)], false, 1);
+        assert_eq!(timers.next(), Some(key(5)));
+        assert!(timers.fire(&key(5)));
+        assert!(timers.needs_reload(), "9 is still in storage only");
     }
 
     #[test]
