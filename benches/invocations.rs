@@ -5,7 +5,7 @@
 //! The baseline, run in the same command, calls the endpoint directly with the service protocol (no
 //! runtime, nothing durable): every runtime figure is reported against it.
 //!
-//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2 --sync both|off|on
+//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2 --keys 1000 --sync both|off|on
 //! --endpoint-threads 1 --client-threads 1]`
 //!
 //! For scaling runs on a bigger machine the binaries and CPU sets can be set from the environment:
@@ -289,6 +289,8 @@ fn main() {
     let seconds = arg("--seconds", 5);
     let concurrency = arg("--concurrency", 64);
     let cores = arg("--cores", 2);
+    // Keys the counter cases spread over; 1 is one hot key.
+    let keys = arg("--keys", 1000).max(1);
     println!(
         "invocations: {concurrency} calls in flight for {seconds}s per case; runtime cores={cores}; \
          client, runtime and endpoint share this machine ({} CPUs)",
@@ -342,8 +344,8 @@ fn main() {
                 "application/grpc",
                 move |n| {
                     if path.ends_with("Add") {
-                        // AddRequest { key = "k<n % 1000>", delta = 1 }
-                        let key = format!("k{}", n % 1000);
+                        // AddRequest { key = "k<n % keys>", delta = 1 }
+                        let key = format!("k{}", n % keys);
                         let mut m = vec![0x0a, key.len() as u8];
                         m.extend_from_slice(key.as_bytes());
                         m.extend_from_slice(&[0x10, 0x01]);

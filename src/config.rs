@@ -266,6 +266,10 @@ pub struct Invoker {
     pub max_streams_per_connection: usize,
     /// Connections one core opens to one endpoint; past it streams queue on the least busy one.
     pub max_connections_per_endpoint: usize,
+    /// Entries of one attempt decided but not yet durable: the attempt reads the endpoint's next
+    /// message without waiting for the previous entry's write (writes are ordered, and whatever the
+    /// endpoint is sent back still waits for durability); past this many it waits for the oldest.
+    pub max_pending_appends: usize,
 }
 
 impl Default for Invoker {
@@ -284,6 +288,7 @@ impl Default for Invoker {
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_streams_per_connection: 100,
             max_connections_per_endpoint: 32,
+            max_pending_appends: 64,
         }
     }
 }
@@ -670,6 +675,10 @@ impl Config {
             (
                 "worker.invoker.max_connections_per_endpoint",
                 self.worker.invoker.max_connections_per_endpoint,
+            ),
+            (
+                "worker.invoker.max_pending_appends",
+                self.worker.invoker.max_pending_appends,
             ),
             (
                 "meta.max_discovery_response_bytes",

@@ -305,15 +305,13 @@ impl Invoker {
                                 invocation = id.to_hex(), target = target.as_str(), attempts;
                                 "invocation of {target} failed: {}", error.message
                             );
-                            processor
-                                .finish(
-                                    id,
-                                    Err(Failure {
-                                        code: error.code,
-                                        message: error.message,
-                                    }),
-                                )
-                                .await;
+                            processor.finish(
+                                id,
+                                Err(Failure {
+                                    code: error.code,
+                                    message: error.message,
+                                }),
+                            );
                             return;
                         }
                     }
@@ -433,6 +431,7 @@ impl Invoker {
                 key: None,
             },
             preempted: None,
+            pending: Default::default(),
         };
         attempt.start(&context);
         let (mut sender, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
@@ -539,6 +538,8 @@ struct Attempt<'a> {
     idle: IdleEntry<'a>,
     /// Fires when this attempt is told to close its request side for others waiting for a slot.
     preempted: Option<oneshot::Receiver<()>>,
+    /// Appended entries not known durable yet, oldest first (each fires once durable).
+    pending: std::collections::VecDeque<oneshot::Receiver<()>>,
 }
 
 /// What one event means for the attempt loop.
@@ -775,7 +776,7 @@ impl Attempt<'_> {
             None => Ok(Bytes::new()),
         };
         self.out.close_channel();
-        self.processor.finish(self.id, outcome).await;
+        self.processor.finish(self.id, outcome);
         Ok(AttemptEnd::Done)
     }
 
@@ -806,38 +807,49 @@ impl Attempt<'_> {
         })
     }
 
-    /// A journal entry from the endpoint: appended durably, then its completion (or ack) sent back.
+    /// A journal entry from the endpoint: decided at once, then the next message is read without
+    /// waiting for the write (up to `max_pending_appends` not yet durable); its completion (or ack)
+    /// reaches the endpoint through the completion stream once durable.
     async fn append(&mut self, frame: &Frame) -> Result<(), AttemptError> {
+        self.bound_pending().await;
         let index = self.next_index;
         self.next_index += 1;
-        let completion =
-            self.processor
-                .append(self.id, index, frame)
-                .await
-                .map_err(|e| match e {
-                    AppendError::Gone => AttemptError::terminal(Code::Aborted, "invocation gone"),
-                    AppendError::Refused(failure) => AttemptError {
-                        code: failure.code,
-                        message: failure.message,
-                        transient: false,
-                    },
-                    e => AttemptError::transient(Code::Internal, e.to_string()),
-                })?;
+        let durable = self
+            .processor
+            .append(self.id, index, frame)
+            .await
+            .map_err(|e| match e {
+                AppendError::Gone => AttemptError::terminal(Code::Aborted, "invocation gone"),
+                AppendError::Refused(failure) => AttemptError {
+                    code: failure.code,
+                    message: failure.message,
+                    transient: false,
+                },
+                e => AttemptError::transient(Code::Internal, e.to_string()),
+            })?;
         *self.progressed = true;
-        if let Some(completion) = completion {
-            if completion.result.is_some() {
-                self.completed.insert(completion.entry_index);
-            }
-            if self.request_open {
-                self.send(completion_frame(&completion));
-            } else if completion.result.is_none() {
-                // An ack that cannot be sent: the entry is durable, which replay shows.
-                self.completed.insert(completion.entry_index);
-            }
-        } else if protocol::kind(frame.ty) == Some(Kind::Completable) && frame.flag_bit() {
+        if protocol::kind(frame.ty) == Some(Kind::Completable) && frame.flag_bit() {
             self.completed.insert(index);
         }
+        self.pending.push_back(durable);
         Ok(())
+    }
+
+    /// Forgets appends that are durable; waits for the oldest while `max_pending_appends` are not.
+    async fn bound_pending(&mut self) {
+        let limit = self.invoker.config.max_pending_appends.max(1);
+        loop {
+            let full = self.pending.len() >= limit;
+            let Some(oldest) = self.pending.front_mut() else {
+                break;
+            };
+            if full {
+                let _ = oldest.await;
+            } else if !matches!(oldest.try_recv(), Ok(Some(())) | Err(_)) {
+                break;
+            }
+            self.pending.pop_front();
+        }
     }
 }
 

@@ -302,6 +302,27 @@ impl Processor {
     /// Applies `command` now and submits its batch; the returned future completes once the batch is
     /// durable and the actions ran, with the command's reply.
     fn apply(&self, command: state_machine::Command) -> impl Future<Output = Option<Reply>> {
+        let effects = self.transition(command);
+        self.submit(effects)
+    }
+
+    /// Applies `command` now and submits its batch; returns the reply at once, with the rest (wait
+    /// until durable, then run the actions), which the caller must await or spawn.
+    #[must_use = "the actions run only when the returned future is polled"]
+    fn decide(
+        &self,
+        command: state_machine::Command,
+    ) -> (Option<Reply>, impl Future<Output = ()> + 'static) {
+        let mut effects = self.transition(command);
+        let reply = effects.reply.take();
+        let durable = self.submit(effects);
+        (reply, async move {
+            durable.await;
+        })
+    }
+
+    /// Runs the state machine on `command`.
+    fn transition(&self, command: state_machine::Command) -> Effects {
         let mut effects = Effects::default();
         let env = Env {
             clock: &SystemClock,
@@ -321,7 +342,7 @@ impl Processor {
                 }
             }
         }
-        self.submit(effects)
+        effects
     }
 
     /// Submits `effects`' batch now; runs its actions once it is durable. A command without writes or
@@ -386,12 +407,7 @@ impl Processor {
                 }
                 Action::Drive(id) => self.drive(id),
                 Action::Ship(messages) => self.ship(messages),
-                Action::Forward { id, completion } => {
-                    let channels = self.inner.channels.borrow();
-                    if let Some(stream) = channels.streams.get(&id) {
-                        let _ = stream.unbounded_send(completion);
-                    }
-                }
+                Action::Forward { id, completion } => self.forward(id, completion),
                 Action::WakeTimers => {
                     let _ = self.inner.timer_wake.unbounded_send(());
                 }
@@ -716,26 +732,47 @@ impl Processor {
         self.apply_detached(state_machine::Command::PinEndpoint { id, endpoint });
     }
 
-    /// Appends an entry the SDK sent at `index` with its effects, durably. Returns the completion to
-    /// send back (an answered GetState, an ack of a custom entry, a call to an unknown service), if any.
+    /// Appends an entry the SDK sent at `index` with its effects: decided now (an error says why it
+    /// was refused), written in order with the core's other writes. The returned receiver fires once
+    /// the entry is durable; its completion, if any (an answered GetState, an ack of a custom entry, a
+    /// call to an unknown service), goes to the attempt's completion stream at that moment, never
+    /// before. The caller need not wait: nothing outside sees the entry before it is durable.
     pub async fn append(
         &self,
         id: InvocationId,
         index: EntryIndex,
         frame: &Frame,
-    ) -> Result<Option<CompletionMessage>, AppendError> {
+    ) -> Result<oneshot::Receiver<()>, AppendError> {
         let read = self.read_for_entry(id, index, frame).await?;
-        let reply = self
-            .apply(state_machine::Command::Append {
-                id,
-                index,
-                frame: frame.clone(),
-                read,
-            })
-            .await;
-        match reply {
+        let (reply, durable) = self.decide(state_machine::Command::Append {
+            id,
+            index,
+            frame: frame.clone(),
+            read,
+        });
+        let result = match reply {
             Some(Reply::Appended(result)) => result,
             _ => Err(AppendError::Gone),
+        };
+        let completion = result.as_ref().ok().cloned().flatten();
+        let (done, durable_rx) = oneshot::channel();
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            durable.await;
+            if let Some(completion) = completion {
+                this.forward(id, completion);
+            }
+            let _ = done.send(());
+        })
+        .detach();
+        result.map(|_| durable_rx)
+    }
+
+    /// Passes a durable completion to `id`'s running attempt, if it has one.
+    fn forward(&self, id: InvocationId, completion: CompletionMessage) {
+        let channels = self.inner.channels.borrow();
+        if let Some(stream) = channels.streams.get(&id) {
+            let _ = stream.unbounded_send(completion);
         }
     }
 
@@ -814,10 +851,10 @@ impl Processor {
         }
     }
 
-    /// Ends an invocation with `outcome` (see the state machine's `finish`); returns once durable.
-    pub async fn finish(&self, id: InvocationId, outcome: Outcome) {
-        self.apply(state_machine::Command::Finish { id, outcome })
-            .await;
+    /// Ends an invocation with `outcome` (see the state machine's `finish`): decided now, so the
+    /// next invocation of its key may start at once; its callers are answered once it is durable.
+    pub fn finish(&self, id: InvocationId, outcome: Outcome) {
+        self.apply_detached(state_machine::Command::Finish { id, outcome });
     }
 
     /// Hands durable outbox messages to the shipper.
