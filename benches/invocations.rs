@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+#[path = "../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
+
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -50,14 +54,6 @@ fn command(program_var: &str, default: &str, cpus_var: &str) -> Command {
         }
         Err(_) => Command::new(program),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Process(Child);

@@ -250,41 +250,40 @@ fn main() {
         .as_ref()
         .map(|files| tls_acceptor(&files[0], &files[1]));
     // Benchmarks run several executors on one port (SO_REUSEPORT); /stats then counts per executor.
+    // The first binds the requested port (0: any), the others join the port it got, and the port is
+    // announced once all of them listen (no port is released and bound again in between).
     let threads = options.threads.max(1);
-    let port = if threads > 1 && options.port == 0 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    } else {
-        options.port
-    };
-    let executors: Vec<_> = (0..threads)
-        .map(|thread| {
-            let tls = tls.clone();
-            spawn_executor(thread, port, options.clone(), tls)
-        })
-        .collect();
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let spawn = |port| spawn_executor(port, options.clone(), tls.clone(), bound_tx.clone());
+    let mut executors = vec![spawn(options.port)];
+    let port = bound.recv().expect("the first executor binds its port");
+    executors.extend((1..threads).map(|_| spawn(port)));
+    for _ in 1..threads {
+        bound.recv().expect("every executor binds the port");
+    }
+    println!("listening on {port}");
     for executor in executors {
         executor.join().expect("endpoint");
     }
 }
 
-/// One executor serving the endpoint on `port`; the first announces the port.
+/// One executor serving the endpoint on `port`; it sends the port it bound on `bound`.
 fn spawn_executor(
-    thread: usize,
     port: u16,
     options: Options,
     tls: Option<futures_rustls::TlsAcceptor>,
+    bound: std::sync::mpsc::Sender<u16>,
 ) -> glommio::ExecutorJoinHandle<()> {
     glommio::LocalExecutorBuilder::default()
         .name("test-endpoint")
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-            if thread == 0 {
-                println!("listening on {}", listener.local_addr().unwrap().port());
-            }
+            // Exits rather than panics: main waits on `bound` and would wait forever.
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
+                eprintln!("binding 127.0.0.1:{port}: {e}");
+                std::process::exit(1)
+            });
+            let _ = bound.send(listener.local_addr().unwrap().port());
             if options.mode == Mode::Close {
                 // Accept and hang up at once: no HTTP at all.
                 loop {

@@ -1,26 +1,20 @@
-//! Test support: starts the real `restate` binary on free loopback ports in a temp dir, talks real bytes
-//! to it, and kills it (SIGKILL) when dropped.
+//! Test support: starts the real `restate` binary on reserved loopback ports ([`ports`]) in a temp
+//! dir, talks real bytes to it, and kills it (SIGKILL) when dropped.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ports;
+pub use ports::free_port;
+
 /// The server binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_restate")
-}
-
-/// A port that was free a moment ago (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running server process.
