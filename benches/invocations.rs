@@ -1,17 +1,28 @@
-//! Ingress → runtime → in-repo endpoint: requests per second, p50/p99 latency and runtime CPU per
-//! invocation, for a trivial handler (`restate.test.Echo/Echo`) and a keyed counter
-//! (`restate.test.Counter/Add`: GetState + SetState + Output), with `sync_writes` off and on.
+//! Ingress → runtime → in-repo endpoint: requests per second, p50/p99 latency, runtime CPU and RocksDB
+//! writes per invocation, with `sync_writes` off and on, for four cases (`--cases`, default all):
+//! - `echo`: a trivial handler (`restate.test.Echo/Echo`);
+//! - `counter`: a keyed counter (`restate.test.Counter/Add`: GetState + SetState + Output);
+//! - `sleep`: a durable 1 ms sleep, then Output (`restate.test.Flow/Sleep`);
+//! - `call`: a call to Echo/Echo, then Output of its result (`restate.test.Flow/Call`).
+//!
+//! The writes come from the runtime's `/metrics` (meta port), scraped before and after each case's
+//! load window: group commits (RocksDB writes), write requests the cores sent to the storage thread,
+//! put/delete operations, write-batch bytes and the reads served (they wait in the same queue),
+//! divided by the invocations of the case's service that completed in the window (for `call`, the
+//! Echo invocation it calls is counted in its figures), and the operations per table and kind on a
+//! second line.
 //!
 //! The baseline, run in the same command, calls the endpoint directly with the service protocol (no
 //! runtime, nothing durable): every runtime figure is reported against it.
 //!
-//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2 --keys 1000 --sync both|off|on
-//! --endpoint-threads 1 --client-threads 1]`
+//! `cargo bench --bench invocations [-- --seconds 5 --concurrency 64 --cores 2 --keys 1000
+//! --sync both|off|on --cases echo,counter,sleep,call --endpoint-threads 1 --client-threads 1]`
 //!
 //! For scaling runs on a bigger machine the binaries and CPU sets can be set from the environment:
 //! `RESTATE_BIN`, `RESTATE_ENDPOINT_BIN` (paths), `RUNTIME_CPUS`, `ENDPOINT_CPUS` (taskset lists; the
 //! bench's own affinity is the client's).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +93,7 @@ fn start_endpoint(threads: u64) -> (Process, u16) {
         "ENDPOINT_CPUS",
     )
     .args(["--port", "0", "--threads", &threads.to_string()])
+    .args(["--services", "Counter,Echo,Config,Flow"])
     .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()
@@ -100,6 +112,8 @@ fn start_endpoint(threads: u64) -> (Process, u16) {
 struct Runtime {
     process: Process,
     ingress: u16,
+    /// The meta port: `/metrics`.
+    meta: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -150,9 +164,117 @@ fn start_runtime(cores: u64, sync: bool, endpoint: u16) -> Runtime {
     Runtime {
         process,
         ingress,
+        meta,
         _dir: dir,
     }
 }
+
+/// One scrape of `/metrics`: each sample's `name{labels}` (as written) and value.
+type Metrics = BTreeMap<String, f64>;
+
+fn scrape(meta: u16) -> Metrics {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", meta)).expect("meta port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "/metrics: {response}");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+/// What one case's load window cost in RocksDB writes, per completed invocation of its service.
+struct Writes {
+    invocations: f64,
+    batches: f64,
+    requests: f64,
+    /// Point reads and scans the storage thread served (they queue with the writes).
+    reads: f64,
+    ops: f64,
+    bytes: f64,
+    /// `table op` → operations per invocation, those above zero.
+    by_table: Vec<(String, f64)>,
+}
+
+fn writes(before: &Metrics, after: &Metrics, service: &str) -> Writes {
+    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+    let invocations = delta(&format!(
+        "restate_invocations_completed_total{{service=\"{service}\"}}"
+    ))
+    .max(1.0);
+    let by_table = after
+        .keys()
+        .filter_map(|name| {
+            let labels = name.strip_prefix("restate_storage_table_operations_total{")?;
+            let (table, op) = labels.strip_prefix("table=\"")?.split_once("\",op=\"")?;
+            let per = delta(name) / invocations;
+            (per > 0.0).then(|| (format!("{table} {}", op.trim_end_matches("\"}")), per))
+        })
+        .collect();
+    Writes {
+        invocations,
+        batches: delta("restate_storage_write_batches_total") / invocations,
+        requests: delta("restate_storage_write_requests_total") / invocations,
+        reads: delta("restate_storage_reads_total") / invocations,
+        ops: delta("restate_storage_write_ops_total") / invocations,
+        bytes: delta("restate_storage_batch_bytes_sum") / invocations,
+        by_table,
+    }
+}
+
+/// One load case against the runtime: its ingress path, the service whose completed invocations
+/// divide the writes, and the request body of call `n` (task * 1,000,000 + its call count) when the
+/// counter spreads over `keys` keys.
+struct Case {
+    name: &'static str,
+    path: &'static str,
+    service: &'static str,
+    body: fn(n: u64, keys: u64) -> Bytes,
+}
+
+// EchoMessage { text = "hi" }.
+const ECHO: &[u8] = &[0x0a, 0x02, b'h', b'i'];
+
+const CASES: [Case; 4] = [
+    Case {
+        name: "echo",
+        path: "/restate.test.Echo/Echo",
+        service: "restate.test.Echo",
+        body: |_, _| grpc_frame(ECHO),
+    },
+    Case {
+        name: "counter",
+        path: "/restate.test.Counter/Add",
+        service: "restate.test.Counter",
+        body: |n, keys| {
+            // AddRequest { key = "k<0..keys>", delta = 1 }: tasks at the same call count take keys
+            // 37 apart (`n % keys` gave every task the same key at the same time); 1 is one hot key.
+            let key = format!("k{}", (n / 1_000_000 * 37 + n % 1_000_000) % keys);
+            let mut m = vec![0x0a, key.len() as u8];
+            m.extend_from_slice(key.as_bytes());
+            m.extend_from_slice(&[0x10, 0x01]);
+            grpc_frame(&m)
+        },
+    },
+    Case {
+        name: "sleep",
+        path: "/restate.test.Flow/Sleep",
+        service: "restate.test.Flow",
+        // EchoMessage { text = "hi", number = 1 }: sleep 1 ms.
+        body: |_, _| grpc_frame(&[0x0a, 0x02, b'h', b'i', 0x10, 0x01]),
+    },
+    Case {
+        name: "call",
+        path: "/restate.test.Flow/Call",
+        service: "restate.test.Flow",
+        body: |_, _| grpc_frame(ECHO),
+    },
+];
 
 fn grpc_frame(message: &[u8]) -> Bytes {
     let mut out = vec![0];
@@ -285,42 +407,77 @@ fn main() {
     let seconds = arg("--seconds", 5);
     let concurrency = arg("--concurrency", 64);
     let cores = arg("--cores", 2);
-    // Keys the counter cases spread over; 1 is one hot key.
+    // Keys the counter case spreads over; 1 is one hot key.
     let keys = arg("--keys", 1000).max(1);
+    let wanted = arg_str("--cases", "echo,counter,sleep,call");
+    let cases: Vec<&Case> = wanted
+        .split(',')
+        .map(|name| {
+            CASES
+                .iter()
+                .find(|c| c.name == name.trim())
+                .unwrap_or_else(|| panic!("--cases: no case {name:?} (echo, counter, sleep, call)"))
+        })
+        .collect();
     println!(
         "invocations: {concurrency} calls in flight for {seconds}s per case; runtime cores={cores}; \
-         client, runtime and endpoint share this machine ({} CPUs)",
+         client, runtime and endpoint share this machine ({} CPUs); writes per completed invocation \
+         of the case's service (call: with the Echo it calls)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>14} {:>10}",
-        "case", "req/s", "p50 ms", "p99 ms", "runtime CPU/inv", "vs base"
+        "{:<34} {:>8} {:>7} {:>7} {:>15} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
+        "case",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "runtime CPU/inv",
+        "vs base",
+        "commits",
+        "requests",
+        "ops",
+        "bytes",
+        "reads"
     );
-    let report = |name: &str, load: &Load, cpu: Option<f64>, base: Option<f64>| {
-        let rate = load.requests as f64 / load.elapsed.as_secs_f64();
-        println!(
-            "{name:<34} {rate:>10.0} {:>9.2} {:>9.2} {:>14} {:>10}",
-            percentile(&load.latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&load.latencies, 0.99).as_secs_f64() * 1e3,
-            cpu.map(|c| format!("{:.1} µs", c * 1e6 / load.requests.max(1) as f64))
-                .unwrap_or_else(|| "-".into()),
-            base.map(|b| format!("{:.2}x", rate / b))
-                .unwrap_or_else(|| "1.00x".into()),
-        );
-        rate
-    };
-    // EchoMessage { text = "hi" }.
-    let echo: &'static [u8] = &[0x0a, 0x02, b'h', b'i'];
+    let report =
+        |name: &str, load: &Load, cpu: Option<f64>, base: Option<f64>, w: Option<&Writes>| {
+            let rate = load.requests as f64 / load.elapsed.as_secs_f64();
+            let w = |f: fn(&Writes) -> f64, digits: usize| {
+                w.map(|w| format!("{:.*}", digits, f(w)))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{name:<34} {rate:>8.0} {:>7.2} {:>7.2} {:>15} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
+                percentile(&load.latencies, 0.5).as_secs_f64() * 1e3,
+                percentile(&load.latencies, 0.99).as_secs_f64() * 1e3,
+                cpu.map(|c| format!("{:.1} µs", c * 1e6 / load.requests.max(1) as f64))
+                    .unwrap_or_else(|| "-".into()),
+                base.map(|b| format!("{:.2}x", rate / b))
+                    .unwrap_or_else(|| "1.00x".into()),
+                w(|w| w.batches, 3),
+                w(|w| w.requests, 2),
+                w(|w| w.ops, 2),
+                w(|w| w.bytes, 0),
+                w(|w| w.reads, 2),
+            );
+            rate
+        };
     let (endpoint, endpoint_port) = start_endpoint(arg("--endpoint-threads", 1));
     let baseline = drive(
         endpoint_port,
         "/invoke/restate.test.Echo/Echo",
         "application/restate",
-        move |_| protocol_request(echo),
+        move |_| protocol_request(ECHO),
         concurrency,
         seconds,
     );
-    let base = report("baseline: endpoint direct (echo)", &baseline, None, None);
+    let base = report(
+        "baseline: endpoint direct (echo)",
+        &baseline,
+        None,
+        None,
+        None,
+    );
     let syncs: &[bool] = match arg_str("--sync", "both").as_str() {
         "off" => &[false],
         "on" => &[true],
@@ -329,36 +486,43 @@ fn main() {
     for &sync in syncs {
         let runtime = start_runtime(cores, sync, endpoint_port);
         let pid = runtime.process.0.id();
-        for (name, path) in [
-            ("echo", "/restate.test.Echo/Echo"),
-            ("counter add", "/restate.test.Counter/Add"),
-        ] {
+        for case in &cases {
+            let body = case.body;
+            // Writes that trail the previous window (acks, deletes) land before this one starts.
+            std::thread::sleep(Duration::from_millis(250));
+            let metrics_before = scrape(runtime.meta);
             let before = cpu_seconds(pid);
             let load = drive(
                 runtime.ingress,
-                path,
+                case.path,
                 "application/grpc",
-                move |n| {
-                    if path.ends_with("Add") {
-                        // AddRequest { key = "k<n % keys>", delta = 1 }
-                        let key = format!("k{}", n % keys);
-                        let mut m = vec![0x0a, key.len() as u8];
-                        m.extend_from_slice(key.as_bytes());
-                        m.extend_from_slice(&[0x10, 0x01]);
-                        grpc_frame(&m)
-                    } else {
-                        grpc_frame(echo)
-                    }
-                },
+                move |n| body(n, keys),
                 concurrency,
                 seconds,
             );
             let cpu = cpu_seconds(pid) - before;
+            std::thread::sleep(Duration::from_millis(250));
+            let w = writes(&metrics_before, &scrape(runtime.meta), case.service);
             report(
-                &format!("runtime {name}, sync {}", if sync { "on" } else { "off" }),
+                &format!(
+                    "runtime {}, sync {}",
+                    case.name,
+                    if sync { "on" } else { "off" }
+                ),
                 &load,
                 Some(cpu),
                 Some(base),
+                Some(&w),
+            );
+            let tables: Vec<String> = w
+                .by_table
+                .iter()
+                .map(|(what, per)| format!("{what} {per:.2}"))
+                .collect();
+            println!(
+                "    ops/inv by table ({:.0} invocations): {}",
+                w.invocations,
+                tables.join(", ")
             );
         }
         drop(runtime);

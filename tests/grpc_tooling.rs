@@ -577,6 +577,17 @@ fn invocation_counters_move_with_completed_retried_and_failed_invocations() {
         delta(&before, &after, "restate_storage_batch_operations_sum{}"),
         ops
     );
+    // The per-table counts add up to the operations; an Echo writes its status and journal.
+    let by_table: f64 = after
+        .keys()
+        .filter(|name| name.starts_with("restate_storage_table_operations_total{"))
+        .map(|name| delta(&before, &after, name))
+        .sum();
+    assert_eq!(by_table, ops);
+    for table in ["status", "journal"] {
+        let puts = format!("restate_storage_table_operations_total{{op=put,table={table}}}");
+        assert!(delta(&before, &after, &puts) >= 3.0, "{puts}");
+    }
 
     // A cancelled invocation (its endpoint never answers) ends as failed.
     let hang = Endpoint::start("hang", &["--services", "Echo"]);

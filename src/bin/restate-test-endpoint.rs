@@ -28,6 +28,9 @@
 //! - `restate.test.Echo/Echo(EchoMessage)`: text `side-effect:<path>` first runs a side effect (entry
 //!   0xFC01, REQUIRES_ACK) appending "<invocation id hex>\n" to `<path>`; then Output(the input unchanged).
 //! - `restate.test.Config/Get(Empty)`: Output(EchoMessage{text: "config"}).
+//! - `restate.test.Flow/Sleep(EchoMessage)`: Sleep(now + `number` ms), then Output(the input unchanged).
+//! - `restate.test.Flow/Call(EchoMessage)`: Invoke(`restate.test.Echo/Echo`, the input), then Output(its
+//!   result). Flow is announced only when listed (`--services Counter,Echo,Config,Flow`).
 //!
 //! `GET /stats`: `{"attempts": <invocation attempts started>, "side_effects": <side effects executed>}`.
 
@@ -48,9 +51,10 @@ use restate::http::{full, json_response, Body, BoxError};
 use restate::proto::discovery::ServiceDiscoveryResponse;
 use restate::proto::test::{AddRequest, CounterValue, EchoMessage, KeyRequest};
 use restate::protocol::messages::{
-    completion_message, get_state_entry_message, output_stream_entry_message, CompletionMessage,
-    ErrorMessage, Failure, GetStateEntryMessage, OutputStreamEntryMessage,
-    PollInputStreamEntryMessage, SetStateEntryMessage, StartMessage, SuspensionMessage,
+    completion_message, get_state_entry_message, invoke_entry_message, output_stream_entry_message,
+    sleep_entry_message, CompletionMessage, ErrorMessage, Failure, GetStateEntryMessage,
+    InvokeEntryMessage, OutputStreamEntryMessage, PollInputStreamEntryMessage,
+    SetStateEntryMessage, SleepEntryMessage, StartMessage, SuspensionMessage,
 };
 use restate::protocol::{
     types, Decoder, Frame, FLAG_COMPLETED, FLAG_PARTIAL_STATE, FLAG_REQUIRES_ACK,
@@ -371,6 +375,8 @@ enum Method {
     CounterGet,
     Echo,
     ConfigGet,
+    FlowSleep,
+    FlowCall,
 }
 
 impl Method {
@@ -381,6 +387,8 @@ impl Method {
             "restate.test.Counter/Get" => Some(Method::CounterGet),
             "restate.test.Echo/Echo" => Some(Method::Echo),
             "restate.test.Config/Get" => Some(Method::ConfigGet),
+            "restate.test.Flow/Sleep" => Some(Method::FlowSleep),
+            "restate.test.Flow/Call" => Some(Method::FlowCall),
             _ => None,
         }
     }
@@ -510,6 +518,8 @@ impl Attempt {
                 };
                 self.output(Ok(config.encode_to_vec())).await
             }
+            Method::FlowSleep => self.flow_sleep(&input).await,
+            Method::FlowCall => self.flow_call(&input).await,
         };
     }
 
@@ -607,6 +617,27 @@ impl Attempt {
             }
         }
         self.output(Ok(input.to_vec())).await
+    }
+
+    async fn flow_sleep(&mut self, input: &[u8]) -> Result<(), Stopped> {
+        let Ok(message) = EchoMessage::decode(input) else {
+            return self.invalid_argument("EchoMessage").await;
+        };
+        let millis = u64::try_from(message.number).unwrap_or(0);
+        match self.sleep(Duration::from_millis(millis)).await? {
+            Ok(()) => self.output(Ok(input.to_vec())).await,
+            Err(failure) => self.output(Err(failure)).await,
+        }
+    }
+
+    async fn flow_call(&mut self, input: &[u8]) -> Result<(), Stopped> {
+        if EchoMessage::decode(input).is_err() {
+            return self.invalid_argument("EchoMessage").await;
+        }
+        let result = self
+            .invoke("restate.test.Echo", "Echo", input.to_vec())
+            .await?;
+        self.output(result).await
     }
 
     /// The counter: GetState("total") as a decimal i64, absent = 0.
@@ -778,6 +809,90 @@ impl Attempt {
         match self.completion(index).await? {
             None | Some(completion_message::Result::Empty(())) => Ok(result),
             Some(_) => Err(self.violation("a side effect ack with a result").await),
+        }
+    }
+
+    /// Sleep for `duration` from now (a durable timer): while replaying, the stored entry's result or
+    /// its completion; else the entry is sent and its completion awaited (suspending on it when the
+    /// runtime closed its side first).
+    async fn sleep(&mut self, duration: Duration) -> Result<Result<(), Failure>, Stopped> {
+        use completion_message::Result as C;
+        use sleep_entry_message::Result as R;
+        let (index, stored) = self.next_entry(types::SLEEP).await?;
+        let stored_result = match stored {
+            Some(frame) => {
+                let entry: SleepEntryMessage = self.decode(&frame).await?;
+                entry.result.map(|r| match r {
+                    R::Empty(()) => C::Empty(()),
+                    R::Failure(failure) => C::Failure(failure),
+                })
+            }
+            None => {
+                let wake_up = std::time::SystemTime::now() + duration;
+                let wake_up_time = wake_up
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let entry = SleepEntryMessage {
+                    wake_up_time,
+                    result: None,
+                };
+                self.send(Frame::message(types::SLEEP, 0, &entry)).await?;
+                None
+            }
+        };
+        let result = match stored_result {
+            Some(result) => Some(result),
+            None => self.completion(index).await?,
+        };
+        match result {
+            Some(C::Failure(failure)) => Ok(Err(failure)),
+            Some(C::Empty(())) | None => Ok(Ok(())),
+            Some(C::Value(_)) => Err(self.violation("a sleep completion with a value").await),
+        }
+    }
+
+    /// Invoke `service/method` with `parameter` and wait for its result, like [`sleep`](Self::sleep)
+    /// waits for its timer.
+    async fn invoke(
+        &mut self,
+        service: &str,
+        method: &str,
+        parameter: Vec<u8>,
+    ) -> Result<Result<Vec<u8>, Failure>, Stopped> {
+        use completion_message::Result as C;
+        use invoke_entry_message::Result as R;
+        let (index, stored) = self.next_entry(types::INVOKE).await?;
+        let stored_result = match stored {
+            Some(frame) => {
+                let entry: InvokeEntryMessage = self.decode(&frame).await?;
+                if entry.service_name != service || entry.method_name != method {
+                    let description = format!("entry {index}: Invoke of another method");
+                    return Err(self.mismatch(&description).await);
+                }
+                entry.result.map(|r| match r {
+                    R::Value(value) => C::Value(value),
+                    R::Failure(failure) => C::Failure(failure),
+                })
+            }
+            None => {
+                let entry = InvokeEntryMessage {
+                    service_name: service.into(),
+                    method_name: method.into(),
+                    parameter,
+                    result: None,
+                };
+                self.send(Frame::message(types::INVOKE, 0, &entry)).await?;
+                None
+            }
+        };
+        let result = match stored_result {
+            Some(result) => Some(result),
+            None => self.completion(index).await?,
+        };
+        match result {
+            Some(C::Value(value)) => Ok(Ok(value)),
+            Some(C::Failure(failure)) => Ok(Err(failure)),
+            Some(C::Empty(())) | None => Ok(Ok(Vec::new())),
         }
     }
 

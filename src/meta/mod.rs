@@ -642,7 +642,8 @@ fn core_gauges(node: &NodeState, text: &mut String) {
     }
 }
 
-/// The storage thread's group commits: size and write latency; and the timers it holds.
+/// The storage thread's group commits: size and write latency, operations per table; and the timers
+/// it holds.
 fn storage_histograms(stats: &crate::storage::Stats, text: &mut String) {
     use crate::metrics::header;
     let histograms = [
@@ -665,6 +666,22 @@ fn storage_histograms(stats: &crate::storage::Stats, text: &mut String) {
     for (name, help, histogram) in histograms {
         header(text, name, "histogram", help);
         histogram.snapshot().render(text, name, "");
+    }
+    let name = "restate_storage_table_operations_total";
+    header(
+        text,
+        name,
+        "counter",
+        "Operations written per table and kind (put, delete, delete_range).",
+    );
+    for table in crate::storage::Table::ALL {
+        for (kind, op) in crate::storage::OP_KINDS.iter().enumerate() {
+            let value = stats.table_ops[table.index()][kind].get();
+            text.push_str(&format!(
+                "{name}{{table=\"{}\",op=\"{op}\"}} {value}\n",
+                table.name()
+            ));
+        }
     }
     header(
         text,

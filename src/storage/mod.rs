@@ -64,6 +64,11 @@ impl Table {
         Table::Completions,
     ];
 
+    /// The table's place in [`Table::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The column family's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -121,6 +126,9 @@ impl From<rocksdb::Error> for Error {
         Error::RocksDb(e.into_string())
     }
 }
+
+/// The kinds of [`Op`], in the order of [`Stats::table_ops`]: `put`, `delete`, `delete_range`.
+pub const OP_KINDS: [&str; 3] = ["put", "delete", "delete_range"];
 
 /// One write operation of a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +223,9 @@ pub struct Stats {
     pub batch_bytes: crate::metrics::Histogram,
     /// How long each group commit's RocksDB write took (WAL append, and fsync with `sync_writes`).
     pub write_seconds: crate::metrics::Histogram,
+    /// Operations written per table ([`Table::index`]) and kind ([`OP_KINDS`]): which rows the
+    /// engine's transitions cost (`write_ops` is their sum).
+    pub table_ops: [[crate::metrics::Counter; OP_KINDS.len()]; Table::ALL.len()],
     /// Rows in the timers table (durable timers not fired yet): counted at open, then kept by the
     /// commits (a timer row is put once and deleted once, when it fires).
     pub timers: crate::metrics::Counter,
@@ -231,6 +242,7 @@ impl Default for Stats {
             batch_ops: Histogram::new(BATCH_OPS),
             batch_bytes: Histogram::new(BATCH_BYTES),
             write_seconds: Histogram::new(WRITE_SECONDS),
+            table_ops: Default::default(),
             timers: Counter::default(),
         }
     }
@@ -653,19 +665,23 @@ impl Worker {
         let (mut timers_put, mut timers_deleted) = (0, 0);
         for (request, _) in &writes {
             for op in &request.ops {
-                match op {
+                let (table, kind) = match op {
                     Op::Put { table, key, value } => {
                         timers_put += u64::from(*table == Table::Timers);
-                        batch.put_cf(self.cf(*table), key, value)
+                        batch.put_cf(self.cf(*table), key, value);
+                        (table, 0)
                     }
                     Op::Delete { table, key } => {
                         timers_deleted += u64::from(*table == Table::Timers);
-                        batch.delete_cf(self.cf(*table), key)
+                        batch.delete_cf(self.cf(*table), key);
+                        (table, 1)
                     }
                     Op::DeleteRange { table, start, end } => {
-                        batch.delete_range_cf(self.cf(*table), start, end)
+                        batch.delete_range_cf(self.cf(*table), start, end);
+                        (table, 2)
                     }
-                }
+                };
+                self.stats.table_ops[table.index()][kind].add(1);
                 ops += 1;
             }
         }
