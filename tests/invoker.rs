@@ -302,3 +302,35 @@ fn an_endpoint_that_is_down_gives_a_warn_line_with_the_invocation_id_within_one_
     );
     assert!(status < 300, "{status} {body}");
 }
+
+/// The endpoint's Flow service (the bench's sleep and call cases): a durable sleep and a call to
+/// Echo/Echo, on an open stream (completions flow on it) and in request/response mode (every wait
+/// suspends and the next attempt replays the completed entry).
+#[test]
+fn flow_sleeps_on_a_durable_timer_and_calls_echo_on_streams_and_across_suspensions() {
+    for (mode, attempts) in [(&[][..], 3), (&["--request-response"][..], 5)] {
+        let mut args = vec!["--services", "Echo,Flow"];
+        args.extend_from_slice(mode);
+        let endpoint = Endpoint::start("ok", &args);
+        let server = Server::start(&env(&[]));
+        register(&server, &endpoint.uri());
+        let started = Instant::now();
+        let sleep = json!({ "text": "zz", "number": "300" });
+        let (status, body) = connect_call(&server, "/restate.test.Flow/Sleep", &sleep);
+        assert_eq!(status, 200, "{mode:?} {body}");
+        assert_eq!(
+            (&body["text"], &body["number"]),
+            (&sleep["text"], &sleep["number"])
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300), "{mode:?}");
+        let call = json!({ "text": "called", "number": "7" });
+        let (status, body) = connect_call(&server, "/restate.test.Flow/Call", &call);
+        assert_eq!(status, 200, "{mode:?} {body}");
+        assert_eq!(
+            (&body["text"], &body["number"]),
+            (&call["text"], &call["number"])
+        );
+        // Streams: Sleep, Call and its Echo once each. Request/response: Sleep and Call suspend once.
+        assert_eq!(endpoint_stats(&endpoint).0, attempts, "{mode:?}");
+    }
+}
