@@ -633,10 +633,12 @@ impl World {
             Action::Forward { id, completion } => {
                 let key = keys::journal(p(id), id, completion.entry_index);
                 let entry = self.store.durable.get(&(Table::Journal as u8, key));
+                // An ack (no result) needs the entry durable; a result, the entry completed so.
+                let acked = completion.result.is_none();
                 assert!(
                     entry
                         .and_then(|e| Entry::decode(e))
-                        .is_some_and(|e| e.completed),
+                        .is_some_and(|e| e.completed || acked),
                     "a completion of {id}/{} is sent before it is durable",
                     completion.entry_index
                 );
@@ -1060,17 +1062,38 @@ impl World {
             return true;
         };
         self.note(format!("{id} appends {index} ({:#x})", frame.ty));
-        let attempt = self.attempts.get_mut(&id).unwrap();
-        attempt.next += 1;
-        attempt.appending = true;
+        self.attempts.get_mut(&id).unwrap().next += 1;
         let command = Command::Append {
             id,
             index,
             frame: frame.clone(),
             read,
         };
-        if let Some(reply) = self.apply(command, ReplyTo::Append(id, index)) {
-            self.reply(ReplyTo::Append(id, index), reply);
+        // As the shell does: the decision is answered at once and the attempt goes on sending; the
+        // entry's completion reaches it once durable (checked like every forwarded completion).
+        let mut out = Effects::default();
+        let env = Env {
+            clock: &self.clock,
+            resolver: &SimResolver,
+            limits: &self.limits,
+        };
+        self.state.apply(&env, command, &mut out);
+        let reply = out.reply.take();
+        if let Some(Reply::Appended(Ok(Some(completion)))) = &reply {
+            out.actions.push(Action::Forward {
+                id,
+                completion: completion.clone(),
+            });
+        }
+        self.submit(out, ReplyTo::Nobody);
+        match reply {
+            Some(Reply::Appended(Ok(_))) => {}
+            // Cancelled meanwhile: the attempt ends.
+            Some(Reply::Appended(Err(AppendError::Gone))) | None => {
+                self.attempts.remove(&id);
+            }
+            Some(Reply::Appended(Err(e))) => panic!("append {index} of {id} failed: {e}"),
+            Some(other) => panic!("reply {other:?} to an append"),
         }
         true
     }

@@ -11,6 +11,30 @@
 //! writes in decision order, actions after durability). [`inbox`] and [`outbound`] are pure helpers of
 //! the state machine and the shell; [`command`] is what other cores and servers send; [`router`] carries
 //! it to the owning core; [`rows`] are the stored rows.
+//!
+//! # Deciding before durability (pipelined keys and entries)
+//!
+//! Memory runs ahead of storage: a transition changes the state at once and submits its batch, and
+//! the next transition may build on it before that batch is durable. The next invocation of a key
+//! starts in the same batch that ends its predecessor (with the state it left), and an attempt reads
+//! the endpoint's next message without waiting for its previous entry's write. This is safe because
+//! of three rules, which the simulation (`tests/simulation.rs`) checks after every step:
+//!
+//! 1. **Writes are durable in decision order.** A core submits its batches in the order it decided
+//!    them and storage commits them in that order, so the durable rows are always the rows of a
+//!    prefix of the decisions: a successor's durable write implies its predecessor's.
+//! 2. **Nothing leaves the runtime before the writes it depends on are durable.** A response or
+//!    error to a caller, an acknowledgement, a completion or ack sent to an endpoint, a message shipped
+//!    to another partition, an idempotency answer: each is an action of its transition, run only once
+//!    that transition's batch (and so, by rule 1, every earlier one) is durable. What an attempt is
+//!    sent at its start (the journal, the eager state) is read from storage, and storage serves a
+//!    core's reads only after committing every write submitted before them.
+//! 3. **A crash loses a suffix of decisions, never a middle.** Recovery rebuilds memory from the
+//!    durable prefix; invocations whose lost entries were never acknowledged to anyone run again from
+//!    their durable journals (an endpoint replays what it had sent; nothing outside saw the lost
+//!    entries), and a key's successor that had started on a lost end restarts after its predecessor
+//!    re-runs, both from durable rows. No visible effect was built on a lost write, because by rule 2
+//!    nothing visible was produced from one.
 
 pub mod command;
 pub mod effects;

@@ -98,12 +98,15 @@ impl State {
         let Some(invocation) = self.invocations.get_mut(&id) else {
             return SuspendOutcome::Suspended;
         };
+        // An entry the runtime never completes (a custom entry awaiting its ack) needs only to be
+        // durable, which this suspension's batch implies (writes are ordered): the ack may still be
+        // on its way to an attempt that closed its side, and waiting for it would wait forever.
         let completed = |i: &EntryIndex| {
             known_completed.contains(i)
-                || invocation
-                    .entries
-                    .get(*i as usize)
-                    .is_some_and(|e| e.completed)
+                || invocation.entries.get(*i as usize).is_some_and(|e| {
+                    e.completed
+                        || crate::protocol::kind(e.ty) != Some(crate::protocol::Kind::Completable)
+                })
         };
         if indexes.iter().any(completed) {
             return SuspendOutcome::Resume;

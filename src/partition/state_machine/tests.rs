@@ -953,6 +953,27 @@ fn a_custom_entry_is_stored_uncompleted_and_acknowledged_only_when_asked() {
 }
 
 #[test]
+fn a_suspension_on_a_side_effect_awaiting_its_ack_resumes() {
+    // The endpoint suspended before the ack (sent once durable) reached it: the suspension's batch
+    // makes the entry durable, so the replay acknowledges it; suspending would wait forever.
+    let mut h = Harness::new();
+    let id = h.start(&keyed(1, "a"));
+    let frame = Frame::new(
+        types::SIDE_EFFECT,
+        crate::protocol::FLAG_REQUIRES_ACK,
+        Bytes::from_static(b"opaque"),
+    );
+    h.append(id, frame);
+    let out = h.apply(Command::Suspend {
+        id,
+        indexes: vec![1],
+        known_completed: vec![],
+    });
+    assert_eq!(out.reply, Some(Reply::Suspended(SuspendOutcome::Resume)));
+    assert!(out.writes.is_empty());
+}
+
+#[test]
 fn entries_that_break_the_protocol_are_refused_and_change_nothing() {
     let set = SetStateEntryMessage {
         key: b"k".to_vec(),
