@@ -410,8 +410,6 @@ struct Pending {
 #[derive(Debug, Clone, Copy)]
 enum ReplyTo {
     Nobody,
-    /// An append of this invocation's attempt (at this index).
-    Append(InvocationId, EntryIndex),
     /// A suspension of this invocation's attempt.
     Suspend(InvocationId),
     /// The attempt ended with its output.
@@ -760,23 +758,6 @@ impl World {
 
     fn reply(&mut self, to: ReplyTo, reply: Reply) {
         match (to, reply) {
-            (ReplyTo::Append(id, index), Reply::Appended(result)) => {
-                let Some(attempt) = self.attempts.get_mut(&id) else {
-                    return;
-                };
-                attempt.appending = false;
-                match result {
-                    Ok(Some(completion)) => {
-                        attempt.record(completion.entry_index, completion.result.as_ref())
-                    }
-                    Ok(None) => {}
-                    // Cancelled meanwhile: the attempt ends.
-                    Err(AppendError::Gone) => {
-                        self.attempts.remove(&id);
-                    }
-                    Err(e) => panic!("append {index} of {id} failed: {e}"),
-                }
-            }
             (ReplyTo::Suspend(id), Reply::Suspended(outcome)) => self.suspended(id, outcome),
             (ReplyTo::Finish, _) | (ReplyTo::Nobody, _) => {}
             (to, reply) => panic!("reply {reply:?} for {to:?}"),
