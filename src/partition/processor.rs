@@ -106,6 +106,15 @@ impl Resolve for SchemaResolver {
         })?;
         Ok(Resolved { key })
     }
+
+    fn endpoint(&self, service: &str) -> Option<String> {
+        let schemas = self.0.get();
+        let service = schemas.services.get(service)?;
+        schemas
+            .endpoints
+            .contains_key(&service.endpoint_id)
+            .then(|| service.endpoint_id.clone())
+    }
 }
 
 /// The processor of one core. Cheap to clone.

@@ -173,6 +173,10 @@ impl State {
             .encode_to_vec()
             .into(),
         };
+        let endpoint = env
+            .resolver
+            .endpoint(&new.service.service)
+            .unwrap_or_default();
         let invocation = Invocation {
             partition,
             service: new.service,
@@ -188,7 +192,7 @@ impl State {
             early: Default::default(),
             attempts: 0,
             last_failure: None,
-            endpoint: String::new(),
+            endpoint,
             fresh: Some(input.clone()),
         };
         out.write(Effect::PutStatus(

@@ -59,6 +59,12 @@ pub trait Clock {
 pub trait Resolve {
     /// Resolves `service/method` called with `parameter`; `Err` when it does not exist or has no key.
     fn resolve(&self, service: &str, method: &str, parameter: &Bytes) -> Result<Resolved, Failure>;
+
+    /// The endpoint `service` is registered on now, if known: an invocation is pinned to it when it
+    /// starts (in its first status row, so its first attempt need not write the row again).
+    fn endpoint(&self, _service: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A resolved call target.

@@ -1587,6 +1587,51 @@ fn a_failed_attempt_is_recorded_in_the_status_row_clipped() {
 }
 
 #[test]
+fn an_invocation_is_pinned_to_its_services_endpoint_in_its_first_status_row() {
+    struct Registered;
+    impl Resolve for Registered {
+        fn resolve(&self, s: &str, m: &str, p: &Bytes) -> Result<Resolved, Failure> {
+            TestResolver.resolve(s, m, p)
+        }
+        fn endpoint(&self, service: &str) -> Option<String> {
+            (service == "Counter").then(|| "e1".to_owned())
+        }
+    }
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let out = h.run(|state, env, out| {
+        let env = Env {
+            resolver: &Registered,
+            ..*env
+        };
+        state.apply(
+            &env,
+            Command::Invoke {
+                invocation: new.clone(),
+                caller: None,
+                ack: None,
+                kept: None,
+            },
+            out,
+        )
+    });
+    let status = Status {
+        endpoint: "e1".into(),
+        ..running_status(&new)
+    };
+    assert_eq!(
+        out.writes[0],
+        Effect::PutStatus(partition(&new.id), new.id, status)
+    );
+    // Its first attempt runs there: pinning it again writes nothing.
+    let pin = h.apply(Command::PinEndpoint {
+        id: new.id,
+        endpoint: "e1".into(),
+    });
+    assert!(pin.writes.is_empty());
+}
+
+#[test]
 fn pinning_an_endpoint_writes_the_status_row_only_when_it_changes() {
     let mut h = Harness::new();
     let new = keyed(1, "a");
