@@ -487,7 +487,8 @@ pub struct StorageRocksdb {
     pub sync_writes: bool,
     /// Requests that may wait for the storage thread; past it callers wait (back-pressure).
     pub queue_capacity: usize,
-    /// Most requests merged into one group commit (one WriteBatch, one WAL write).
+    /// Most requests merged into one group commit (one WriteBatch, one WAL write); also the most
+    /// writes a core decided back to back that it sends as one request.
     pub max_batch_requests: usize,
 }
 

@@ -268,7 +268,10 @@ async fn serve_core(
     crate::metrics::install(node.core_metrics.core(core));
     let processor = Processor::new(
         core,
-        Ordered::new(node.storage.clone()),
+        Ordered::new(
+            node.storage.clone(),
+            config.worker.storage_rocksdb.max_batch_requests,
+        ),
         schemas.clone(),
         config.clone(),
         router.clone(),

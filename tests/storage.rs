@@ -243,3 +243,55 @@ fn acknowledged_writes_survive_kill_9() {
     });
     thread.close();
 }
+
+#[test]
+fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(true, 16), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    let put = |key: &str| {
+        let mut batch = WriteBatch::new();
+        batch.put(Table::State, key.to_owned(), key.to_owned());
+        batch
+    };
+    let read = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(1))
+        .io_memory(1 << 20)
+        .on_all_shards({
+            let storage = storage.clone();
+            move || async move {
+                let ordered = storage::ordered::Ordered::new(storage, 1024);
+                // Submitted in one turn, without awaiting: a, read, b, c, d.
+                let a = ordered.write(put("a"));
+                let seen = ordered.scan_prefix(Table::State, Vec::new(), usize::MAX);
+                let (b, c, d) = (
+                    ordered.write(put("b")),
+                    ordered.write(put("c")),
+                    ordered.write(put("d")),
+                );
+                a.await.unwrap();
+                let seen = seen.await.unwrap();
+                b.await.unwrap();
+                c.await.unwrap();
+                d.await.unwrap();
+                seen.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+            }
+        })
+        .unwrap()
+        .join_all()
+        .pop()
+        .unwrap()
+        .unwrap();
+    // Storage commits a drain's writes before serving its reads: the read sees every write before it
+    // (and may see later ones of the same drain).
+    assert_eq!(read.first(), Some(&b"a".to_vec()), "{read:?}");
+    let stats = storage.stats().snapshot();
+    assert_eq!(
+        stats.write_requests, 2,
+        "a alone (a read follows it), then b, c and d as one request: {stats:?}"
+    );
+    let rows =
+        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
+            .unwrap();
+    assert_eq!(rows.len(), 4);
+    thread.close();
+}

@@ -3,7 +3,10 @@
 //! The partition processor decides transitions synchronously and submits their batches at once; this
 //! pump hands them to the storage thread in submission order (awaiting queue room one request at a
 //! time), so storage applies a core's writes and reads in program order while concurrent requests still
-//! share group commits. Callers await durability separately.
+//! share group commits. Callers await durability separately. Writes queued back to back (the core
+//! decided several transitions in one turn: an endpoint's entries that arrived together, an end and
+//! the start of the key's next invocation) travel as one request: one batch, one slot in the group
+//! commit, durable together.
 //!
 //! The local queue holds only requests the processor already decided on; its length is bounded by the
 //! work in flight on the core (ingress requests and invocation attempts, both limited by config).
@@ -18,25 +21,24 @@ use super::{Error, Row, Storage, Table, WriteBatch};
 
 type Dispatch = Box<dyn FnOnce(&Storage, super::Permit) -> Pin<Box<dyn Future<Output = ()>>>>;
 
+/// What the pump hands on: writes apart, so that consecutive ones can share a request.
+enum Queued {
+    Write(WriteBatch, oneshot::Sender<Result<(), Error>>),
+    Other(Dispatch),
+}
+
 /// Submits storage requests in order. Cheap to clone; lives on one core.
 #[derive(Clone)]
 pub struct Ordered {
-    queue: mpsc::UnboundedSender<Dispatch>,
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
 impl Ordered {
-    /// Starts the pump on the current core.
-    pub fn new(storage: Storage) -> Ordered {
-        let (queue, mut rx) = mpsc::unbounded::<Dispatch>();
-        glommio::spawn_local(async move {
-            while let Some(dispatch) = rx.next().await {
-                let permit = storage.permit().await;
-                // The request is enqueued synchronously inside `dispatch`; its reply is awaited by
-                // a task of its own so the pump moves on at once.
-                glommio::spawn_local(dispatch(&storage, permit)).detach();
-            }
-        })
-        .detach();
+    /// Starts the pump on the current core; at most `max_merged` writes share one request
+    /// (`worker.storage_rocksdb.max_batch_requests`).
+    pub fn new(storage: Storage, max_merged: usize) -> Ordered {
+        let (queue, rx) = mpsc::unbounded::<Queued>();
+        glommio::spawn_local(pump(storage, rx, max_merged.max(1))).detach();
         Ordered { queue }
     }
 
@@ -53,7 +55,7 @@ impl Ordered {
             }
             .boxed_local()
         });
-        let queued = self.queue.unbounded_send(dispatch);
+        let queued = self.queue.unbounded_send(Queued::Other(dispatch));
         async move {
             queued.map_err(|_| Error::Closed)?;
             rx.await.map_err(|_| Error::Closed)?
@@ -62,7 +64,12 @@ impl Ordered {
 
     /// Writes `batch` after everything submitted before it; completes when durable.
     pub fn write(&self, batch: WriteBatch) -> impl Future<Output = Result<(), Error>> {
-        self.submit(move |storage, permit| storage.send_write(permit, batch).boxed_local())
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue.unbounded_send(Queued::Write(batch, tx));
+        async move {
+            queued.map_err(|_| Error::Closed)?;
+            rx.await.map_err(|_| Error::Closed)?
+        }
     }
 
     /// Reads one row, after everything submitted before it.
@@ -98,5 +105,50 @@ impl Ordered {
     ) -> impl Future<Output = Result<Vec<Row>, Error>> {
         let end = super::prefix_end(&prefix);
         self.scan(table, prefix, end, limit)
+    }
+}
+
+/// Hands the queue to the storage thread in order. Writes queued back to back (decided in the same
+/// turn of the core, or while the pump waited for room) go as one request: one batch in their order,
+/// each waiter answered when it is durable. A read between two writes keeps them apart, so it sees
+/// exactly the writes submitted before it.
+async fn pump(storage: Storage, mut rx: mpsc::UnboundedReceiver<Queued>, max_merged: usize) {
+    let mut next = rx.next().await;
+    while let Some(queued) = next.take() {
+        let permit = storage.permit().await;
+        match queued {
+            Queued::Other(dispatch) => {
+                // The request is enqueued synchronously inside `dispatch`; its reply is awaited by
+                // a task of its own so the pump moves on at once.
+                glommio::spawn_local(dispatch(&storage, permit)).detach();
+            }
+            Queued::Write(mut batch, waiter) => {
+                let mut waiters = vec![waiter];
+                while waiters.len() < max_merged {
+                    match rx.try_recv() {
+                        Ok(Queued::Write(more, waiter)) => {
+                            batch.extend(more);
+                            waiters.push(waiter);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break, // nothing queued now (or closed: the next wait ends)
+                    }
+                }
+                let durable = storage.send_write(permit, batch);
+                glommio::spawn_local(async move {
+                    let result = durable.await;
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
+                })
+                .detach();
+            }
+        }
+        if next.is_none() {
+            next = rx.next().await;
+        }
     }
 }
