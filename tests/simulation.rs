@@ -5,10 +5,11 @@
 //!
 //! Each step the seed picks one of: make the oldest pending write durable, apply a command whose reads
 //! are done, start an attempt, let an attempt send its next entry, suspend or fail, deliver an outbox
-//! message (or re-deliver one), fire a due timer, reload timers, advance the clock, call from the
-//! ingress (plain, one-way, idempotent), resolve an awakeable, deliver a forged or stale completion,
-//! cancel, or crash (memory and unwritten batches are lost; recovery reads the store). After every step
-//! the invariants are checked; once the run is drained, the quiet ones too.
+//! message (or re-deliver one), read the due timers' rows or fire the timers read (in order, without
+//! waiting for durability), reload timers, advance the clock, call from the ingress (plain, one-way,
+//! idempotent), resolve an awakeable, deliver a forged or stale completion, cancel, or crash (memory
+//! and unwritten batches are lost; recovery reads the store). After every step the invariants are
+//! checked; once the run is drained, the quiet ones too.
 //!
 //! `RESTATE_SIM_RUNS=N` runs N seeds (default 200), `RESTATE_SIM_SEED=S` replays one; a failure
 //! prints the seed and the last steps. `cargo test --release --test simulation` for many seeds.
@@ -416,11 +417,14 @@ enum ReplyTo {
     Finish,
 }
 
-/// The timer task: one load or one firing at a time.
+/// The timer task: one load or one round of firings at a time.
 enum TimerTask {
     Idle,
     /// A reload whose read saw these keys (its read was submitted when it started).
     Loading(Vec<TimerKey>, bool),
+    /// The due timers whose rows (and Sleep entries) were read, nearest first; they fire in a
+    /// later step, one after the other without waiting for durability.
+    Firing(Vec<(TimerKey, Option<Timer>, Option<Entry>)>),
 }
 
 #[derive(Default)]
@@ -1279,12 +1283,17 @@ impl World {
         true
     }
 
-    /// The timer task: a reload (its read now, its result applied in a later step), or a due timer.
+    /// The timer task: a reload (its read now, its result applied in a later step), or a round of
+    /// due timers (their reads now, their firings in a later step), as the shell's `run_timers`.
     fn timers(&mut self) -> bool {
         match std::mem::replace(&mut self.timer_task, TimerTask::Idle) {
             TimerTask::Loading(keys, complete) => {
                 self.note(format!("timers loaded: {}", keys.len()));
                 self.apply(Command::TimersLoaded { keys, complete }, ReplyTo::Nobody);
+                return true;
+            }
+            TimerTask::Firing(reads) => {
+                self.fire_due(reads);
                 return true;
             }
             TimerTask::Idle => {}
@@ -1296,19 +1305,26 @@ impl World {
             self.timer_task = TimerTask::Loading(keys, complete);
             return true;
         }
-        let Some(key) = self.state.timers.next() else {
-            return false;
-        };
-        if key.wake_ms > self.clock.now.get() {
+        let due = self.state.timers.due(self.clock.now.get());
+        if due.is_empty() {
             return false;
         }
+        self.note(format!("timers due: {}, reads submitted", due.len()));
+        let reads = due.into_iter().map(|key| self.read_timer(key)).collect();
+        self.timer_task = TimerTask::Firing(reads);
+        true
+    }
+
+    /// What the shell reads for a due timer: its row, and the entry if memory has a Sleep there.
+    fn read_timer(&self, key: TimerKey) -> (TimerKey, Option<Timer>, Option<Entry>) {
         let row_key = keys::timer(key.partition, key.wake_ms, &key.id, key.index);
         let row = self
             .store
             .get(Table::Timers, &row_key)
             .and_then(|r| Timer::decode(r.as_slice()).ok());
-        let sleeps = row.as_ref().is_some_and(|r| r.invoke.is_none());
-        let entry = (sleeps && self.state.entry_exists(&key.id, key.index))
+        let entry = self
+            .state
+            .sleeps_at(&key.id, key.index)
             .then(|| {
                 let key = keys::journal(key.partition, &key.id, key.index);
                 self.store
@@ -1316,9 +1332,28 @@ impl World {
                     .and_then(|v| Entry::decode(&v))
             })
             .flatten();
-        self.note(format!("timer {}/{} fires", key.id, key.index));
-        assert!(self.fired.insert(key), "timer {key:?} fires a second time");
-        // Timers fire in wake-up order: none stored is due before this one.
+        (key, row, entry)
+    }
+
+    /// Fires a round's timers in order, each while it is still the nearest in memory.
+    fn fire_due(&mut self, reads: Vec<(TimerKey, Option<Timer>, Option<Entry>)>) {
+        for (key, row, entry) in reads {
+            if self.state.timers.next() != Some(key) {
+                self.note(format!(
+                    "timer {}/{} no longer the nearest",
+                    key.id, key.index
+                ));
+                return;
+            }
+            self.note(format!("timer {}/{} fires", key.id, key.index));
+            assert!(self.fired.insert(key), "timer {key:?} fires a second time");
+            self.assert_none_stored_due_before(&key);
+            self.apply(Command::FireTimer { key, row, entry }, ReplyTo::Nobody);
+        }
+    }
+
+    /// Timers fire in wake-up order: none stored is due before the one firing.
+    fn assert_none_stored_due_before(&self, key: &TimerKey) {
         for p in 0..PARTITIONS {
             for (row_key, _) in self.store.scan(Table::Timers, &keys::partition(p)) {
                 let (wake_ms, ..) = keys::parse_timer(&row_key).expect("timer key");
@@ -1328,8 +1363,6 @@ impl World {
                 );
             }
         }
-        self.apply(Command::FireTimer { key, row, entry }, ReplyTo::Nobody);
-        true
     }
 
     fn scan_timers(&self) -> (Vec<TimerKey>, bool) {

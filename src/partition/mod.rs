@@ -12,13 +12,15 @@
 //! the state machine and the shell; [`command`] is what other cores and servers send; [`router`] carries
 //! it to the owning core; [`rows`] are the stored rows.
 //!
-//! # Deciding before durability (pipelined keys and entries)
+//! # Deciding before durability (pipelined keys, entries and timers)
 //!
 //! Memory runs ahead of storage: a transition changes the state at once and submits its batch, and
 //! the next transition may build on it before that batch is durable. The next invocation of a key
-//! starts in the same batch that ends its predecessor (with the state it left), and an attempt reads
-//! the endpoint's next message without waiting for its previous entry's write. This is safe because
-//! of three rules, which the simulation (`tests/simulation.rs`) checks after every step:
+//! starts in the same batch that ends its predecessor (with the state it left), an attempt reads the
+//! endpoint's next message without waiting for its previous entry's write, and the timer task fires
+//! the due timers one after the other without waiting for the previous firing's write (a timer leaves
+//! memory when its firing is decided, so it fires once). This is safe because of three rules, which
+//! the simulation (`tests/simulation.rs`) checks after every step:
 //!
 //! 1. **Writes are durable in decision order.** A core submits its batches in the order it decided
 //!    them and storage commits them in that order, so the durable rows are always the rows of a

@@ -5,10 +5,12 @@
 //! (through the invoker's driver), shipping outbox messages, forwarding completions to running attempts,
 //! arming timers. Channels live here, keyed by the plain ids the state machine hands out.
 //!
-//! Three tasks produce commands besides the router's queue: the timer task (fires due timers and reloads
-//! the nearest from storage), the outbox shipper (delivers durable messages to their target's core and
-//! acknowledges them), and recovery (rows read at start-up). None of them calls back into a transition
-//! half-way: each reads, then applies one command.
+//! Three tasks produce commands besides the router's queue: the timer task (fires due timers in
+//! wake-up order, reading the rows of all those due at once and deciding their firings without
+//! waiting for durability in between, and reloads the nearest from storage), the outbox shipper
+//! (delivers durable messages to their target's core and acknowledges them), and recovery (rows read
+//! at start-up). None of them calls back into a transition half-way: each reads, then applies whole
+//! commands.
 //!
 //! Between partitions the outbox pattern applies: a message (a call, a call's response, an awakeable's
 //! result) is written with the journal entry that caused it, shipped in sequence order to the owner of
@@ -978,7 +980,7 @@ impl Processor {
         Ok(())
     }
 
-    /// Fires timers in wake-up order.
+    /// Fires timers in wake-up order, the due ones a round at a time (see [`fire_due`](Self::fire_due)).
     async fn run_timers(self) {
         let Some(mut wake) = self.inner.timer_wake_rx.borrow_mut().take() else {
             return;
@@ -1013,29 +1015,50 @@ impl Processor {
                 }
                 continue;
             }
-            self.fire(key).await;
+            self.fire_due(now).await;
         }
     }
 
-    /// Reads a due timer's row (and the Sleep entry it completes), then fires it.
-    async fn fire(&self, key: TimerKey) {
-        log::debug!(core = self.inner.core, wake = key.wake_ms, partition = key.partition; "timer fired");
+    /// Fires the timers due at `now`, in wake-up order: reads the rows of all of them (and the Sleep
+    /// entries they complete) at once, then decides each firing without waiting for the previous one
+    /// to be durable, so that the due timers of a core share group commits instead of costing one each
+    /// in series. A firing's actions still run once its batch is durable (as every transition's do),
+    /// and [`Timers::fire`](state_machine::Timers::fire) takes the timer out of memory when decided,
+    /// so it cannot fire twice. A timer that is no longer the nearest when its turn comes (a nearer one
+    /// was armed while the rows were read) ends the round: the next round fires the nearer one first.
+    async fn fire_due(&self, now: u64) {
+        let due = self.inner.state.borrow().timers.due(now);
+        let reads: Vec<_> = due.into_iter().map(|key| self.read_timer(key)).collect();
+        for (key, row, entry) in futures::future::join_all(reads).await {
+            if self.inner.state.borrow().timers.next() != Some(key) {
+                return;
+            }
+            log::debug!(core = self.inner.core, wake = key.wake_ms, partition = key.partition; "timer fired");
+            self.apply_detached(state_machine::Command::FireTimer { key, row, entry });
+        }
+    }
+
+    /// Submits the reads a due timer's firing needs, at once: its row, and the Sleep entry it
+    /// completes (known from memory; a delayed call's timer needs its row only).
+    fn read_timer(
+        &self,
+        key: TimerKey,
+    ) -> impl Future<Output = (TimerKey, Option<Timer>, Option<Entry>)> {
         let row_key = keys::timer(key.partition, key.wake_ms, &key.id, key.index);
-        let row = self
-            .inner
-            .storage
-            .get(Table::Timers, row_key)
-            .await
-            .unwrap_or_else(|e| fatal("reading a timer", e))
-            .and_then(|r| Timer::decode(r.as_slice()).ok());
-        let sleeps = row.as_ref().is_some_and(|r| r.invoke.is_none());
-        let entry = if sleeps && self.inner.state.borrow().entry_exists(&key.id, key.index) {
-            self.read_entry(key.id, key.index).await
-        } else {
-            None
-        };
-        self.apply(state_machine::Command::FireTimer { key, row, entry })
-            .await;
+        let row = self.inner.storage.get(Table::Timers, row_key);
+        let sleeps = self.inner.state.borrow().sleeps_at(&key.id, key.index);
+        let entry = sleeps.then(|| self.read_entry(key.id, key.index));
+        async move {
+            let row = row
+                .await
+                .unwrap_or_else(|e| fatal("reading a timer", e))
+                .and_then(|r| Timer::decode(r.as_slice()).ok());
+            let entry = match entry {
+                Some(entry) => entry.await,
+                None => None,
+            };
+            (key, row, entry)
+        }
     }
 
     /// Rebuilds this core's partitions from storage and restarts their invocations, timers and outbox

@@ -550,6 +550,16 @@ impl State {
             .is_some_and(|i| index < i.journal_length())
     }
 
+    /// Whether entry `index` of `id` is a Sleep in memory: its timer completes it, so the shell reads
+    /// the entry along with the timer's row (a delayed call's timer needs its row only).
+    pub fn sleeps_at(&self, id: &InvocationId, index: EntryIndex) -> bool {
+        self.invocations.get(id).is_some_and(|i| {
+            i.entries
+                .get(index as usize)
+                .is_some_and(|e| e.ty == crate::protocol::types::SLEEP)
+        })
+    }
+
     /// Whether an early completion of (`id`, `index`) may be stored: the shell reads it then.
     pub fn has_early(&self, id: &InvocationId, index: EntryIndex) -> bool {
         self.invocations

@@ -33,6 +33,15 @@ impl Timers {
         self.loaded.first().copied()
     }
 
+    /// The loaded timers due at `now`, nearest first.
+    pub fn due(&self, now_ms: u64) -> Vec<TimerKey> {
+        self.loaded
+            .iter()
+            .take_while(|key| key.wake_ms <= now_ms)
+            .copied()
+            .collect()
+    }
+
     /// Whether storage may hold timers that memory does not (and none is loaded).
     pub fn needs_reload(&self) -> bool {
         self.loaded.is_empty() && !self.complete
@@ -111,6 +120,15 @@ mod tests {
             id: InvocationId::from_parts(1, [0; 16]),
             index: 1,
         }
+    }
+
+    #[test]
+    fn due_timers_are_the_loaded_ones_up_to_now_nearest_first() {
+        let mut timers = Timers::default();
+        timers.loaded(vec![key(7), key(3), key(5)], true, 10);
+        assert_eq!(timers.due(2), vec![]);
+        assert_eq!(timers.due(5), vec![key(3), key(5)]);
+        assert_eq!(timers.due(9), vec![key(3), key(5), key(7)]);
     }
 
     #[test]
