@@ -490,6 +490,12 @@ pub struct StorageRocksdb {
     /// Most requests merged into one group commit (one WriteBatch, one WAL write); also the most
     /// writes a core decided back to back that it sends as one request.
     pub max_batch_requests: usize,
+    /// Memtable size (RocksDB `write_buffer_size`) of each table whose rows live about as long as one
+    /// invocation (status, journal, inbox, outbox, timers, completions), in bytes (at least 65536).
+    /// Their rows are mostly written and deleted within milliseconds, so a small memtable holds the
+    /// live ones and keeps the skiplist every write inserts into short; the other tables keep
+    /// RocksDB's 64 MiB. Memory: up to twice this per such table while one flushes.
+    pub short_lived_write_buffer_size: usize,
 }
 
 impl Default for StorageRocksdb {
@@ -499,6 +505,7 @@ impl Default for StorageRocksdb {
             sync_writes: true,
             queue_capacity: 4096,
             max_batch_requests: 1024,
+            short_lived_write_buffer_size: 1 << 20,
         }
     }
 }
@@ -705,6 +712,12 @@ impl Config {
                     message: "must be at least 1".to_owned(),
                 });
             }
+        }
+        if self.worker.storage_rocksdb.short_lived_write_buffer_size < 65536 {
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.short_lived_write_buffer_size".to_owned(),
+                message: "must be at least 65536".to_owned(),
+            });
         }
         if self.worker.ingress_grpc.max_request_timeout.is_zero() {
             return Err(Error::Invalid {

@@ -86,7 +86,7 @@ fn defaults_then_file_then_env() {
 fn errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     type Env<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(&str, Env, &str); 6] = [
+    let cases: [(&str, Env, &str); 7] = [
         ("[worker]\nnope = 1\n", &[], "worker.nope"),
         (
             "[worker]\npartitions = \"many\"\n",
@@ -112,6 +112,11 @@ fn errors_name_the_key() {
             "",
             &[("RESTATE_RUNTIME__NO_SUCH_KEY", "1")],
             "runtime.no_such_key",
+        ),
+        (
+            "[worker.storage_rocksdb]\nshort_lived_write_buffer_size = 1024\n",
+            &[],
+            "worker.storage_rocksdb.short_lived_write_buffer_size",
         ),
     ];
     for (file_text, env, key) in cases {

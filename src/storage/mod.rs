@@ -49,6 +49,19 @@ pub enum Table {
 }
 
 impl Table {
+    /// Whether the table's rows live about as long as one invocation (written and deleted within it).
+    fn is_short_lived(self) -> bool {
+        matches!(
+            self,
+            Table::Status
+                | Table::Journal
+                | Table::Inbox
+                | Table::Outbox
+                | Table::Timers
+                | Table::Completions
+        )
+    }
+
     /// Every table, in a fixed order.
     pub const ALL: [Table; 11] = [
         Table::System,
@@ -339,7 +352,7 @@ const PARTITIONS_KEY: &[u8] = b"partitions";
 ///
 /// `partitions` is checked against the count recorded at first start.
 pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<StorageThread, Error> {
-    let db = open_db(path)?;
+    let db = open_db(path, config)?;
     check_partitions(&db, path, partitions)?;
     let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity + 1);
     let stats = Arc::new(Stats::default());
@@ -370,7 +383,7 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
     })
 }
 
-fn open_db(path: &Path) -> Result<rocksdb::DB, Error> {
+fn open_db(path: &Path, config: &StorageRocksdb) -> Result<rocksdb::DB, Error> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -378,11 +391,25 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, Error> {
     opts.set_max_background_jobs(2);
     let cfs = Table::ALL
         .iter()
-        .map(|t| rocksdb::ColumnFamilyDescriptor::new(t.name(), rocksdb::Options::default()));
+        .map(|&t| rocksdb::ColumnFamilyDescriptor::new(t.name(), table_options(t, config)));
     rocksdb::DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Error::Open {
         path: path.display().to_string(),
         message: e.into_string(),
     })
+}
+
+/// The column-family options of `table`.
+///
+/// The tables whose rows live about as long as one invocation get a small memtable
+/// (`short_lived_write_buffer_size`): nearly every row is put and deleted within milliseconds, so the
+/// memtable is mostly dead versions and tombstones, and inserting into a 64 MiB skiplist of them was
+/// the largest single cost of the storage thread (see benches/README.md, "CPU per invocation").
+fn table_options(table: Table, config: &StorageRocksdb) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    if table.is_short_lived() {
+        opts.set_write_buffer_size(config.short_lived_write_buffer_size);
+    }
+    opts
 }
 
 /// Rows in `table` (one pass over its keys, at open).
