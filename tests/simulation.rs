@@ -549,6 +549,12 @@ impl World {
 
     /// Applies `command` and submits its batch (even an empty one when there are actions).
     fn apply(&mut self, command: Command, to: ReplyTo) -> Option<Reply> {
+        let out = self.transition(command);
+        self.submit(out, to)
+    }
+
+    /// Runs the state machine on `command`.
+    fn transition(&mut self, command: Command) -> Effects {
         let mut out = Effects::default();
         let env = Env {
             clock: &self.clock,
@@ -556,7 +562,7 @@ impl World {
             limits: &self.limits,
         };
         self.state.apply(&env, command, &mut out);
-        self.submit(out, to)
+        out
     }
 
     /// Queues a transition's batch; returns the reply at once when nothing needs to be durable.
@@ -1061,13 +1067,7 @@ impl World {
         };
         // As the shell does: the decision is answered at once and the attempt goes on sending; the
         // entry's completion reaches it once durable (checked like every forwarded completion).
-        let mut out = Effects::default();
-        let env = Env {
-            clock: &self.clock,
-            resolver: &SimResolver,
-            limits: &self.limits,
-        };
-        self.state.apply(&env, command, &mut out);
+        let mut out = self.transition(command);
         let reply = out.reply.take();
         if let Some(Reply::Appended(Ok(Some(completion)))) = &reply {
             out.actions.push(Action::Forward {

@@ -840,10 +840,7 @@ impl Attempt {
                 None
             }
         };
-        let result = match stored_result {
-            Some(result) => Some(result),
-            None => self.completion(index).await?,
-        };
+        let result = self.stored_or_completion(index, stored_result).await?;
         match result {
             Some(C::Failure(failure)) => Ok(Err(failure)),
             Some(C::Empty(())) | None => Ok(Ok(())),
@@ -885,10 +882,7 @@ impl Attempt {
                 None
             }
         };
-        let result = match stored_result {
-            Some(result) => Some(result),
-            None => self.completion(index).await?,
-        };
+        let result = self.stored_or_completion(index, stored_result).await?;
         match result {
             Some(C::Value(value)) => Ok(Ok(value)),
             Some(C::Failure(failure)) => Ok(Err(failure)),
@@ -913,6 +907,19 @@ impl Attempt {
     }
 
     // ---- The stream. ----
+
+    /// The result a replayed entry was stored with, or else its completion (see
+    /// [`completion`](Self::completion)).
+    async fn stored_or_completion(
+        &mut self,
+        index: u32,
+        stored: Option<completion_message::Result>,
+    ) -> Result<Option<completion_message::Result>, Stopped> {
+        match stored {
+            Some(result) => Ok(Some(result)),
+            None => self.completion(index).await,
+        }
+    }
 
     /// The completion of entry `index`: waits for it on the request stream; when the runtime closed its
     /// side first, suspends on `index`.
