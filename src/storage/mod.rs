@@ -688,18 +688,16 @@ impl Worker {
             return;
         }
         let mut batch = rocksdb::WriteBatch::default();
-        let mut ops = 0u64;
-        let (mut timers_put, mut timers_deleted) = (0, 0);
+        // Operations per table and kind ([`OP_KINDS`]), added to the shared counters once per commit.
+        let mut counts = [[0u64; OP_KINDS.len()]; Table::ALL.len()];
         for (request, _) in &writes {
             for op in &request.ops {
                 let (table, kind) = match op {
                     Op::Put { table, key, value } => {
-                        timers_put += u64::from(*table == Table::Timers);
                         batch.put_cf(self.cf(*table), key, value);
                         (table, 0)
                     }
                     Op::Delete { table, key } => {
-                        timers_deleted += u64::from(*table == Table::Timers);
                         batch.delete_cf(self.cf(*table), key);
                         (table, 1)
                     }
@@ -708,10 +706,18 @@ impl Worker {
                         (table, 2)
                     }
                 };
-                self.stats.table_ops[table.index()][kind].add(1);
-                ops += 1;
+                counts[table.index()][kind] += 1;
             }
         }
+        let ops: u64 = counts.iter().flatten().sum();
+        for (table, kinds) in counts.iter().enumerate() {
+            for (kind, count) in kinds.iter().enumerate() {
+                if *count > 0 {
+                    self.stats.table_ops[table][kind].add(*count);
+                }
+            }
+        }
+        let timers = counts[Table::Timers.index()];
         let bytes = batch.size_in_bytes();
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(self.sync_writes);
@@ -721,8 +727,8 @@ impl Worker {
         if let Err(e) = &result {
             log::error!("group commit of {} requests failed: {e}", writes.len());
         } else {
-            self.stats.timers.add(timers_put);
-            self.stats.timers.sub(timers_deleted);
+            self.stats.timers.add(timers[0]);
+            self.stats.timers.sub(timers[1]);
         }
         self.stats.batch_ops.observe(ops as f64);
         self.stats.batch_bytes.observe(bytes as f64);
