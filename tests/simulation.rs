@@ -259,6 +259,9 @@ struct Attempt {
     started_ms: u64,
     /// An append is in flight (its reply comes once durable).
     appending: bool,
+    /// A replayed journal waits for its barrier before the endpoint sees it: the rows read (journal
+    /// key, completed), which must all be durable when it passes.
+    barrier: Option<Vec<(Vec<u8>, bool)>>,
 }
 
 impl Attempt {
@@ -420,6 +423,8 @@ enum ReplyTo {
     Suspend(InvocationId),
     /// The attempt ended with its output.
     Finish,
+    /// The barrier after a replaying attempt's reads: it may start now.
+    Replay(InvocationId),
 }
 
 /// The timer task: one load or one round of firings at a time.
@@ -565,8 +570,13 @@ impl World {
         out
     }
 
-    /// Queues a transition's batch; returns the reply at once when nothing needs to be durable.
+    /// Queues a transition's batch (fresh invocations start at once, as the shell starts them right
+    /// after submitting); returns the reply at once when nothing needs to be durable.
     fn submit(&mut self, out: Effects, to: ReplyTo) -> Option<Reply> {
+        for id in &out.start_now {
+            self.note(format!("  -> start now {id}"));
+            self.told_to_run(*id);
+        }
         if out.writes.is_empty() && out.actions.is_empty() {
             return out.reply;
         }
@@ -704,17 +714,7 @@ impl World {
                     }
                 }
             }
-            Action::Drive(id) => {
-                assert!(
-                    !self.attempts.contains_key(&id),
-                    "{id} told to run while an attempt of it runs"
-                );
-                assert!(
-                    !self.to_start.contains(&id) && !self.retrying.contains(&id),
-                    "{id} told to run twice"
-                );
-                self.to_start.push(id);
-            }
+            Action::Drive(id) => self.told_to_run(id),
             Action::Ship(messages) => {
                 for shipped in messages {
                     if let Some(outbox_message::Message::Invoke(request)) = &shipped.row.message {
@@ -771,9 +771,22 @@ impl World {
         self.retrying.retain(|i| *i != id);
     }
 
+    fn told_to_run(&mut self, id: InvocationId) {
+        assert!(
+            !self.attempts.contains_key(&id),
+            "{id} told to run while an attempt of it runs"
+        );
+        assert!(
+            !self.to_start.contains(&id) && !self.retrying.contains(&id),
+            "{id} told to run twice"
+        );
+        self.to_start.push(id);
+    }
+
     fn reply(&mut self, to: ReplyTo, reply: Reply) {
         match (to, reply) {
             (ReplyTo::Suspend(id), Reply::Suspended(outcome)) => self.suspended(id, outcome),
+            (ReplyTo::Replay(id), _) => self.replay_passes(id),
             (ReplyTo::Finish, _) | (ReplyTo::Nobody, _) => {}
             (to, reply) => panic!("reply {reply:?} for {to:?}"),
         }
@@ -953,10 +966,44 @@ impl World {
             Some(Reply::Attempt(None)) => return true,
             other => panic!("attempt start of {id} answered {other:?}"),
         };
-        let attempt = self.replay(id, &plan);
+        let mut attempt = self.replay(id, &plan);
         self.note(format!("attempt of {id} starts at entry {}", attempt.next));
+        if plan.fresh.is_none() {
+            // As the shell does: the replayed journal goes out after a barrier (an empty batch).
+            let read = self
+                .store
+                .scan(Table::Journal, &keys::journal_prefix(plan.partition, &id))
+                .into_iter()
+                .map(|(key, value)| (key, Entry::decode(&value).is_some_and(|e| e.completed)))
+                .collect();
+            attempt.barrier = Some(read);
+            self.pending.push_back(Pending {
+                batch: WriteBatch::new(),
+                actions: Vec::new(),
+                reply: Some(Reply::Attempt(None)),
+                to: ReplyTo::Replay(id),
+            });
+        }
         self.attempts.insert(id, attempt);
         true
+    }
+
+    /// A replaying attempt's barrier is durable: the endpoint sees its journal now, which must be
+    /// durable as read (a completion sent to an SDK only once durable).
+    fn replay_passes(&mut self, id: InvocationId) {
+        let Some(attempt) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        for (key, completed) in attempt.barrier.take().unwrap_or_default() {
+            let durable = self.store.durable.get(&(Table::Journal as u8, key));
+            assert!(
+                durable
+                    .and_then(|e| Entry::decode(e))
+                    .is_some_and(|e| e.completed || !completed),
+                "an attempt of {id} replays a journal entry that is not durable as read"
+            );
+        }
+        self.note(format!("{id}'s replay passes its barrier"));
     }
 
     fn replay(&mut self, id: InvocationId, plan: &AttemptPlan) -> Attempt {
@@ -999,6 +1046,7 @@ impl World {
             results: HashMap::new(),
             started_ms: self.clock.now.get(),
             appending: false,
+            barrier: None,
         };
         for (index, entry) in journal.iter().enumerate() {
             let step = &attempt.script[index];
@@ -1020,7 +1068,7 @@ impl World {
         let mut ids: Vec<InvocationId> = self
             .attempts
             .iter()
-            .filter(|(_, a)| !a.appending)
+            .filter(|(_, a)| !a.appending && a.barrier.is_none())
             .map(|(id, _)| *id)
             .collect();
         ids.sort();

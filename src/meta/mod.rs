@@ -659,8 +659,13 @@ fn storage_histograms(stats: &crate::storage::Stats, text: &mut String) {
         ),
         (
             "restate_storage_write_duration_seconds",
-            "RocksDB write of one group commit (WAL append, and fsync with sync_writes).",
+            "RocksDB write of one group commit (WAL append and memtables; no fsync).",
             &stats.write_seconds,
+        ),
+        (
+            "restate_storage_wal_sync_duration_seconds",
+            "One fsync of the WAL (sync_writes), which makes every group commit applied before it durable.",
+            &stats.sync_seconds,
         ),
     ];
     for (name, help, histogram) in histograms {
@@ -726,7 +731,7 @@ fn descriptors(schemas: &Schemas, name: &str) -> Result<http::Response<Body>> {
 fn metrics(node: &NodeState) -> http::Response<Body> {
     let storage = node.storage.stats().snapshot();
     let http = &node.http_counters;
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 9] = [
         (
             "restate_storage_write_requests_total",
             "Write requests acknowledged by the storage thread.",
@@ -736,6 +741,11 @@ fn metrics(node: &NodeState) -> http::Response<Body> {
             "restate_storage_write_batches_total",
             "Group commits (RocksDB writes) of the storage thread.",
             storage.write_batches,
+        ),
+        (
+            "restate_storage_wal_syncs_total",
+            "WAL fsyncs (sync_writes); each makes every group commit applied before it durable.",
+            storage.wal_syncs,
         ),
         (
             "restate_storage_write_ops_total",

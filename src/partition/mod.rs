@@ -16,27 +16,38 @@
 //!
 //! Memory runs ahead of storage: a transition changes the state at once and submits its batch, and
 //! the next transition may build on it before that batch is durable. The next invocation of a key
-//! starts in the same batch that ends its predecessor (with the state it left), an attempt reads the
-//! endpoint's next message without waiting for its previous entry's write, and the timer task fires
-//! the due timers one after the other without waiting for the previous firing's write (a timer leaves
-//! memory when its firing is decided, so it fires once). This is safe because of three rules, which
-//! the simulation (`tests/simulation.rs`) checks after every step:
+//! starts in the same batch that ends its predecessor (with the state it left) and its attempt runs at
+//! once, without waiting for that batch; an attempt reads the endpoint's next message without waiting
+//! for its previous entry's write; the timer task fires the due timers one after the other without
+//! waiting for the previous firing's write (a timer leaves memory when its firing is decided, so it
+//! fires once). Storage applies a write at once (WAL append, memtables) and serves a core's reads
+//! after applying every write the core submitted before them, so a read sees them whether or not
+//! they are durable yet; a separate sync makes them durable (see [`crate::storage`]). This is safe
+//! because of three rules, which the simulation (`tests/simulation.rs`) checks after every step:
 //!
 //! 1. **Writes are durable in decision order.** A core submits its batches in the order it decided
-//!    them and storage commits them in that order, so the durable rows are always the rows of a
-//!    prefix of the decisions: a successor's durable write implies its predecessor's.
+//!    them and storage applies them in that order to one append-only WAL, whose sync makes a prefix
+//!    durable: the durable rows are always the rows of a prefix of the decisions, so a successor's
+//!    durable write implies its predecessor's.
 //! 2. **Nothing leaves the runtime before the writes it depends on are durable.** A response or
 //!    error to a caller, an acknowledgement, a completion or ack sent to an endpoint, a message shipped
 //!    to another partition, an idempotency answer: each is an action of its transition, run only once
-//!    that transition's batch (and so, by rule 1, every earlier one) is durable. What an attempt is
-//!    sent at its start (the journal, the eager state) is read from storage, and storage serves a
-//!    core's reads only after committing every write submitted before them.
+//!    that transition's batch (and so, by rule 1, every earlier one) is durable; what is derived from a
+//!    read (a kept idempotent result, a GetState value) goes out only as an action of a transition
+//!    submitted after the read, so it waits for the rows read too. An attempt that replays a journal
+//!    (resumed, retried, recovered) holds completions, so its Start waits for a barrier (an empty
+//!    batch, durable once everything before it is). The one thing sent before durability is the
+//!    Start of a **fresh** invocation: its input and the eager state its key's predecessors left.
+//!    The endpoint sees nothing it could not see again after a crash (the same input, and state
+//!    that a re-run rebuilds), and everything it does with them returns to the runtime as entries,
+//!    which are written after — and so become durable only after — the rows they build on.
 //! 3. **A crash loses a suffix of decisions, never a middle.** Recovery rebuilds memory from the
 //!    durable prefix; invocations whose lost entries were never acknowledged to anyone run again from
 //!    their durable journals (an endpoint replays what it had sent; nothing outside saw the lost
-//!    entries), and a key's successor that had started on a lost end restarts after its predecessor
-//!    re-runs, both from durable rows. No visible effect was built on a lost write, because by rule 2
-//!    nothing visible was produced from one.
+//!    entries), an invocation whose start was lost was never acknowledged to its caller (who sees the
+//!    connection fail, or whose sender re-delivers it), and a key's successor that had started on a
+//!    lost end restarts after its predecessor re-runs, both from durable rows. No visible effect was
+//!    built on a lost write, because by rule 2 nothing visible was produced from one.
 
 pub mod command;
 pub mod effects;

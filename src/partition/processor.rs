@@ -1,9 +1,9 @@
 //! The shell around a core's [state machine](super::state_machine): it receives commands, reads what a
 //! transition needs from storage first, applies the transition, submits its batch at once through the
 //! core's ordered storage path (so storage applies batches in decision order), and runs the
-//! transition's actions once that batch is durable: answering callers and senders, starting attempts
+//! transition's actions once that batch is durable: answering callers and senders, resuming attempts
 //! (through the invoker's driver), shipping outbox messages, forwarding completions to running attempts,
-//! arming timers. Channels live here, keyed by the plain ids the state machine hands out.
+//! arming timers. Fresh invocations start at once, right after their batch is submitted. Channels live here, keyed by the plain ids the state machine hands out.
 //!
 //! Three tasks produce commands besides the router's queue: the timer task (fires due timers in
 //! wake-up order, reading the rows of all those due at once and deciding their firings without
@@ -356,19 +356,25 @@ impl Processor {
         effects
     }
 
-    /// Submits `effects`' batch now; runs its actions once it is durable. A command without writes or
-    /// actions answers at once; one with actions only still waits for the writes submitted before it.
+    /// Submits `effects`' batch now and starts the fresh invocations it starts; runs its actions once
+    /// it is durable. A command without writes or actions answers at once; one with actions only still
+    /// waits for the writes submitted before it.
     fn submit(&self, effects: Effects) -> impl Future<Output = Option<Reply>> {
         let Effects {
             writes,
             actions,
             reply,
+            start_now,
         } = effects;
         let write = (!writes.is_empty() || !actions.is_empty()).then(|| {
             let mut batch = WriteBatch::new();
             effects::to_batch(&writes, &mut batch);
             self.inner.storage.write(batch)
         });
+        // After the batch: the attempt's reads are submitted behind it.
+        for id in start_now {
+            self.drive(id);
+        }
         let this = self.clone();
         async move {
             if let Some(write) = write {
@@ -641,6 +647,7 @@ impl Processor {
         self.inner.channels.borrow_mut().streams.insert(id, tx);
         // A fresh unkeyed invocation has a new instance key: no state can exist for it yet.
         let read_state = plan.keyed || plan.fresh.is_none();
+        let replay = plan.fresh.is_none();
         let journal = match plan.fresh {
             Some(input) => vec![input],
             None => {
@@ -653,6 +660,11 @@ impl Processor {
         } else {
             (Vec::new(), false)
         };
+        if replay {
+            // A journal to replay holds completions, which an endpoint may see only once durable
+            // (rule 2 of the module docs): wait until everything the reads saw is.
+            self.inner.storage.write(WriteBatch::new()).await?;
+        }
         Ok(Some(AttemptContext {
             partition: plan.partition,
             service: plan.service,
@@ -1098,11 +1110,12 @@ impl Processor {
             .state
             .borrow_mut()
             .recover_orphaned_inboxes(&env, &mut effects);
-        let count = effects
-            .actions
-            .iter()
-            .filter(|a| matches!(a, Action::Drive(_)))
-            .count();
+        let count = effects.start_now.len()
+            + effects
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Drive(_)))
+                .count();
         glommio::spawn_local(self.clone().run_timers()).detach();
         glommio::spawn_local(self.clone().run_shipper()).detach();
         self.submit(effects).await;

@@ -2,13 +2,23 @@
 //!
 //! Executors never touch RocksDB. They send a [`Request`] over a bounded crossbeam channel and await the
 //! reply on a `futures` oneshot, whose waker works across threads, so an executor never blocks. The thread
-//! drains everything that is queued, merges all writes into **one** `WriteBatch` (group commit), writes the
-//! WAL once (fsync when `sync_writes`), and then replies to every waiter. Reads go through the same thread,
-//! after the batch of the same drain, so a read never misses a write that was acknowledged before it was
-//! sent.
+//! drains everything that is queued, merges all writes into **one** `WriteBatch` and applies it (WAL
+//! append and memtable, no fsync), then serves the reads of the same drain: a read sees every write
+//! submitted before it, durable or not.
+//!
+//! Durability is the job of a second, smaller thread (`restate-wal-sync`), which serves no requests:
+//! with `sync_writes` the storage thread hands each applied group's waiters to it, and it fsyncs the
+//! WAL once for every group applied so far (RocksDB `SyncWAL`) and then answers them. The WAL is one
+//! append-only log, so a sync makes a **prefix** of the applied groups durable, in the order they were
+//! applied; while it runs the storage thread keeps applying writes and serving reads, which therefore
+//! never wait for an fsync (group commit by pipelining: the next sync covers everything applied
+//! meanwhile). Without `sync_writes` a write is answered once applied. A caller that needs "everything
+//! before now is durable" without writing anything sends an empty batch through
+//! [`ordered::Ordered::write`].
 //!
 //! Back-pressure: a caller first takes a permit of a semaphore sized to the queue, so the channel is never
-//! full and nothing is dropped; past the bound callers wait asynchronously.
+//! full and nothing is dropped; past the bound callers wait asynchronously. The queue of groups waiting
+//! for a sync has the same bound; when it is full the storage thread waits for the sync.
 
 pub mod ordered;
 
@@ -234,8 +244,12 @@ pub struct Stats {
     pub batch_ops: crate::metrics::Histogram,
     /// Bytes of each group commit's RocksDB write batch (keys, values and per-operation headers).
     pub batch_bytes: crate::metrics::Histogram,
-    /// How long each group commit's RocksDB write took (WAL append, and fsync with `sync_writes`).
+    /// How long each group commit's RocksDB write took (WAL append and memtables; no fsync).
     pub write_seconds: crate::metrics::Histogram,
+    /// WAL fsyncs (with `sync_writes`): each makes every group applied before it durable.
+    pub wal_syncs: AtomicU64,
+    /// How long each WAL fsync took.
+    pub sync_seconds: crate::metrics::Histogram,
     /// Operations written per table ([`Table::index`]) and kind ([`OP_KINDS`]): which rows the
     /// engine's transitions cost (`write_ops` is their sum).
     pub table_ops: [[crate::metrics::Counter; OP_KINDS.len()]; Table::ALL.len()],
@@ -255,6 +269,8 @@ impl Default for Stats {
             batch_ops: Histogram::new(BATCH_OPS),
             batch_bytes: Histogram::new(BATCH_BYTES),
             write_seconds: Histogram::new(WRITE_SECONDS),
+            wal_syncs: AtomicU64::default(),
+            sync_seconds: Histogram::new(WRITE_SECONDS),
             table_ops: Default::default(),
             timers: Counter::default(),
         }
@@ -268,6 +284,7 @@ pub struct StatsSnapshot {
     pub write_batches: u64,
     pub write_ops: u64,
     pub reads: u64,
+    pub wal_syncs: u64,
 }
 
 impl Stats {
@@ -278,6 +295,7 @@ impl Stats {
             write_batches: self.write_batches.load(Ordering::Relaxed),
             write_ops: self.write_ops.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
+            wal_syncs: self.wal_syncs.load(Ordering::Relaxed),
         }
     }
 }
@@ -363,20 +381,35 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
         permits: Arc::new(async_lock::Semaphore::new(config.queue_capacity)),
         stats: stats.clone(),
     };
+    let db = Arc::new(db);
+    let spawn_error = |e: std::io::Error| Error::Open {
+        path: path.display().to_string(),
+        message: format!("cannot spawn a storage thread: {e}"),
+    };
+    let syncer = if config.sync_writes {
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        let applied = Arc::new(AtomicU64::new(0));
+        let (db, applied_seen, stats) = (db.clone(), applied.clone(), stats.clone());
+        let max_groups = config.queue_capacity.max(1);
+        let join = std::thread::Builder::new()
+            .name("restate-wal-sync".into())
+            .spawn(move || sync_wal(db, rx, applied_seen, stats, max_groups))
+            .map_err(spawn_error)?;
+        Some(Syncer { tx, applied, join })
+    } else {
+        None
+    };
     let worker = Worker {
         db,
         rx,
         stats,
-        sync_writes: config.sync_writes,
+        syncer,
         max_batch_requests: config.max_batch_requests,
     };
     let join = std::thread::Builder::new()
         .name("restate-rocksdb".into())
         .spawn(move || worker.run())
-        .map_err(|e| Error::Open {
-            path: path.display().to_string(),
-            message: format!("cannot spawn storage thread: {e}"),
-        })?;
+        .map_err(spawn_error)?;
     Ok(StorageThread {
         handle,
         join: Some(join),
@@ -547,7 +580,7 @@ impl Storage {
     }
 
     /// Writes the batch durably (group-committed with concurrent writers). Returns once it is in the WAL
-    /// (and fsynced when `sync_writes` is on).
+    /// (and fsynced when `sync_writes` is on); an empty batch returns at once.
     pub async fn write(&self, batch: WriteBatch) -> Result<(), Error> {
         if batch.is_empty() {
             return Ok(());
@@ -631,15 +664,30 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 struct Worker {
-    db: rocksdb::DB,
+    db: Arc<rocksdb::DB>,
     rx: crossbeam_channel::Receiver<Queued>,
     stats: Arc<Stats>,
-    sync_writes: bool,
+    /// With `sync_writes`: where applied groups wait for the WAL sync.
+    syncer: Option<Syncer>,
     max_batch_requests: usize,
 }
 
+/// The storage thread's end of the WAL sync thread.
+struct Syncer {
+    tx: crossbeam_channel::Sender<Applied>,
+    /// Groups applied so far (the WAL holds them all, in this order).
+    applied: Arc<AtomicU64>,
+    join: JoinHandle<()>,
+}
+
+/// The waiters of one applied group, durable once the WAL is synced past group `seq`.
+struct Applied {
+    seq: u64,
+    replies: Vec<Reply<()>>,
+}
+
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
         let mut drained: Vec<Request> = Vec::with_capacity(self.max_batch_requests);
         let mut close: Option<oneshot::Sender<()>> = None;
         while close.is_none() {
@@ -666,6 +714,11 @@ impl Worker {
                 self.serve_read(read);
             }
         }
+        if let Some(syncer) = self.syncer.take() {
+            // The sync thread answers what it holds, syncs once more and stops.
+            drop(syncer.tx);
+            let _ = syncer.join.join();
+        }
         if let Err(e) = self.db.flush_wal(true) {
             log::error!("flushing the WAL at shutdown failed: {e}");
         }
@@ -682,7 +735,8 @@ impl Worker {
             .expect("every table is opened")
     }
 
-    /// One RocksDB write for every write request of this drain, then every waiter is answered.
+    /// One RocksDB write (no fsync) for every write request of this drain; its waiters are answered
+    /// now, or by the sync thread once the WAL is synced past it.
     fn commit(&self, writes: Vec<(WriteBatch, Reply<()>)>) {
         if writes.is_empty() {
             return;
@@ -690,26 +744,63 @@ impl Worker {
         let mut batch = rocksdb::WriteBatch::default();
         // Operations per table and kind ([`OP_KINDS`]), added to the shared counters once per commit.
         let mut counts = [[0u64; OP_KINDS.len()]; Table::ALL.len()];
-        for (request, _) in &writes {
-            for op in &request.ops {
+        let mut replies = Vec::with_capacity(writes.len());
+        for (request, reply) in writes {
+            for op in request.ops {
                 let (table, kind) = match op {
                     Op::Put { table, key, value } => {
-                        batch.put_cf(self.cf(*table), key, value);
+                        batch.put_cf(self.cf(table), key, value);
                         (table, 0)
                     }
                     Op::Delete { table, key } => {
-                        batch.delete_cf(self.cf(*table), key);
+                        batch.delete_cf(self.cf(table), key);
                         (table, 1)
                     }
                     Op::DeleteRange { table, start, end } => {
-                        batch.delete_range_cf(self.cf(*table), start, end);
+                        batch.delete_range_cf(self.cf(table), start, end);
                         (table, 2)
                     }
                 };
                 counts[table.index()][kind] += 1;
             }
+            replies.push(reply);
         }
         let ops: u64 = counts.iter().flatten().sum();
+        let result = if ops == 0 {
+            // Only empty batches: nothing to apply, but their waiters still wait for the sync.
+            Ok(())
+        } else {
+            self.apply(batch, &counts, ops)
+        };
+        self.stats
+            .write_requests
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        match (&self.syncer, result) {
+            (Some(syncer), Ok(())) => {
+                let seq = syncer.applied.load(Ordering::Relaxed) + u64::from(ops > 0);
+                syncer.applied.store(seq, Ordering::Release);
+                // Blocks only when `queue_capacity` groups already wait for the sync (back-pressure).
+                if let Err(e) = syncer.tx.send(Applied { seq, replies }) {
+                    for reply in e.into_inner().replies {
+                        let _ = reply.send(Err(Error::Closed));
+                    }
+                }
+            }
+            (_, result) => {
+                for reply in replies {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+
+    /// Applies one merged batch (WAL append and memtables, no fsync) and counts it.
+    fn apply(
+        &self,
+        batch: rocksdb::WriteBatch,
+        counts: &[[u64; OP_KINDS.len()]; Table::ALL.len()],
+        ops: u64,
+    ) -> Result<(), Error> {
         for (table, kinds) in counts.iter().enumerate() {
             for (kind, count) in kinds.iter().enumerate() {
                 if *count > 0 {
@@ -720,12 +811,12 @@ impl Worker {
         let timers = counts[Table::Timers.index()];
         let bytes = batch.size_in_bytes();
         let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(self.sync_writes);
+        wo.set_sync(false);
         let started = std::time::Instant::now();
         let result = self.db.write_opt(batch, &wo).map_err(Error::from);
         self.stats.write_seconds.observe_duration(started.elapsed());
         if let Err(e) = &result {
-            log::error!("group commit of {} requests failed: {e}", writes.len());
+            log::error!("group commit of {ops} operations failed: {e}");
         } else {
             self.stats.timers.add(timers[0]);
             self.stats.timers.sub(timers[1]);
@@ -733,13 +824,8 @@ impl Worker {
         self.stats.batch_ops.observe(ops as f64);
         self.stats.batch_bytes.observe(bytes as f64);
         self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .write_requests
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
         self.stats.write_ops.fetch_add(ops, Ordering::Relaxed);
-        for (_, reply) in writes {
-            let _ = reply.send(result.clone());
-        }
+        result
     }
 
     fn serve_read(&self, request: Request) {
@@ -835,6 +921,45 @@ impl Worker {
         }
         Ok(chunk)
     }
+}
+
+/// The WAL sync thread: answers applied groups once an fsync of the WAL covers them. One sync serves
+/// every group applied before it starts, however many arrived while the previous one ran.
+fn sync_wal(
+    db: Arc<rocksdb::DB>,
+    rx: crossbeam_channel::Receiver<Applied>,
+    applied: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    max_groups: usize,
+) {
+    let mut durable = 0u64;
+    let mut groups = Vec::new();
+    while let Ok(first) = rx.recv() {
+        groups.push(first);
+        groups.extend(rx.try_iter().take(max_groups));
+        let needed = groups.iter().map(|g| g.seq).max().unwrap_or(0);
+        let result = if needed <= durable {
+            Ok(())
+        } else {
+            // Everything applied by now is in the WAL file: one sync makes all of it durable.
+            let upto = applied.load(Ordering::Acquire);
+            let started = std::time::Instant::now();
+            let result = db.flush_wal(true).map_err(Error::from);
+            stats.sync_seconds.observe_duration(started.elapsed());
+            stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            match &result {
+                Ok(()) => durable = upto,
+                Err(e) => log::error!("syncing the WAL failed: {e}"),
+            }
+            result
+        };
+        for group in groups.drain(..) {
+            for reply in group.replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+    log::debug!("WAL sync thread stopped");
 }
 
 #[cfg(test)]

@@ -62,7 +62,9 @@ impl Ordered {
         }
     }
 
-    /// Writes `batch` after everything submitted before it; completes when durable.
+    /// Writes `batch` after everything submitted before it; completes when durable, and so (writes are
+    /// durable in the order applied) when everything submitted before it is. An empty batch is such a
+    /// barrier and nothing more.
     pub fn write(&self, batch: WriteBatch) -> impl Future<Output = Result<(), Error>> {
         let (tx, rx) = oneshot::channel();
         let queued = self.queue.unbounded_send(Queued::Write(batch, tx));
@@ -111,7 +113,7 @@ impl Ordered {
 /// Hands the queue to the storage thread in order. Writes queued back to back (decided in the same
 /// turn of the core, or while the pump waited for room) go as one request: one batch in their order,
 /// each waiter answered when it is durable. A read between two writes keeps them apart, so it sees
-/// exactly the writes submitted before it.
+/// exactly the writes submitted before it (applied, not necessarily durable yet).
 async fn pump(storage: Storage, mut rx: mpsc::UnboundedReceiver<Queued>, max_merged: usize) {
     let mut next = rx.next().await;
     while let Some(queued) = next.take() {

@@ -51,7 +51,6 @@ impl State {
         let partition = State::partition_of(env.limits, &id);
         self.start(env, partition, new, out);
         ack_ok(ack, out);
-        out.act(Action::Drive(id));
     }
 
     /// The outcome kept for an idempotent invocation that ended: in memory for a moment after its end
@@ -153,7 +152,8 @@ impl State {
         }
     }
 
-    /// Registers a running invocation (taking its key) and writes its status row and input entry.
+    /// Registers a running invocation (taking its key), writes its status row and input entry and lets
+    /// it run at once.
     pub(super) fn start(
         &mut self,
         env: &Env<'_>,
@@ -202,6 +202,7 @@ impl State {
         ));
         out.write(Effect::PutEntry(partition, new.id, 0, input));
         self.invocations.insert(new.id, invocation);
+        out.start_now.push(new.id);
     }
 
     /// Hands `service`'s free key to the first invocation in its inbox: starts it (in `out`) when its
@@ -242,7 +243,6 @@ impl State {
             queued.sequence,
         ));
         self.start(env, partition, queued.invocation, out);
-        out.act(Action::Drive(id));
     }
 
     /// The inbox row of a starting invocation was read: start it (or end it, if cancelled meanwhile).
@@ -293,7 +293,6 @@ impl State {
             return self.start_next_in_inbox(env, partition, &service, out);
         }
         self.start(env, partition, new, out);
-        out.act(Action::Drive(id));
     }
 
     /// Ends an invocation that never ran (cancelled in its inbox): its caller gets ABORTED.

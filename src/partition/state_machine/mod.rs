@@ -299,7 +299,7 @@ pub enum Action {
         ack: AckId,
         result: Result<(), Failure>,
     },
-    /// Run attempts of `id`.
+    /// Run attempts of `id` (one that has a journal to replay: resumed or recovered).
     Drive(InvocationId),
     /// Hand durable outbox messages to the shipper: (producer, sequence, target partition, row).
     Ship(Vec<Shipped>),
@@ -380,6 +380,10 @@ pub struct Effects {
     pub actions: Vec<Action>,
     /// The answer to the command's issuer, once they are durable.
     pub reply: Option<Reply>,
+    /// Fresh invocations whose attempts may run at once, before the batch is durable: their first
+    /// Start carries only the input and the state memory left, nothing an endpoint must not see
+    /// before it is durable (see "Deciding before durability" in [`crate::partition`]).
+    pub start_now: Vec<InvocationId>,
 }
 
 impl Effects {
@@ -388,6 +392,7 @@ impl Effects {
         self.writes.clear();
         self.actions.clear();
         self.reply = None;
+        self.start_now.clear();
     }
 
     fn write(&mut self, effect: Effect) {

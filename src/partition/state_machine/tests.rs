@@ -135,7 +135,7 @@ impl Harness {
     /// Invokes `new`, which must start at once.
     fn start(&mut self, new: &NewInvocation) -> InvocationId {
         let out = self.invoke(new);
-        assert!(out.actions.contains(&Action::Drive(new.id)), "{out:?}");
+        assert_eq!(out.start_now, vec![new.id], "{out:?}");
         new.id
     }
 
@@ -374,9 +374,9 @@ fn an_invocation_on_a_free_key_starts_with_its_status_and_input_entry() {
                 caller: CALLER
             },
             ack_ok(),
-            Action::Drive(new.id),
         ]
     );
+    assert_eq!(out.start_now, vec![new.id]);
     assert_eq!(h.state.locks.get(&new.service), Some(&new.id));
 }
 
@@ -558,12 +558,7 @@ fn a_repeated_idempotent_call_is_answered_from_its_kept_outcome_while_it_is_kept
                 };
                 assert_eq!(out.actions, vec![ack_ok(), answer], "{}", case.name);
             }
-            None => assert!(
-                out.actions.contains(&Action::Drive(new.id)),
-                "{}: {:?}",
-                case.name,
-                out.actions
-            ),
+            None => assert_eq!(out.start_now, vec![new.id], "{}", case.name),
         }
     }
 }
@@ -1236,7 +1231,8 @@ fn a_delivered_call_starts_its_invocation_after_its_dedup_row() {
     let status = Effect::PutStatus(p, new.id, running_status(&new));
     let input = Effect::PutEntry(p, new.id, 0, input_entry(b"1"));
     assert_eq!(out.writes, vec![dedup(&new.id, 1), status, input]);
-    assert_eq!(out.actions, vec![ack_ok(), Action::Drive(new.id)]);
+    assert_eq!(out.actions, vec![ack_ok()]);
+    assert_eq!(out.start_now, vec![new.id]);
 }
 
 #[test]
@@ -1330,10 +1326,9 @@ fn finishing_deletes_the_invocation_answers_its_caller_and_starts_the_next_in_it
         id,
         outcome: Ok(Bytes::from_static(b"out")),
     };
-    assert_eq!(
-        out.actions,
-        vec![Action::Drive(next.id), shipped(p, 0, &response), ended]
-    );
+    assert_eq!(out.actions, vec![shipped(p, 0, &response), ended]);
+    // The next invocation runs before the end is durable (pipelined keys); its callers wait for it.
+    assert_eq!(out.start_now, vec![next.id]);
     assert_eq!(h.state.locks.get(&next.service), Some(&next.id));
     assert!(!h.state.invocations.contains_key(&id));
 }
@@ -1432,7 +1427,8 @@ fn an_invocation_starting_from_its_inbox_row_starts_when_the_row_is_read() {
         Effect::PutEntry(p, big.id, 0, input_entry(&[7; 100])),
     ];
     assert_eq!(out.writes, expected);
-    assert_eq!(out.actions, vec![Action::Drive(big.id)]);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(out.start_now, vec![big.id]);
 }
 
 #[test]
@@ -1814,7 +1810,8 @@ fn recovered_inbox_rows_are_queued_in_order_and_unreadable_ones_counted() {
         Effect::PutEntry(p, first.id, 0, input_entry(b"1")),
     ];
     assert_eq!(out.writes, expected);
-    assert_eq!(out.actions, vec![Action::Drive(first.id)]);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(out.start_now, vec![first.id]);
 }
 
 #[test]
@@ -1927,7 +1924,7 @@ fn cancelling_a_queued_idempotent_invocation_keeps_aborted_for_repeated_calls() 
     // A repeated call gets ABORTED, not a new run.
     let out = h.invoke_kept(&queued, Some(kept));
     assert!(
-        out.writes.is_empty() && !out.actions.iter().any(|a| matches!(a, Action::Drive(_))),
+        out.writes.is_empty() && out.start_now.is_empty(),
         "{:?}",
         out.actions
     );
