@@ -6,7 +6,8 @@
 //! - `call`: a call to Echo/Echo, then Output of its result (`restate.test.Flow/Call`).
 //!
 //! The writes come from the runtime's `/metrics` (meta port), scraped before and after each case's
-//! load window: group commits (RocksDB writes), write requests the cores sent to the storage thread,
+//! load window: WAL fsyncs (`sync_writes`; each makes every commit before it durable), group commits
+//! (RocksDB writes), write requests the cores sent to the storage thread,
 //! put/delete operations, write-batch bytes and the reads served (they wait in the same queue),
 //! divided by the invocations of the case's service that completed in the window (for `call`, the
 //! Echo invocation it calls is counted in its figures), and the operations per table and kind on a
@@ -191,6 +192,8 @@ fn scrape(meta: u16) -> Metrics {
 /// What one case's load window cost in RocksDB writes, per completed invocation of its service.
 struct Writes {
     invocations: f64,
+    /// WAL fsyncs.
+    syncs: f64,
     batches: f64,
     requests: f64,
     /// Point reads and scans the storage thread served (they queue with the writes).
@@ -218,6 +221,7 @@ fn writes(before: &Metrics, after: &Metrics, service: &str) -> Writes {
         .collect();
     Writes {
         invocations,
+        syncs: delta("restate_storage_wal_syncs_total") / invocations,
         batches: delta("restate_storage_write_batches_total") / invocations,
         requests: delta("restate_storage_write_requests_total") / invocations,
         reads: delta("restate_storage_reads_total") / invocations,
@@ -426,42 +430,47 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<34} {:>8} {:>7} {:>7} {:>15} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
+        "{:<34} {:>8} {:>7} {:>7} {:>15} {:>7} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
         "case",
         "req/s",
         "p50 ms",
         "p99 ms",
         "runtime CPU/inv",
         "vs base",
+        "syncs",
         "commits",
         "requests",
         "ops",
         "bytes",
         "reads"
     );
-    let report =
-        |name: &str, load: &Load, cpu: Option<f64>, base: Option<f64>, w: Option<&Writes>| {
-            let rate = load.requests as f64 / load.elapsed.as_secs_f64();
-            let w = |f: fn(&Writes) -> f64, digits: usize| {
-                w.map(|w| format!("{:.*}", digits, f(w)))
-                    .unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "{name:<34} {rate:>8.0} {:>7.2} {:>7.2} {:>15} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
+    let report = |name: &str,
+                  load: &Load,
+                  cpu: Option<f64>,
+                  base: Option<f64>,
+                  w: Option<&Writes>| {
+        let rate = load.requests as f64 / load.elapsed.as_secs_f64();
+        let w = |f: fn(&Writes) -> f64, digits: usize| {
+            w.map(|w| format!("{:.*}", digits, f(w)))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+                "{name:<34} {rate:>8.0} {:>7.2} {:>7.2} {:>15} {:>7} {:>7} {:>9} {:>9} {:>7} {:>9} {:>7}",
                 percentile(&load.latencies, 0.5).as_secs_f64() * 1e3,
                 percentile(&load.latencies, 0.99).as_secs_f64() * 1e3,
                 cpu.map(|c| format!("{:.1} µs", c * 1e6 / load.requests.max(1) as f64))
                     .unwrap_or_else(|| "-".into()),
                 base.map(|b| format!("{:.2}x", rate / b))
                     .unwrap_or_else(|| "1.00x".into()),
+                w(|w| w.syncs, 3),
                 w(|w| w.batches, 3),
                 w(|w| w.requests, 2),
                 w(|w| w.ops, 2),
                 w(|w| w.bytes, 0),
                 w(|w| w.reads, 2),
             );
-            rate
-        };
+        rate
+    };
     let (endpoint, endpoint_port) = start_endpoint(arg("--endpoint-threads", 1));
     let baseline = drive(
         endpoint_port,

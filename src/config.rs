@@ -483,9 +483,11 @@ impl Default for StorageGrpc {
 pub struct StorageRocksdb {
     /// Database directory, relative to the cwd.
     pub path: PathBuf,
-    /// Fsync the WAL on every group commit: on survives power loss, off survives a process crash.
+    /// Fsync the WAL before acknowledging anything: on survives power loss, off survives a process
+    /// crash. Writes are applied (and visible to reads) at once either way.
     pub sync_writes: bool,
-    /// Requests that may wait for the storage thread; past it callers wait (back-pressure).
+    /// Requests that may wait for the storage thread; past it callers wait (back-pressure). Also the
+    /// most group commits that may wait for the WAL sync; past it the storage thread waits.
     pub queue_capacity: usize,
     /// Most requests merged into one group commit (one WriteBatch, one WAL write); also the most
     /// writes a core decided back to back that it sends as one request.

@@ -295,3 +295,47 @@ fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read()
     assert_eq!(rows.len(), 4);
     thread.close();
 }
+
+#[test]
+fn an_empty_batch_is_a_barrier_answered_once_every_earlier_write_is_synced() {
+    use futures::FutureExt;
+    use futures_lite::future::block_on;
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(true, 16), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    let send = |batch: WriteBatch| {
+        let permit = block_on(storage.permit());
+        storage.send_write(permit, batch)
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(Table::State, b"a".to_vec(), b"1".to_vec());
+    let write = send(batch);
+    let barrier = send(WriteBatch::new());
+    block_on(barrier).unwrap();
+    // The sync thread answers in the order applied: the write's answer is there already.
+    assert!(
+        matches!(write.now_or_never(), Some(Ok(()))),
+        "a barrier was answered before the write submitted before it"
+    );
+    let synced = storage.stats().snapshot().wal_syncs;
+    assert!(synced >= 1, "no WAL sync made the write durable");
+    // Nothing applied since: another barrier needs no sync of its own.
+    block_on(send(WriteBatch::new())).unwrap();
+    assert_eq!(storage.stats().snapshot().wal_syncs, synced);
+    // A read sees the write (applied), durable or not.
+    let row = block_on(storage.get(Table::State, b"a".to_vec())).unwrap();
+    assert_eq!(row.as_deref(), Some(&b"1"[..]));
+    thread.close();
+
+    // Without sync_writes nothing is ever synced, and a barrier is answered once applied.
+    let dir = tempfile::tempdir().unwrap();
+    let thread = storage::open(&rocksdb_config(false, 16), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    let mut batch = WriteBatch::new();
+    batch.put(Table::State, b"a".to_vec(), b"1".to_vec());
+    block_on(storage.write(batch)).unwrap();
+    let permit = block_on(storage.permit());
+    block_on(storage.send_write(permit, WriteBatch::new())).unwrap();
+    assert_eq!(storage.stats().snapshot().wal_syncs, 0);
+    thread.close();
+}

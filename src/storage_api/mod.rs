@@ -10,6 +10,8 @@
 //!   HTTP/2 server polls a body only while the stream has send capacity: a slow client holds the scan
 //!   back instead of making the server buffer it. A scan's memory is about one chunk.
 //! - Scans are not snapshots: rows written during a scan may or may not appear; none appears twice.
+//!   Like every read, a scan sees rows as soon as the storage thread applied them, which with
+//!   `sync_writes` can be a few milliseconds before the WAL sync that makes them durable.
 
 pub mod keys;
 
