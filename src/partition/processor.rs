@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +120,15 @@ impl Resolve for SchemaResolver {
     }
 }
 
+/// A submitted transition waiting for its batch to be durable: then its actions run and its reply
+/// goes back to whoever submitted it.
+struct Submitted {
+    durable: Pin<Box<dyn Future<Output = Result<(), crate::storage::Error>>>>,
+    actions: Vec<Action>,
+    reply: Option<Reply>,
+    done: oneshot::Sender<Option<Reply>>,
+}
+
 /// The processor of one core. Cheap to clone.
 #[derive(Clone)]
 pub struct Processor {
@@ -149,6 +159,9 @@ struct Inner {
     outbox_wake_rx: RefCell<Option<mpsc::Receiver<()>>>,
     /// Limits the WARN lines about refused invocations.
     refusals: crate::logging::RateLimit,
+    /// Transitions whose actions wait for their batch, in submission order (see [`Processor::submit`]).
+    /// Bounded by the work in flight on the core, as the ordered storage path's queue is.
+    acting: mpsc::UnboundedSender<Submitted>,
 }
 
 /// The shell's half of the callers, senders and attempts the state machine refers to by id.
@@ -191,6 +204,7 @@ impl Processor {
     ) -> Processor {
         let (timer_wake, timer_wake_rx) = mpsc::unbounded();
         let (outbox_wake, outbox_wake_rx) = mpsc::channel(1);
+        let (acting, acting_rx) = mpsc::unbounded();
         let limits = Limits {
             partitions: config.worker.partitions,
             timers_in_memory: config.worker.timers.num_timers_in_memory_limit,
@@ -198,7 +212,7 @@ impl Processor {
                 as u64,
             idempotency_recent_ms: config.worker.ingress_grpc.idempotency_recent.as_millis() as u64,
         };
-        Processor {
+        let processor = Processor {
             inner: Rc::new(Inner {
                 core,
                 cores: config.runtime.cores,
@@ -217,8 +231,11 @@ impl Processor {
                 outbox_wake,
                 outbox_wake_rx: RefCell::new(Some(outbox_wake_rx)),
                 refusals: crate::logging::RateLimit::new(Duration::from_secs(1)),
+                acting,
             }),
-        }
+        };
+        glommio::spawn_local(processor.clone().run_actions(acting_rx)).detach();
+        processor
     }
 
     /// Installs what runs an invocation's attempts (the invoker's drive loop).
@@ -317,9 +334,8 @@ impl Processor {
         self.submit(effects)
     }
 
-    /// Applies `command` now and submits its batch; returns the reply at once, with the rest (wait
-    /// until durable, then run the actions), which the caller must await or spawn.
-    #[must_use = "the actions run only when the returned future is polled"]
+    /// Applies `command` now and submits its batch; returns the reply at once, with a future that
+    /// completes once the batch is durable and its actions ran.
     fn decide(
         &self,
         command: state_machine::Command,
@@ -356,9 +372,11 @@ impl Processor {
         effects
     }
 
-    /// Submits `effects`' batch now and starts the fresh invocations it starts; runs its actions once
-    /// it is durable. A command without writes or actions answers at once; one with actions only still
-    /// waits for the writes submitted before it.
+    /// Submits `effects`' batch now and starts the fresh invocations it starts; its actions run once
+    /// it is durable, **after the actions of every transition submitted before it** (a caller attached
+    /// by one transition must be there when the next one answers it), whether or not the returned
+    /// future is polled; it completes with the reply after them. A command without writes or actions
+    /// answers at once; one with actions only still waits for the writes submitted before it.
     fn submit(&self, effects: Effects) -> impl Future<Output = Option<Reply>> {
         let Effects {
             writes,
@@ -366,34 +384,49 @@ impl Processor {
             reply,
             start_now,
         } = effects;
-        let write = (!writes.is_empty() || !actions.is_empty()).then(|| {
+        let (queued, immediate) = if writes.is_empty() && actions.is_empty() {
+            (None, reply)
+        } else {
             let mut batch = WriteBatch::new();
             effects::to_batch(&writes, &mut batch);
-            self.inner.storage.write(batch)
-        });
+            let (done, answered) = oneshot::channel();
+            let submitted = Submitted {
+                durable: Box::pin(self.inner.storage.write(batch)),
+                actions,
+                reply,
+                done,
+            };
+            // The runner lives as long as the processor: sending cannot fail.
+            let _ = self.inner.acting.unbounded_send(submitted);
+            (Some(answered), None)
+        };
         // After the batch: the attempt's reads are submitted behind it.
         for id in start_now {
             self.drive(id);
         }
-        let this = self.clone();
         async move {
-            if let Some(write) = write {
-                if let Err(e) = write.await {
-                    fatal("writing a transition", e);
-                }
+            match queued {
+                Some(answered) => answered.await.ok().flatten(),
+                None => immediate,
             }
-            this.run(actions);
-            reply
         }
     }
 
-    /// [`apply`](Self::apply) without waiting.
+    /// Runs submitted transitions' actions in submission order, each once its batch is durable
+    /// (batches become durable in that order too, so none waits behind a later one).
+    async fn run_actions(self, mut queue: mpsc::UnboundedReceiver<Submitted>) {
+        while let Some(submitted) = queue.next().await {
+            if let Err(e) = submitted.durable.await {
+                fatal("writing a transition", e);
+            }
+            self.run(submitted.actions);
+            let _ = submitted.done.send(submitted.reply);
+        }
+    }
+
+    /// [`apply`](Self::apply) without waiting (its actions run all the same).
     fn apply_detached(&self, command: state_machine::Command) {
-        let done = self.apply(command);
-        glommio::spawn_local(async move {
-            done.await;
-        })
-        .detach();
+        drop(self.apply(command));
     }
 
     /// Runs the actions of a durable transition, in order.
