@@ -238,7 +238,7 @@ header() {
   local sync fsync note=""
   sync="$("$VS_OUR_BIN" --dump-config | awk '/^\[/ {section = $0}
     /^sync_writes / && section == "[worker.storage_rocksdb]" {print section " " $0}')"
-  [[ "$sync" != *true ]] || note=": the RocksDB WAL is fsynced on every group commit"
+  [[ "$sync" != *true ]] || note=": nothing is acknowledged before an fsync of the RocksDB WAL covers it"
   fsync="$("$their_bin" --dump-config 2>/dev/null | awk '
     /^\[/ {section = $0}
     /^default-replication|^default-provider/ {print (section ? section " " : "") $0}

@@ -119,7 +119,7 @@ fn a_backlog_of_waiting_callers_drains_and_unrelated_keys_stay_responsive() {
 /// end's). When they ran in either order some callers were never answered (seen as a hang of the
 /// bench); here a call that is not answered fails at the client's read timeout. The race needs a start
 /// and an end in one sync and their actions' tasks run the other way round: against that code this
-/// test failed in 2 of 17 runs (each failure with one caller attached after its invocation's Ended
+/// test failed in 4 of 32 runs (a failure: one caller attached after its invocation's Ended
 /// ran), so it guards the order rather than proves it; the simulation runs actions in order.
 #[test]
 fn calls_whose_start_and_end_share_a_wal_sync_are_all_answered() {
