@@ -28,6 +28,28 @@ pub enum Code {
 }
 
 impl Code {
+    /// The gRPC names of the codes (`NOT_FOUND`), indexed by code number (for clients that print
+    /// a status they received as a number).
+    pub const NAMES: [&'static str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
     /// The Connect protocol's name for the code (`not_found`, ...).
     pub fn connect_name(self) -> &'static str {
         match self {
@@ -127,6 +149,34 @@ pub fn percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_names_are_indexed_by_code_number() {
+        let all = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        for code in all {
+            // Connect spells CANCELLED with one L; every other name is the same in upper case.
+            let connect = code.connect_name().replace("canceled", "cancelled");
+            assert_eq!(Code::NAMES[code as usize], connect.to_uppercase());
+        }
+    }
 
     #[test]
     fn grpc_message_is_percent_encoded() {

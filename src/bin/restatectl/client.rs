@@ -282,26 +282,7 @@ fn check(storage: &Server, (code, message): (u16, String)) -> Result<()> {
 }
 
 fn code_name(code: u16) -> String {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES
+    restate::grpc::Code::NAMES
         .get(usize::from(code))
         .map(|n| n.to_string())
         .unwrap_or_else(|| format!("status {code}"))
