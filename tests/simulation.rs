@@ -453,6 +453,8 @@ struct Model {
     waiting: HashMap<InvocationId, Vec<CallerId>>,
     /// Callers given to the state machine and not answered yet (lost in a crash).
     open_callers: HashSet<CallerId>,
+    /// Callers that cancel an invocation (an operator's request), and which.
+    cancellers: HashMap<CallerId, InvocationId>,
     /// Awakeables a resolver was started for (while draining: one more, in case the first was
     /// cancelled).
     resolving: HashSet<String>,
@@ -693,7 +695,12 @@ impl World {
                 self.model.waiting.entry(id).or_default().push(caller);
                 self.model.accepted.insert(id);
             }
-            Action::Answer { caller, .. } => self.answer(caller),
+            Action::Answer { caller, outcome } => {
+                if let Some(id) = self.model.cancellers.remove(&caller) {
+                    self.cancel_answered(id, outcome.is_ok());
+                }
+                self.answer(caller)
+            }
             Action::Ended { id, outcome } => self.ended(id, outcome),
             Action::Ack { ack, result } => {
                 if let Some((producer, target, sequence)) = self.shipping.remove(&ack) {
@@ -1325,15 +1332,49 @@ impl World {
         true
     }
 
+    /// Cancels a running, starting or queued invocation, or one accepted from the ingress earlier
+    /// (which may have ended, durably or not).
     fn cancel(&mut self) -> bool {
-        let mut ids: Vec<InvocationId> = self.state.invocations.keys().copied().collect();
+        let state = &self.state;
+        let mut ids: Vec<InvocationId> = state.invocations.keys().copied().collect();
+        ids.extend(state.starting.keys().copied());
+        ids.extend(self.model.accepted.iter().copied());
         ids.sort();
+        ids.dedup();
         let Some(id) = self.rng.pick(&ids).copied() else {
             return false;
         };
-        self.note(format!("cancel {id}"));
-        self.apply(Command::Cancel { id }, ReplyTo::Nobody);
+        let caller = self.token();
+        self.note(format!("cancel {id} (caller {caller})"));
+        self.model.open_callers.insert(caller);
+        self.model.cancellers.insert(caller, id);
+        let command = Command::Cancel {
+            id,
+            caller: Some(caller),
+        };
+        self.apply(command, ReplyTo::Nobody);
         true
+    }
+
+    /// The operator's answer to a cancellation, found or not, tells that `id` is not running and
+    /// will not run: that must hold after a crash too, so nothing of it may be durable any more.
+    fn cancel_answered(&mut self, id: InvocationId, found: bool) {
+        self.note(format!("  -> cancel of {id} answered: found {found}"));
+        let p = id.partition(PARTITIONS);
+        let status = self
+            .store
+            .durable
+            .contains_key(&(Table::Status as u8, keys::status(p, &id)));
+        let queued = self.store.durable.iter().any(|((t, _), v)| {
+            *t == Table::Inbox as u8
+                && InboxEntry::decode(v.as_slice())
+                    .is_ok_and(|e| e.invocation_id.as_ref() == id.as_bytes())
+        });
+        assert!(
+            !status && !queued,
+            "the cancellation of {id} is answered (found: {found}) while it is durably {}",
+            if status { "running" } else { "queued" }
+        );
     }
 
     /// The timer task: a reload (its read now, its result applied in a later step), or a round of

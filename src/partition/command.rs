@@ -24,7 +24,8 @@ pub enum Command {
         message: OutboxMessage,
         ack: Ack,
     },
-    /// Fail an invocation with ABORTED and release its key; `reply` says whether it was found.
+    /// Fail an invocation with ABORTED and release its key; `reply` says whether it was found, once
+    /// that is durable (the end it wrote, or for "not found" every batch decided before).
     Cancel {
         id: InvocationId,
         reply: oneshot::Sender<bool>,

@@ -31,7 +31,8 @@
 //!    durable write implies its predecessor's.
 //! 2. **Nothing leaves the runtime before the writes it depends on are durable.** A response or
 //!    error to a caller, an acknowledgement, a completion or ack sent to an endpoint, a message shipped
-//!    to another partition, an idempotency answer: each is an action of its transition, run only once
+//!    to another partition, an idempotency answer, a cancellation's answer (found or not): each is
+//!    an action of its transition (for an answer that writes nothing, an empty batch), run only once
 //!    that transition's batch (and so, by rule 1, every earlier one) is durable; what is derived from a
 //!    read (a kept idempotent result, a GetState value) goes out only as an action of a transition
 //!    submitted after the read, so it waits for the rows read too. An attempt that replays a journal

@@ -547,10 +547,15 @@ impl Processor {
                 self.deliver(producer, sequence, message, ack);
             }
             Command::Cancel { id, reply } => {
-                let done = self.apply(state_machine::Command::Cancel { id });
+                // Answered as an action of the transition (see the state machine's `cancel`).
+                let (answer, answered) = oneshot::channel();
+                let caller = self.inner.channels.borrow_mut().caller(Some(answer));
+                self.apply_detached(state_machine::Command::Cancel { id, caller });
                 glommio::spawn_local(async move {
-                    let found = matches!(done.await, Some(Reply::Cancelled(true)));
-                    let _ = reply.send(found);
+                    // Dropped unanswered (shutting down): so is `reply`, and the issuer learns so.
+                    if let Ok(outcome) = answered.await {
+                        let _ = reply.send(outcome.is_ok());
+                    }
                 })
                 .detach();
             }

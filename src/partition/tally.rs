@@ -15,7 +15,7 @@ pub(super) struct Tally {
 impl Tally {
     pub(super) fn before(processor: &Processor, command: &Command) -> Tally {
         let ending = match command {
-            Command::Finish { id, .. } | Command::Cancel { id } => processor.service_name(*id),
+            Command::Finish { id, .. } | Command::Cancel { id, .. } => processor.service_name(*id),
             _ => None,
         };
         Tally {

@@ -1,8 +1,10 @@
 //! Ending invocations: with their outcome, or cancelled wherever they are.
 
+use bytes::Bytes;
+
 use super::codec::{aborted, response_message};
-use super::{Action, Effect, Effects, Env, State};
-use crate::partition::invocation::Outcome;
+use super::{Action, CallerId, Effect, Effects, Env, State};
+use crate::partition::invocation::{Failure, Outcome};
 use crate::partition::rows::Idempotent;
 use crate::partition::InvocationId;
 
@@ -77,26 +79,53 @@ impl State {
     }
 
     /// Fails `id` with ABORTED wherever it is (running, suspended, in an inbox, starting from its
-    /// inbox row). False if it is unknown here.
-    pub(super) fn cancel(&mut self, env: &Env<'_>, id: InvocationId, out: &mut Effects) -> bool {
-        if self.invocations.contains_key(&id) {
+    /// inbox row) and answers `caller` whether it was found.
+    ///
+    /// The answer is an action, so it waits for the batch that ends the invocation, and a NOT_FOUND
+    /// for the batches before (an end decided but not yet durable would be lost in a crash, and the
+    /// invocation run again). An invocation starting from its inbox row ends only once that row is
+    /// read: its cancellers are answered by that transition.
+    pub(super) fn cancel(
+        &mut self,
+        env: &Env<'_>,
+        id: InvocationId,
+        caller: Option<CallerId>,
+        out: &mut Effects,
+    ) {
+        let found = if self.invocations.contains_key(&id) {
             self.finish(env, id, Err(aborted()), out);
-            return true;
-        }
-        if let Some(starting) = self.starting.get_mut(&id) {
+            true
+        } else if let Some(starting) = self.starting.get_mut(&id) {
             starting.cancelled = true;
-            return true;
-        }
-        let Some(queued) = self.inboxes.remove(&id) else {
-            return false;
+            starting.cancellers.extend(caller);
+            return;
+        } else if let Some(queued) = self.inboxes.remove(&id) {
+            let p = State::partition_of(env.limits, &id);
+            out.write(Effect::DeleteInbox(
+                p,
+                queued.invocation.service.clone(),
+                queued.sequence,
+            ));
+            self.end_unstarted(env, p, queued.invocation, out);
+            true
+        } else {
+            false
         };
-        let p = State::partition_of(env.limits, &id);
-        out.write(Effect::DeleteInbox(
-            p,
-            queued.invocation.service.clone(),
-            queued.sequence,
-        ));
-        self.end_unstarted(env, p, queued.invocation, out);
-        true
+        if let Some(caller) = caller {
+            out.act(cancel_answer(caller, id, found));
+        }
     }
+}
+
+/// The answer to whoever cancelled `id`: empty if it was found (and is now ended), NOT_FOUND if not.
+pub(super) fn cancel_answer(caller: CallerId, id: InvocationId, found: bool) -> Action {
+    let outcome = if found {
+        Ok(Bytes::new())
+    } else {
+        Err(Failure::new(
+            crate::grpc::Code::NotFound,
+            format!("invocation {} not found", id.to_hex()),
+        ))
+    };
+    Action::Answer { caller, outcome }
 }

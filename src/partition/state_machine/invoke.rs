@@ -227,6 +227,7 @@ impl State {
                     service: service.clone(),
                     sequence: queued.sequence,
                     cancelled: false,
+                    cancellers: Vec::new(),
                 },
             );
             out.act(Action::ReadInboxRow {
@@ -263,6 +264,10 @@ impl State {
             service.clone(),
             starting.sequence,
         ));
+        // Whoever cancelled it meanwhile learns it ended, with the batch that ends it.
+        for caller in starting.cancellers {
+            out.act(super::finish::cancel_answer(caller, id, true));
+        }
         let Some(row) = row else {
             // Storage lost a row it acknowledged: the invocation cannot start; its callers learn so.
             log::error!(invocation = id.to_hex(); "the inbox row of a starting invocation is missing; it fails");

@@ -188,6 +188,8 @@ pub struct Starting {
     pub sequence: u64,
     /// Cancelled while its row was read: it ends with ABORTED instead of starting.
     pub cancelled: bool,
+    /// Who cancelled it: answered once that end is written (and so durable), not before.
+    pub cancellers: Vec<CallerId>,
 }
 
 /// Everything a transition reacts to.
@@ -210,8 +212,13 @@ pub enum Command {
         ack: AckId,
         entry: Option<Entry>,
     },
-    /// Fail an invocation with ABORTED wherever it is; the reply says whether it was found.
-    Cancel { id: InvocationId },
+    /// Fail an invocation with ABORTED wherever it is. `caller` is answered, as an action (so once
+    /// everything the answer reports is durable), with an empty value if it was found, NOT_FOUND if
+    /// not.
+    Cancel {
+        id: InvocationId,
+        caller: Option<CallerId>,
+    },
     /// An attempt of `id` starts; the reply is what it needs from memory.
     AttemptStarted { id: InvocationId },
     /// The endpoint an invocation's attempts run on: chosen by its first attempt, changed only when
@@ -334,11 +341,11 @@ pub struct Shipped {
     pub row: OutboxMessage,
 }
 
-/// What a command answers its issuer directly (once the batch is durable).
+/// What a command answers the shell's task that issued it: once its batch is durable, or at once when
+/// it writes nothing and has no actions. So it is never what leaves the runtime (an answer to a caller
+/// or an operator is an [`Action::Answer`], which waits for durability even when nothing is written).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// `Cancel`: whether the invocation was found.
-    Cancelled(bool),
     /// `AttemptStarted`: what the attempt needs (`None`: the invocation is gone).
     Attempt(Option<AttemptPlan>),
     /// `Append`: the completion to send back, if any.
@@ -429,10 +436,7 @@ impl State {
                 ack,
                 entry,
             } => self.deliver(env, producer, sequence, message, ack, entry, out),
-            Command::Cancel { id } => {
-                let found = self.cancel(env, id, out);
-                out.reply = Some(Reply::Cancelled(found));
-            }
+            Command::Cancel { id, caller } => self.cancel(env, id, caller, out),
             Command::AttemptStarted { id } => {
                 out.reply = Some(Reply::Attempt(self.attempt_started(id)));
             }

@@ -1129,7 +1129,10 @@ fn a_sleep_timer_resumes_an_invocation_suspended_on_it() {
 fn a_timer_of_a_cancelled_invocation_only_deletes_its_row() {
     let mut h = Harness::new();
     let (new, _, sleep_entry) = with_awakeable_and_sleep(&mut h);
-    h.apply(Command::Cancel { id: new.id });
+    h.apply(Command::Cancel {
+        id: new.id,
+        caller: None,
+    });
     let key = timer_key(new.id, 2, NOW_MS + 5_000);
     let row = Some(Timer { invoke: None });
     let out = h.apply(Command::FireTimer {
@@ -1340,18 +1343,37 @@ fn aborted(id: InvocationId) -> Action {
     }
 }
 
+/// Who cancels in these tests.
+const CANCELLER: CallerId = 77;
+
+/// The answer to a cancellation that found its invocation.
+fn cancel_found() -> Action {
+    Action::Answer {
+        caller: CANCELLER,
+        outcome: Ok(Bytes::new()),
+    }
+}
+
+fn cancel(id: InvocationId) -> Command {
+    Command::Cancel {
+        id,
+        caller: Some(CANCELLER),
+    }
+}
+
 #[test]
 fn cancelling_a_running_invocation_ends_it_with_aborted() {
     let mut h = Harness::new();
     let id = h.start(&keyed(1, "a"));
-    let out = h.apply(Command::Cancel { id });
-    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
+    let out = h.apply(cancel(id));
     let p = partition(&id);
     assert_eq!(
         out.writes,
         vec![Effect::DeleteJournal(p, id, 1), Effect::DeleteStatus(p, id)]
     );
-    assert_eq!(out.actions, vec![aborted(id)]);
+    // The canceller is answered with the end, once it is durable.
+    assert_eq!(out.actions, vec![aborted(id), cancel_found()]);
+    assert_eq!(out.reply, None);
     assert!(h.state.locks.is_empty());
 }
 
@@ -1361,17 +1383,16 @@ fn cancelling_a_queued_invocation_deletes_its_inbox_row_and_ends_it_with_aborted
     let running = h.start(&keyed(1, "a"));
     let queued = keyed(2, "a");
     h.invoke(&queued);
-    let out = h.apply(Command::Cancel { id: queued.id });
-    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
+    let out = h.apply(cancel(queued.id));
     let delete = Effect::DeleteInbox(partition(&queued.id), queued.service.clone(), 0);
     assert_eq!(out.writes, vec![delete]);
-    assert_eq!(out.actions, vec![aborted(queued.id)]);
+    assert_eq!(out.actions, vec![aborted(queued.id), cancel_found()]);
     assert!(!h.state.inboxes.contains(&queued.id));
     assert!(h.state.invocations.contains_key(&running));
 }
 
 #[test]
-fn cancelling_an_invocation_starting_from_its_inbox_row_ends_it_when_the_row_is_read() {
+fn cancelling_an_invocation_starting_from_its_inbox_row_ends_it_and_answers_when_the_row_is_read() {
     let mut h = Harness::new();
     let first = h.start(&keyed(1, "a"));
     let mut big = keyed(2, "a");
@@ -1389,9 +1410,10 @@ fn cancelling_an_invocation_starting_from_its_inbox_row_ends_it_when_the_row_is_
         sequence: 0,
     };
     assert!(out.actions.contains(&read), "{:?}", out.actions);
-    let out = h.apply(Command::Cancel { id: big.id });
-    assert_eq!(out.reply, Some(Reply::Cancelled(true)));
-    assert!(out.writes.is_empty() && out.actions.is_empty());
+    // Nothing is written yet, so nothing is answered yet: the shell would answer at once, and a
+    // crash would then start the invocation from its row after all.
+    let out = h.apply(cancel(big.id));
+    assert!(out.writes.is_empty() && out.actions.is_empty() && out.reply.is_none());
     let row = inbox_row(&big, NOW_MS);
     let out = h.apply(Command::InboxRowRead {
         id: big.id,
@@ -1401,7 +1423,7 @@ fn cancelling_an_invocation_starting_from_its_inbox_row_ends_it_when_the_row_is_
         out.writes,
         vec![Effect::DeleteInbox(p, big.service.clone(), 0)]
     );
-    assert_eq!(out.actions, vec![aborted(big.id)]);
+    assert_eq!(out.actions, vec![cancel_found(), aborted(big.id)]);
     assert!(h.state.locks.is_empty() && h.state.starting.is_empty());
 }
 
@@ -1432,13 +1454,26 @@ fn an_invocation_starting_from_its_inbox_row_starts_when_the_row_is_read() {
 }
 
 #[test]
-fn cancelling_an_unknown_invocation_finds_nothing() {
+fn cancelling_an_unknown_invocation_finds_nothing_once_earlier_batches_are_durable() {
     let mut h = Harness::new();
-    let out = h.apply(Command::Cancel {
-        id: keyed(1, "a").id,
+    let id = h.start(&keyed(1, "a"));
+    // Its end is decided, not yet durable: a crash would run it again.
+    h.apply(Command::Finish {
+        id,
+        outcome: Ok(Bytes::new()),
     });
-    assert_eq!(out.reply, Some(Reply::Cancelled(false)));
-    assert!(out.writes.is_empty() && out.actions.is_empty());
+    let out = h.apply(cancel(id));
+    assert!(out.writes.is_empty() && out.reply.is_none());
+    // An action, so it runs after a barrier (an empty batch) behind that end.
+    let Some(Action::Answer {
+        caller: CANCELLER,
+        outcome: Err(failure),
+    }) = out.actions.first()
+    else {
+        panic!("{:?}", out.actions);
+    };
+    assert_eq!(failure.code, Code::NotFound as u32);
+    assert_eq!(out.actions.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1913,7 +1948,10 @@ fn cancelling_a_queued_idempotent_invocation_keeps_aborted_for_repeated_calls() 
     let mut queued = keyed(2, "a");
     queued.idempotency_key = Some("once".into());
     h.invoke(&queued);
-    let out = h.apply(Command::Cancel { id: queued.id });
+    let out = h.apply(Command::Cancel {
+        id: queued.id,
+        caller: None,
+    });
     let p = partition(&queued.id);
     let kept = out.writes.iter().find_map(|w| match w {
         Effect::PutIdempotent(pp, id, row) if *pp == p && *id == queued.id => Some(row.clone()),
