@@ -393,7 +393,10 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
         let max_groups = config.queue_capacity.max(1);
         let join = std::thread::Builder::new()
             .name("restate-wal-sync".into())
-            .spawn(move || sync_wal(db, rx, applied_seen, stats, max_groups))
+            .spawn(move || {
+                let sync = || db.flush_wal(true).map_err(Error::from);
+                sync_wal(sync, rx, applied_seen, stats, max_groups)
+            })
             .map_err(spawn_error)?;
         Some(Syncer { tx, applied, join })
     } else {
@@ -924,32 +927,42 @@ impl Worker {
 }
 
 /// The WAL sync thread: answers applied groups once an fsync of the WAL covers them. One sync serves
-/// every group applied before it starts, however many arrived while the previous one ran.
+/// every group applied before it starts, however many arrived while the previous one ran. After a
+/// failed sync every group is answered with its error (the processor then stops and recovers).
 fn sync_wal(
-    db: Arc<rocksdb::DB>,
+    mut sync: impl FnMut() -> Result<(), Error>,
     rx: crossbeam_channel::Receiver<Applied>,
     applied: Arc<AtomicU64>,
     stats: Arc<Stats>,
     max_groups: usize,
 ) {
     let mut durable = 0u64;
+    // The first failed sync, for good: it may have lost the WAL's dirty pages (the kernel may drop
+    // them and report the error once), so no later sync that succeeds makes the groups applied
+    // after them durable; the WAL is replayed only up to its first hole.
+    let mut failed: Option<Error> = None;
     let mut groups = Vec::new();
     while let Ok(first) = rx.recv() {
         groups.push(first);
         groups.extend(rx.try_iter().take(max_groups));
         let needed = groups.iter().map(|g| g.seq).max().unwrap_or(0);
-        let result = if needed <= durable {
+        let result = if let Some(e) = &failed {
+            Err(e.clone())
+        } else if needed <= durable {
             Ok(())
         } else {
             // Everything applied by now is in the WAL file: one sync makes all of it durable.
             let upto = applied.load(Ordering::Acquire);
             let started = std::time::Instant::now();
-            let result = db.flush_wal(true).map_err(Error::from);
+            let result = sync();
             stats.sync_seconds.observe_duration(started.elapsed());
             stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
             match &result {
                 Ok(()) => durable = upto,
-                Err(e) => log::error!("syncing the WAL failed: {e}"),
+                Err(e) => {
+                    log::error!("syncing the WAL failed: {e}; every later write fails");
+                    failed = Some(e.clone());
+                }
             }
             result
         };
@@ -965,6 +978,56 @@ fn sync_wal(
 #[cfg(test)]
 mod tests {
     use super::prefix_end;
+
+    mod wal_sync {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+
+        use futures::channel::oneshot;
+
+        use super::super::{sync_wal, Applied, Error, Stats};
+
+        /// One group applied as `seq`, and the receiver of its answer.
+        fn group(seq: u64) -> (Applied, oneshot::Receiver<Result<(), Error>>) {
+            let (tx, rx) = oneshot::channel();
+            let applied = Applied {
+                seq,
+                replies: vec![tx],
+            };
+            (applied, rx)
+        }
+
+        #[test]
+        fn after_a_failed_sync_no_later_group_is_answered_durable() {
+            // A failed fsync may have dropped the WAL's dirty pages (Linux forgets them): a later
+            // fsync that succeeds does not bring them back, so the groups applied after them are
+            // not durable either (recovery replays the WAL up to its first hole).
+            let (tx, rx) = crossbeam_channel::bounded(4);
+            let applied = Arc::new(AtomicU64::new(1));
+            let (first, first_answer) = group(1);
+            tx.send(first).unwrap();
+            let (second, second_answer) = group(2);
+            // Group 2 is applied while the first sync runs, which fails; the next one succeeds.
+            let mut during_first = Some((tx, second, applied.clone()));
+            let sync = move || match during_first.take() {
+                Some((tx, second, applied)) => {
+                    applied.store(2, Ordering::Release);
+                    tx.send(second).unwrap();
+                    Err(Error::RocksDb("injected: fsync failed".into()))
+                }
+                None => Ok(()),
+            };
+            sync_wal(sync, rx, applied, Arc::new(Stats::default()), 4);
+            let answer = |mut rx: oneshot::Receiver<Result<(), Error>>| {
+                rx.try_recv().ok().flatten().expect("answered")
+            };
+            assert!(answer(first_answer).is_err());
+            assert!(
+                answer(second_answer).is_err(),
+                "a group applied after a failed WAL sync was answered durable"
+            );
+        }
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix_range() {
