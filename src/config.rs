@@ -408,8 +408,9 @@ pub struct IngressGrpc {
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
     /// How long an ended idempotent invocation's outcome also stays in memory: a repeated call whose
-    /// read of the idempotency row was submitted just before that row was written gets it from there.
-    /// Longer than any storage read takes; memory grows with the rate of idempotent calls times it.
+    /// read of the idempotency row was submitted just before that row was written gets it from there
+    /// (such a read in flight keeps it longer, however long the read takes); memory grows with the
+    /// rate of idempotent calls times it.
     #[serde(with = "humantime_serde")]
     pub idempotency_recent: Duration,
     /// The longest a caller may ask to wait through `grpc-timeout` / `connect-timeout-ms`; longer

@@ -868,6 +868,10 @@ impl World {
             response_sink: None,
             idempotency_key,
         };
+        if invocation.idempotency_key.is_some() {
+            // As the shell does: the lookup is registered before its read is submitted.
+            self.apply(Command::IdempotencyLookup { id }, ReplyTo::Nobody);
+        }
         let kept = invocation.idempotency_key.as_ref().and_then(|_| {
             let p = id.partition(PARTITIONS);
             self.store

@@ -570,6 +570,9 @@ impl Processor {
         ack: Option<AckId>,
     ) {
         let partition = self.partition_of(&invocation.id);
+        // Registered before the read is submitted: if the invocation ends before the Invoke is
+        // applied, the read misses its row and its outcome must stay in memory until then.
+        drop(self.apply(state_machine::Command::IdempotencyLookup { id: invocation.id }));
         let kept = self
             .inner
             .storage

@@ -25,7 +25,7 @@ impl State {
         kept: Option<Idempotent>,
         out: &mut Effects,
     ) {
-        self.forget_finished(env.clock.now_ms());
+        self.forget_finished(env);
         if new.idempotency_key.is_some() {
             if let Some(outcome) = self.kept_outcome(env, &new, kept) {
                 ack_ok(ack, out);
@@ -54,7 +54,8 @@ impl State {
     }
 
     /// The outcome kept for an idempotent invocation that ended: in memory for a moment after its end
-    /// (its row may not be visible to a read submitted before), then in its row until it expires.
+    /// and as long as a read of its row submitted before the row was written is in flight (that read
+    /// misses the row), then in its row until it expires.
     fn kept_outcome(
         &self,
         env: &Env<'_>,
@@ -78,13 +79,30 @@ impl State {
     }
 
     /// Drops remembered outcomes older than `idempotency_recent_ms`.
-    fn forget_finished(&mut self, now_ms: u64) {
+    fn forget_finished(&mut self, env: &Env<'_>) {
+        let now_ms = env.clock.now_ms();
         while let Some((expires, id)) = self.recently_finished_order.front().copied() {
             if expires > now_ms {
                 break;
             }
             self.recently_finished_order.pop_front();
-            self.recently_finished.remove(&id);
+            if self.lookups.contains_key(&id) {
+                // A read of its row submitted before the row was written is still on its way.
+                self.recently_finished_order
+                    .push_back((now_ms + env.limits.idempotency_recent_ms.max(1), id));
+            } else {
+                self.recently_finished.remove(&id);
+            }
+        }
+    }
+
+    /// One read of `id`'s idempotency row is answered (its Invoke is being applied).
+    pub(super) fn lookup_done(&mut self, id: &crate::partition::InvocationId) {
+        if let Some(count) = self.lookups.get_mut(id) {
+            *count -= 1;
+            if *count == 0 {
+                self.lookups.remove(id);
+            }
         }
     }
 

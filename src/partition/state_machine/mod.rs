@@ -177,6 +177,9 @@ pub struct State {
     /// [`Limits::idempotency_recent_ms`]).
     pub recently_finished: HashMap<InvocationId, Outcome>,
     pub recently_finished_order: VecDeque<(u64, InvocationId)>,
+    /// Reads of an idempotency row in flight per invocation id (submitted, their Invoke not applied
+    /// yet): an outcome in `recently_finished` is kept while one of its id is, however long it takes.
+    pub lookups: HashMap<InvocationId, u32>,
     /// Rows recovery could not read (logged, left in place).
     pub corrupt_rows: u64,
 }
@@ -221,6 +224,8 @@ pub enum Command {
     },
     /// An attempt of `id` starts; the reply is what it needs from memory.
     AttemptStarted { id: InvocationId },
+    /// The shell submitted the read of `id`'s idempotency row; an `Invoke` with what it read follows.
+    IdempotencyLookup { id: InvocationId },
     /// The endpoint an invocation's attempts run on: chosen by its first attempt, changed only when
     /// that endpoint is no longer registered.
     PinEndpoint { id: InvocationId, endpoint: String },
@@ -428,7 +433,18 @@ impl State {
                 caller,
                 ack,
                 kept,
-            } => self.invoke(env, invocation, caller, ack, kept, out),
+            } => {
+                // The lookup counts until the outcome it may need was taken from memory.
+                let looked_up = invocation
+                    .idempotency_key
+                    .is_some()
+                    .then_some(invocation.id);
+                self.invoke(env, invocation, caller, ack, kept, out);
+                if let Some(id) = looked_up {
+                    self.lookup_done(&id);
+                }
+            }
+            Command::IdempotencyLookup { id } => *self.lookups.entry(id).or_default() += 1,
             Command::Deliver {
                 producer,
                 sequence,
