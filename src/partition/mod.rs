@@ -38,10 +38,17 @@
 //!    submitted after the read, so it waits for the rows read too. An attempt that replays a journal
 //!    (resumed, retried, recovered) holds completions, so its Start waits for a barrier (an empty
 //!    batch, durable once everything before it is). The one thing sent before durability is the
-//!    Start of a **fresh** invocation: its input and the eager state its key's predecessors left.
-//!    The endpoint sees nothing it could not see again after a crash (the same input, and state
-//!    that a re-run rebuilds), and everything it does with them returns to the runtime as entries,
-//!    which are written after — and so become durable only after — the rows they build on.
+//!    Start of a **fresh** invocation: its input and the eager state its key's predecessors left,
+//!    possibly not durable yet (pipelined keys, as #13 asks). Everything the endpoint does with
+//!    them returns to the runtime as entries, written after — and so durable only after — the rows
+//!    they build on, and nothing it is told later (a completion, an ack) goes out before those rows
+//!    are durable. What this admits, and only when the machine (not just the process: applied
+//!    writes are in the OS's page cache) fails with `sync_writes` on: a side-effect closure of the
+//!    successor may already have run on state whose writes are then lost, and the successor runs
+//!    again on the state its predecessor's re-run leaves, which can differ (a predecessor whose lost
+//!    end was decided by the runtime, a cancellation or a give-up, runs again to its own end).
+//!    Side effects are at-least-once in any case; waiting for the fsync before a keyed Start with
+//!    state would close this at the cost of one fsync per invocation of a key.
 //! 3. **A crash loses a suffix of decisions, never a middle.** Recovery rebuilds memory from the
 //!    durable prefix; invocations whose lost entries were never acknowledged to anyone run again from
 //!    their durable journals (an endpoint replays what it had sent; nothing outside saw the lost
