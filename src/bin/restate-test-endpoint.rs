@@ -26,7 +26,7 @@
 //!   invocation id send `ErrorMessage{13, "injected failure on attempt N"}` right after the SetState.
 //! - `restate.test.Counter/Get(KeyRequest)`: GetState("total"), Output(CounterValue).
 //! - `restate.test.Echo/Echo(EchoMessage)`: text `side-effect:<path>` first runs a side effect (entry
-//!   0xFC01, REQUIRES_ACK) appending "<invocation id hex>\n" to `<path>`; then Output(the input unchanged).
+//!   0xFC01, REQUIRES_ACK) appending `"<invocation id hex>\n"` to `<path>`; then Output(the input unchanged).
 //! - `restate.test.Config/Get(Empty)`: Output(EchoMessage{text: "config"}).
 //! - `restate.test.Flow/Sleep(EchoMessage)`: Sleep(now + `number` ms), then Output(the input unchanged).
 //! - `restate.test.Flow/Call(EchoMessage)`: Invoke(`restate.test.Echo/Echo`, the input), then Output(its

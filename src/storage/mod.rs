@@ -1,6 +1,6 @@
 //! The storage thread: exactly one OS thread owns the RocksDB database.
 //!
-//! Executors never touch RocksDB. They send a [`Request`] over a bounded crossbeam channel and await the
+//! Executors never touch RocksDB. They send a `Request` over a bounded crossbeam channel and await the
 //! reply on a `futures` oneshot, whose waker works across threads, so an executor never blocks. The thread
 //! drains everything that is queued, merges all writes into **one** `WriteBatch` and applies it (WAL
 //! append and memtable, no fsync), then serves the reads of the same drain: a read sees every write
