@@ -73,9 +73,10 @@ impl State {
             },
         };
         out.write(Effect::PutIdempotent(p, id, row));
-        self.recently_finished.insert(id, outcome.clone());
-        self.recently_finished_order
-            .push_back((now + env.limits.idempotency_recent_ms, id));
+        let forget_at = now + env.limits.idempotency_recent_ms;
+        self.recently_finished
+            .insert(id, (forget_at, outcome.clone()));
+        self.recently_finished_order.push_back((forget_at, id));
     }
 
     /// Fails `id` with ABORTED wherever it is (running, suspended, in an inbox, starting from its

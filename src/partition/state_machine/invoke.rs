@@ -25,9 +25,19 @@ impl State {
         kept: Option<Idempotent>,
         out: &mut Effects,
     ) {
+        // The outcome this call's lookup may need is taken before its lookup stops counting and
+        // before what no lookup needs any more is forgotten.
+        let outcome = new
+            .idempotency_key
+            .is_some()
+            .then(|| self.kept_outcome(env, &new, kept))
+            .flatten();
+        if new.idempotency_key.is_some() {
+            self.lookup_done(&new.id);
+        }
         self.forget_finished(env);
         if new.idempotency_key.is_some() {
-            if let Some(outcome) = self.kept_outcome(env, &new, kept) {
+            if let Some(outcome) = outcome {
                 ack_ok(ack, out);
                 if let Some(caller) = caller {
                     out.act(Action::Answer { caller, outcome });
@@ -62,8 +72,11 @@ impl State {
         new: &NewInvocation,
         kept: Option<Idempotent>,
     ) -> Option<Outcome> {
-        if let Some(outcome) = self.recently_finished.get(&new.id) {
-            return Some(outcome.clone());
+        if let Some((forget_at, outcome)) = self.recently_finished.get(&new.id) {
+            // Past its time it still answers a lookup in flight (it may have missed the row).
+            if *forget_at > env.clock.now_ms() || self.lookups.contains_key(&new.id) {
+                return Some(outcome.clone());
+            }
         }
         let row = kept?;
         (row.expires_ms > env.clock.now_ms()).then(|| {
@@ -87,9 +100,12 @@ impl State {
             }
             self.recently_finished_order.pop_front();
             if self.lookups.contains_key(&id) {
-                // A read of its row submitted before the row was written is still on its way.
-                self.recently_finished_order
-                    .push_back((now_ms + env.limits.idempotency_recent_ms.max(1), id));
+                // A read of its row submitted before the row was written may still be on its way.
+                let forget_at = now_ms + env.limits.idempotency_recent_ms.max(1);
+                if let Some(entry) = self.recently_finished.get_mut(&id) {
+                    entry.0 = forget_at;
+                }
+                self.recently_finished_order.push_back((forget_at, id));
             } else {
                 self.recently_finished.remove(&id);
             }

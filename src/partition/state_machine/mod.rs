@@ -175,7 +175,7 @@ pub struct State {
     pub dedup: HashMap<(PartitionId, PartitionId), u64>,
     /// Idempotent invocations that ended recently, with when they are forgotten (see
     /// [`Limits::idempotency_recent_ms`]).
-    pub recently_finished: HashMap<InvocationId, Outcome>,
+    pub recently_finished: HashMap<InvocationId, (u64, Outcome)>,
     pub recently_finished_order: VecDeque<(u64, InvocationId)>,
     /// Reads of an idempotency row in flight per invocation id (submitted, their Invoke not applied
     /// yet): an outcome in `recently_finished` is kept while one of its id is, however long it takes.
@@ -433,17 +433,7 @@ impl State {
                 caller,
                 ack,
                 kept,
-            } => {
-                // The lookup counts until the outcome it may need was taken from memory.
-                let looked_up = invocation
-                    .idempotency_key
-                    .is_some()
-                    .then_some(invocation.id);
-                self.invoke(env, invocation, caller, ack, kept, out);
-                if let Some(id) = looked_up {
-                    self.lookup_done(&id);
-                }
-            }
+            } => self.invoke(env, invocation, caller, ack, kept, out),
             Command::IdempotencyLookup { id } => *self.lookups.entry(id).or_default() += 1,
             Command::Deliver {
                 producer,
