@@ -3,7 +3,8 @@
 //! core's ordered storage path (so storage applies batches in decision order), and runs the
 //! transition's actions once that batch is durable: answering callers and senders, resuming attempts
 //! (through the invoker's driver), shipping outbox messages, forwarding completions to running attempts,
-//! arming timers. Fresh invocations start at once, right after their batch is submitted. Channels live here, keyed by the plain ids the state machine hands out.
+//! arming timers. Fresh invocations start at once, right after their batch is submitted. Channels
+//! live here, keyed by the plain ids the state machine hands out.
 //!
 //! Three tasks produce commands besides the router's queue: the timer task (fires due timers in
 //! wake-up order, reading the rows of all those due at once and deciding their firings without
