@@ -20,6 +20,31 @@ fn rocksdb_config(sync_writes: bool, queue_capacity: usize) -> StorageRocksdb {
     }
 }
 
+/// A storage thread on a fresh temporary directory (kept as long as the returned guard).
+fn open_temp(
+    sync_writes: bool,
+    queue_capacity: usize,
+) -> (tempfile::TempDir, storage::StorageThread, Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let thread =
+        storage::open(&rocksdb_config(sync_writes, queue_capacity), dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    (dir, thread, storage)
+}
+
+/// Every row of the State table.
+fn state_rows(storage: &Storage) -> Vec<storage::Row> {
+    futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
+        .unwrap()
+}
+
+/// A batch of one State row whose value is its key.
+fn put(key: &[u8]) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    batch.put(Table::State, key.to_vec(), key.to_vec());
+    batch
+}
+
 /// Runs `writers_per_core` concurrent writers on each of `cores` executors; each writes `writes` rows
 /// `core/writer/i`. Returns how many writes were acknowledged.
 fn write_from_all_cores(
@@ -64,9 +89,7 @@ fn write_from_all_cores(
 
 #[test]
 fn concurrent_writers_from_all_cores_are_group_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(true, 4096), dir.path(), 8).unwrap();
-    let storage = thread.handle();
+    let (_dir, thread, storage) = open_temp(true, 4096);
     let acked = write_from_all_cores(&storage, 2, 100, 20);
     assert_eq!(acked, 2 * 100 * 20);
     let stats = storage.stats().snapshot();
@@ -76,9 +99,7 @@ fn concurrent_writers_from_all_cores_are_group_committed() {
         "concurrent writes were not grouped: {stats:?}"
     );
     // Every acknowledged row reads back.
-    let rows =
-        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
-            .unwrap();
+    let rows = state_rows(&storage);
     assert_eq!(rows.len(), acked);
     assert!(rows.iter().all(|(k, v)| k == v));
     thread.close();
@@ -86,23 +107,17 @@ fn concurrent_writers_from_all_cores_are_group_committed() {
 
 #[test]
 fn a_tiny_queue_pushes_back_and_drops_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(false, 2), dir.path(), 8).unwrap();
-    let storage = thread.handle();
+    let (_dir, thread, storage) = open_temp(false, 2);
     let acked = write_from_all_cores(&storage, 2, 50, 10);
     assert_eq!(acked, 1000);
-    let rows =
-        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
-            .unwrap();
+    let rows = state_rows(&storage);
     assert_eq!(rows.len(), 1000);
     thread.close();
 }
 
 #[test]
 fn reads_see_acknowledged_writes_and_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(false, 16), dir.path(), 8).unwrap();
-    let storage = thread.handle();
+    let (_dir, thread, storage) = open_temp(false, 16);
     futures_lite::future::block_on(async {
         let mut batch = WriteBatch::new();
         for i in 0u8..5 {
@@ -246,14 +261,7 @@ fn acknowledged_writes_survive_kill_9() {
 
 #[test]
 fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(true, 16), dir.path(), 8).unwrap();
-    let storage = thread.handle();
-    let put = |key: &str| {
-        let mut batch = WriteBatch::new();
-        batch.put(Table::State, key.to_owned(), key.to_owned());
-        batch
-    };
+    let (_dir, thread, storage) = open_temp(true, 16);
     let read = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(1))
         .io_memory(1 << 20)
         .on_all_shards({
@@ -261,12 +269,12 @@ fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read()
             move || async move {
                 let ordered = storage::ordered::Ordered::new(storage, 1024);
                 // Submitted in one turn, without awaiting: a, read, b, c, d.
-                let a = ordered.write(put("a"));
+                let a = ordered.write(put(b"a"));
                 let seen = ordered.scan_prefix(Table::State, Vec::new(), usize::MAX);
                 let (b, c, d) = (
-                    ordered.write(put("b")),
-                    ordered.write(put("c")),
-                    ordered.write(put("d")),
+                    ordered.write(put(b"b")),
+                    ordered.write(put(b"c")),
+                    ordered.write(put(b"d")),
                 );
                 a.await.unwrap();
                 let seen = seen.await.unwrap();
@@ -289,9 +297,7 @@ fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read()
         stats.write_requests, 2,
         "a alone (a read follows it), then b, c and d as one request: {stats:?}"
     );
-    let rows =
-        futures_lite::future::block_on(storage.scan_prefix(Table::State, Vec::new(), usize::MAX))
-            .unwrap();
+    let rows = state_rows(&storage);
     assert_eq!(rows.len(), 4);
     thread.close();
 }
@@ -300,16 +306,12 @@ fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read()
 fn an_empty_batch_is_a_barrier_answered_once_every_earlier_write_is_synced() {
     use futures::FutureExt;
     use futures_lite::future::block_on;
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(true, 16), dir.path(), 8).unwrap();
-    let storage = thread.handle();
+    let (_dir, thread, storage) = open_temp(true, 16);
     let send = |batch: WriteBatch| {
         let permit = block_on(storage.permit());
         storage.send_write(permit, batch)
     };
-    let mut batch = WriteBatch::new();
-    batch.put(Table::State, b"a".to_vec(), b"1".to_vec());
-    let write = send(batch);
+    let write = send(put(b"a"));
     let barrier = send(WriteBatch::new());
     block_on(barrier).unwrap();
     // The sync thread answers in the order applied: the write's answer is there already.
@@ -324,16 +326,12 @@ fn an_empty_batch_is_a_barrier_answered_once_every_earlier_write_is_synced() {
     assert_eq!(storage.stats().snapshot().wal_syncs, synced);
     // A read sees the write (applied), durable or not.
     let row = block_on(storage.get(Table::State, b"a".to_vec())).unwrap();
-    assert_eq!(row.as_deref(), Some(&b"1"[..]));
+    assert_eq!(row.as_deref(), Some(&b"a"[..]));
     thread.close();
 
     // Without sync_writes nothing is ever synced, and a barrier is answered once applied.
-    let dir = tempfile::tempdir().unwrap();
-    let thread = storage::open(&rocksdb_config(false, 16), dir.path(), 8).unwrap();
-    let storage = thread.handle();
-    let mut batch = WriteBatch::new();
-    batch.put(Table::State, b"a".to_vec(), b"1".to_vec());
-    block_on(storage.write(batch)).unwrap();
+    let (_dir, thread, storage) = open_temp(false, 16);
+    block_on(storage.write(put(b"a"))).unwrap();
     let permit = block_on(storage.permit());
     block_on(storage.send_write(permit, WriteBatch::new())).unwrap();
     assert_eq!(storage.stats().snapshot().wal_syncs, 0);
