@@ -25,25 +25,20 @@ impl State {
         kept: Option<Idempotent>,
         out: &mut Effects,
     ) {
-        // The outcome this call's lookup may need is taken before its lookup stops counting and
-        // before what no lookup needs any more is forgotten.
-        let outcome = new
-            .idempotency_key
-            .is_some()
-            .then(|| self.kept_outcome(env, &new, kept))
-            .flatten();
+        let mut outcome = None;
         if new.idempotency_key.is_some() {
+            // Taken before this call's lookup stops counting and before what no lookup needs any
+            // more is forgotten.
+            outcome = self.kept_outcome(env, &new, kept);
             self.lookup_done(&new.id);
         }
         self.forget_finished(env);
-        if new.idempotency_key.is_some() {
-            if let Some(outcome) = outcome {
-                ack_ok(ack, out);
-                if let Some(caller) = caller {
-                    out.act(Action::Answer { caller, outcome });
-                }
-                return;
+        if let Some(outcome) = outcome {
+            ack_ok(ack, out);
+            if let Some(caller) = caller {
+                out.act(Action::Answer { caller, outcome });
             }
+            return;
         }
         let id = new.id;
         if self.invocations.contains_key(&id)
