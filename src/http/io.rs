@@ -217,28 +217,34 @@ impl<T> Io<T> {
     }
 }
 
+thread_local! {
+    /// Where reads land before they are copied into hyper's (uninitialised) buffer: zeroed once per
+    /// thread, so a read costs a copy of the bytes read instead of a memset of the whole buffer.
+    /// glommio polls on one thread and never keeps the slice it is given past a poll.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; MAX_READ_BYTES].into_boxed_slice());
+}
+
 impl<T: AsyncRead + Unpin> hyper::rt::Read for Io<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        // SAFETY: the slice is zeroed before it is handed out as initialised bytes, and `advance` is only
-        // called with the count the reader reports to have written.
-        let unfilled = unsafe { buf.as_mut() };
-        // Zeroing is a memset per read; cap it so a large buffer does not cost more than the read.
-        let len = unfilled.len().min(MAX_READ_BYTES);
-        let unfilled = &mut unfilled[..len];
-        for byte in unfilled.iter_mut() {
-            byte.write(0);
-        }
-        let slice = unsafe { &mut *(unfilled as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-        match Pin::new(&mut self.inner).poll_read(cx, slice) {
+        let polled = READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let len = buf.remaining().min(scratch.len());
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut scratch[..len]);
+            if let Poll::Ready(Ok(n)) = polled {
+                buf.put_slice(&scratch[..n]);
+            }
+            polled
+        });
+        match polled {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.activity.on_read();
                 }
-                unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
