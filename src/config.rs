@@ -499,6 +499,13 @@ pub struct StorageRocksdb {
     /// live ones and keeps the skiplist every write inserts into short; the other tables keep
     /// RocksDB's 64 MiB. Memory: up to twice this per such table while one flushes.
     pub short_lived_write_buffer_size: usize,
+    /// With `sync_writes`: how long a write that nothing outside the runtime waits on (a fresh
+    /// invocation's start, a journal entry with no completion to send) may stay applied but not yet
+    /// fsynced while no other write needs a sync. A write that does need one (an answer, a
+    /// completion, a shipped message) syncs at once and makes every earlier write durable with it;
+    /// this bounds the wait when none comes. Zero: every write is fsynced as soon as possible.
+    #[serde(with = "humantime_serde")]
+    pub deferred_sync_delay: Duration,
 }
 
 impl Default for StorageRocksdb {
@@ -509,6 +516,7 @@ impl Default for StorageRocksdb {
             queue_capacity: 4096,
             max_batch_requests: 1024,
             short_lived_write_buffer_size: 1 << 20,
+            deferred_sync_delay: Duration::from_millis(10),
         }
     }
 }

@@ -343,7 +343,10 @@ impl Processor {
     ) -> (Option<Reply>, impl Future<Output = ()> + 'static) {
         let mut effects = self.transition(command);
         let reply = effects.reply.take();
-        let durable = self.submit(effects);
+        // The durable future forwards an entry's completion (or ack) to the endpoint: that one is
+        // visible; an entry with none only bounds the attempt's pending appends.
+        let visible = matches!(reply, Some(Reply::Appended(Ok(Some(_)))));
+        let durable = self.submit_with(effects, visible);
         (reply, async move {
             durable.await;
         })
@@ -379,6 +382,15 @@ impl Processor {
     /// future is polled; it completes with the reply after them. A command without writes or actions
     /// answers at once; one with actions only still waits for the writes submitted before it.
     fn submit(&self, effects: Effects) -> impl Future<Output = Option<Reply>> {
+        self.submit_with(effects, false)
+    }
+
+    /// [`submit`](Self::submit); `visible`: whoever awaits the returned future acts outside the
+    /// runtime once it completes. When that is not so, the transition has no reply to wait for, and
+    /// its actions only attach callers (which wait for a later, visible end), the batch's fsync is
+    /// deferred ([`WriteBatch::defer_sync`]): a fresh invocation's start or a journal entry with no
+    /// completion does not cost an fsync of its own; the next visible write's sync covers it.
+    fn submit_with(&self, effects: Effects, visible: bool) -> impl Future<Output = Option<Reply>> {
         let Effects {
             writes,
             actions,
@@ -390,6 +402,12 @@ impl Processor {
         } else {
             let mut batch = WriteBatch::new();
             effects::to_batch(&writes, &mut batch);
+            let invisible = !visible
+                && reply.is_none()
+                && actions.iter().all(|a| matches!(a, Action::Attach { .. }));
+            if invisible {
+                batch.defer_sync();
+            }
             let (done, answered) = oneshot::channel();
             let submitted = Submitted {
                 durable: Box::pin(self.inner.storage.write(batch)),

@@ -26,6 +26,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
 
 use futures::channel::oneshot;
 
@@ -176,6 +179,9 @@ pub enum Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<Op>,
+    /// Nothing outside the runtime waits for this batch to be durable: its fsync may be deferred
+    /// (see [`WriteBatch::defer_sync`]).
+    deferrable: bool,
 }
 
 impl WriteBatch {
@@ -211,9 +217,22 @@ impl WriteBatch {
             end: end.into(),
         });
     }
-    /// Appends every operation of `other`, after this batch's.
+    /// Appends every operation of `other`, after this batch's (the merge is deferrable only if both
+    /// were).
     pub fn extend(&mut self, other: WriteBatch) {
         self.ops.extend(other.ops);
+        self.deferrable &= other.deferrable;
+    }
+    /// Marks that nothing outside the runtime waits for this batch's durability (with `sync_writes`):
+    /// it is applied at once as always, but its fsync may wait until a write that needs one arrives
+    /// (which makes it durable too: the WAL is synced as a prefix) or `deferred_sync_delay` passes.
+    /// Its waiter is still answered only once it is durable.
+    pub fn defer_sync(&mut self) {
+        self.deferrable = true;
+    }
+    /// True when [`defer_sync`](Self::defer_sync) was called (and no batch merged in needs a sync).
+    pub fn is_deferrable(&self) -> bool {
+        self.deferrable
     }
     /// The operations, in order.
     pub fn ops(&self) -> &[Op] {
@@ -391,11 +410,12 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
         let applied = Arc::new(AtomicU64::new(0));
         let (db, applied_seen, stats) = (db.clone(), applied.clone(), stats.clone());
         let max_groups = config.queue_capacity.max(1);
+        let defer_limit = config.deferred_sync_delay;
         let join = std::thread::Builder::new()
             .name("restate-wal-sync".into())
             .spawn(move || {
                 let sync = || db.flush_wal(true).map_err(Error::from);
-                sync_wal(sync, rx, applied_seen, stats, max_groups)
+                sync_wal(sync, rx, applied_seen, stats, max_groups, defer_limit)
             })
             .map_err(spawn_error)?;
         Some(Syncer { tx, applied, join })
@@ -687,6 +707,8 @@ struct Syncer {
 struct Applied {
     seq: u64,
     replies: Vec<Reply<()>>,
+    /// No waiter needs it durable soon: its sync may be deferred.
+    deferrable: bool,
 }
 
 impl Worker {
@@ -748,7 +770,9 @@ impl Worker {
         // Operations per table and kind ([`OP_KINDS`]), added to the shared counters once per commit.
         let mut counts = [[0u64; OP_KINDS.len()]; Table::ALL.len()];
         let mut replies = Vec::with_capacity(writes.len());
+        let mut deferrable = true;
         for (request, reply) in writes {
+            deferrable &= request.deferrable;
             for op in request.ops {
                 let (table, kind) = match op {
                     Op::Put { table, key, value } => {
@@ -783,7 +807,12 @@ impl Worker {
                 let seq = syncer.applied.load(Ordering::Relaxed) + u64::from(ops > 0);
                 syncer.applied.store(seq, Ordering::Release);
                 // Blocks only when `queue_capacity` groups already wait for the sync (back-pressure).
-                if let Err(e) = syncer.tx.send(Applied { seq, replies }) {
+                let applied = Applied {
+                    seq,
+                    replies,
+                    deferrable,
+                };
+                if let Err(e) = syncer.tx.send(applied) {
                     for reply in e.into_inner().replies {
                         let _ = reply.send(Err(Error::Closed));
                     }
@@ -927,25 +956,57 @@ impl Worker {
 }
 
 /// The WAL sync thread: answers applied groups once an fsync of the WAL covers them. One sync serves
-/// every group applied before it starts, however many arrived while the previous one ran. After a
-/// failed sync every group is answered with its error (the processor then stops and recovers).
+/// every group applied before it starts, however many arrived while the previous one ran. A sync
+/// starts as soon as a group that is not deferrable waits; deferrable groups alone wait until one
+/// arrives, `max_groups` wait, or the oldest has waited `defer_limit`. After a failed sync every group
+/// is answered with its error (the processor then stops and recovers). When the storage thread
+/// closes the queue, what is still held is synced and answered.
 fn sync_wal(
     mut sync: impl FnMut() -> Result<(), Error>,
     rx: crossbeam_channel::Receiver<Applied>,
     applied: Arc<AtomicU64>,
     stats: Arc<Stats>,
     max_groups: usize,
+    defer_limit: Duration,
 ) {
     let mut durable = 0u64;
     // The first failed sync, for good: it may have lost the WAL's dirty pages (the kernel may drop
     // them and report the error once), so no later sync that succeeds makes the groups applied
     // after them durable; the WAL is replayed only up to its first hole.
     let mut failed: Option<Error> = None;
-    let mut groups = Vec::new();
-    while let Ok(first) = rx.recv() {
-        groups.push(first);
-        groups.extend(rx.try_iter().take(max_groups));
+    let mut groups: Vec<Applied> = Vec::new();
+    // When the oldest held group that is deferrable arrived (all held groups are deferrable then).
+    let mut deferred_since: Option<Instant> = None;
+    let mut open = true;
+    while open || !groups.is_empty() {
+        if open {
+            let next = match deferred_since {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(since) => rx.recv_timeout(defer_limit.saturating_sub(since.elapsed())),
+            };
+            match next {
+                Ok(group) => {
+                    groups.push(group);
+                    let room = max_groups.saturating_sub(groups.len());
+                    groups.extend(rx.try_iter().take(room));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
         let needed = groups.iter().map(|g| g.seq).max().unwrap_or(0);
+        let must_sync = !open
+            || defer_limit.is_zero()
+            || failed.is_some()
+            || needed <= durable
+            || groups.len() >= max_groups
+            || groups.iter().any(|g| !g.deferrable)
+            || deferred_since.is_some_and(|since| since.elapsed() >= defer_limit);
+        if !must_sync {
+            deferred_since.get_or_insert_with(Instant::now);
+            continue;
+        }
+        deferred_since = None;
         let result = if let Some(e) = &failed {
             Err(e.clone())
         } else if needed <= durable {
@@ -953,7 +1014,7 @@ fn sync_wal(
         } else {
             // Everything applied by now is in the WAL file: one sync makes all of it durable.
             let upto = applied.load(Ordering::Acquire);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = sync();
             stats.sync_seconds.observe_duration(started.elapsed());
             stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
@@ -982,6 +1043,7 @@ mod tests {
     mod wal_sync {
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::Arc;
+        use std::time::Duration;
 
         use futures::channel::oneshot;
 
@@ -989,12 +1051,120 @@ mod tests {
 
         /// One group applied as `seq`, and the receiver of its answer.
         fn group(seq: u64) -> (Applied, oneshot::Receiver<Result<(), Error>>) {
+            deferrable_group(seq, false)
+        }
+
+        fn deferrable_group(
+            seq: u64,
+            deferrable: bool,
+        ) -> (Applied, oneshot::Receiver<Result<(), Error>>) {
             let (tx, rx) = oneshot::channel();
             let applied = Applied {
                 seq,
                 replies: vec![tx],
+                deferrable,
             };
             (applied, rx)
+        }
+
+        /// Waits (bounded) for an answer.
+        fn wait(rx: &mut oneshot::Receiver<Result<(), Error>>) -> Result<(), Error> {
+            for _ in 0..500 {
+                if let Ok(Some(answer)) = rx.try_recv() {
+                    return answer;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("no answer within 5 s");
+        }
+
+        /// A sync thread over a fake sync that counts its calls; returns the queue, the applied
+        /// sequence, the sync count and the thread.
+        #[allow(clippy::type_complexity)]
+        fn start(
+            defer_limit: Duration,
+        ) -> (
+            crossbeam_channel::Sender<Applied>,
+            Arc<AtomicU64>,
+            Arc<AtomicU64>,
+            std::thread::JoinHandle<()>,
+        ) {
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let applied = Arc::new(AtomicU64::new(0));
+            let syncs = Arc::new(AtomicU64::new(0));
+            let counted = syncs.clone();
+            let sync = move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            };
+            let seen = applied.clone();
+            let join = std::thread::spawn(move || {
+                sync_wal(sync, rx, seen, Arc::new(Stats::default()), 16, defer_limit)
+            });
+            (tx, applied, syncs, join)
+        }
+
+        #[test]
+        fn deferrable_groups_wait_for_one_that_needs_a_sync_and_share_it() {
+            let (tx, applied, syncs, join) = start(Duration::from_secs(60));
+            let mut deferred = Vec::new();
+            for seq in 1..=3 {
+                let (group, answer) = deferrable_group(seq, true);
+                applied.store(seq, Ordering::Release);
+                tx.send(group).unwrap();
+                deferred.push(answer);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                syncs.load(Ordering::SeqCst),
+                0,
+                "a deferrable group alone was synced"
+            );
+            for answer in &mut deferred {
+                assert!(
+                    matches!(answer.try_recv(), Ok(None)),
+                    "a deferrable group was answered before any sync"
+                );
+            }
+            let (urgent, mut urgent_answer) = group(4);
+            applied.store(4, Ordering::Release);
+            tx.send(urgent).unwrap();
+            wait(&mut urgent_answer).unwrap();
+            for answer in &mut deferred {
+                wait(answer).unwrap();
+            }
+            assert_eq!(
+                syncs.load(Ordering::SeqCst),
+                1,
+                "one sync covers all four groups"
+            );
+            drop(tx);
+            join.join().unwrap();
+        }
+
+        #[test]
+        fn a_deferrable_group_is_synced_after_the_delay_or_when_the_queue_closes() {
+            let (tx, applied, syncs, join) = start(Duration::from_millis(30));
+            let (group, mut answer) = deferrable_group(1, true);
+            applied.store(1, Ordering::Release);
+            tx.send(group).unwrap();
+            wait(&mut answer).unwrap();
+            assert_eq!(syncs.load(Ordering::SeqCst), 1);
+            drop(tx);
+            join.join().unwrap();
+
+            let (tx, applied, syncs, join) = start(Duration::from_secs(60));
+            let (group, mut answer) = deferrable_group(1, true);
+            applied.store(1, Ordering::Release);
+            tx.send(group).unwrap();
+            drop(tx);
+            join.join().unwrap();
+            assert_eq!(
+                syncs.load(Ordering::SeqCst),
+                1,
+                "held groups are synced at close"
+            );
+            wait(&mut answer).unwrap();
         }
 
         #[test]
@@ -1017,7 +1187,14 @@ mod tests {
                 }
                 None => Ok(()),
             };
-            sync_wal(sync, rx, applied, Arc::new(Stats::default()), 4);
+            sync_wal(
+                sync,
+                rx,
+                applied,
+                Arc::new(Stats::default()),
+                4,
+                Duration::from_secs(60),
+            );
             let answer = |mut rx: oneshot::Receiver<Result<(), Error>>| {
                 rx.try_recv().ok().flatten().expect("answered")
             };
