@@ -252,6 +252,10 @@ pub struct Invoker {
     /// The instance's whole state is sent with Start when it is at most this many bytes; else none is
     /// sent and the state is marked partial (the SDK asks for each key).
     pub eager_state_size_limit: usize,
+    /// Memory per core, in bytes, for the complete state of recently run keyed instances whose state
+    /// fits `eager_state_size_limit`: their next attempt gets it without a storage read (kept in step
+    /// with every state write the core decides). 0 turns the cache off.
+    pub state_cache_bytes: usize,
     /// Largest protocol message accepted from an endpoint, in bytes.
     pub message_size_limit: usize,
     /// Attempts in flight on one core; more wait for a slot.
@@ -282,6 +286,7 @@ impl Default for Invoker {
             abort_timeout: Duration::from_secs(60),
             slot_wait_warn_after: Duration::from_secs(10),
             eager_state_size_limit: 64 * 1024,
+            state_cache_bytes: 16 << 20,
             message_size_limit: 32 << 20,
             concurrency_limit: 1000,
             http2_keep_alive_interval: Duration::from_secs(40),

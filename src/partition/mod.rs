@@ -65,6 +65,7 @@ pub mod outbound;
 pub mod processor;
 pub mod router;
 pub mod rows;
+mod state_cache;
 pub mod state_machine;
 mod tally;
 

@@ -34,6 +34,7 @@ use prost::Message;
 use super::outbound::{self, Outbound};
 use super::router::{Inbox, Router};
 use super::rows::{self, Entry, Idempotent, InboxEntry, Timer};
+use super::state_cache::StateCache;
 use super::state_machine::{
     self, entries, AckId, Action, CallerId, Clock, Effect, Effects, Env, Limits, Reply, Resolve,
     Resolved, State, TimerKey,
@@ -93,6 +94,12 @@ impl Clock for SystemClock {
     }
 }
 
+/// Rows an eager state read asks for: reading a bounded number tells whether the state fits
+/// `limit` bytes (every row holds at least a few bytes of key and value).
+fn eager_state_max_rows(limit: usize) -> usize {
+    limit / 16 + 2
+}
+
 /// Call targets from the core's view of the registered services.
 struct SchemaResolver(LocalSchemas);
 
@@ -145,6 +152,8 @@ struct Inner {
     limits: Limits,
     config: Arc<Config>,
     state: RefCell<State>,
+    /// Complete states of recently run keyed instances (`worker.invoker.state_cache_bytes`).
+    state_cache: RefCell<StateCache>,
     /// Channels of the callers and senders the state machine knows by id.
     channels: RefCell<Channels>,
     /// Outbox messages not yet acknowledged, in sequence order.
@@ -222,6 +231,11 @@ impl Processor {
                 resolver: SchemaResolver(schemas),
                 limits,
                 state: RefCell::new(State::new(config.worker.inbox.clone())),
+                state_cache: RefCell::new(StateCache::new(
+                    config.worker.invoker.state_cache_bytes,
+                    config.worker.invoker.eager_state_size_limit,
+                    eager_state_max_rows(config.worker.invoker.eager_state_size_limit),
+                )),
                 config,
                 channels: RefCell::default(),
                 outbound: RefCell::default(),
@@ -402,6 +416,7 @@ impl Processor {
         } else {
             let mut batch = WriteBatch::new();
             effects::to_batch(&writes, &mut batch);
+            self.cache_state_writes(&writes);
             let invisible = !visible
                 && reply.is_none()
                 && actions.iter().all(|a| matches!(a, Action::Attach { .. }));
@@ -427,6 +442,20 @@ impl Processor {
             match queued {
                 Some(answered) => answered.await.ok().flatten(),
                 None => immediate,
+            }
+        }
+    }
+
+    /// Keeps the state cache in step with the state writes of a batch being submitted now.
+    fn cache_state_writes(&self, writes: &[state_machine::Effect]) {
+        let mut cache = self.inner.state_cache.borrow_mut();
+        for write in writes {
+            match write {
+                state_machine::Effect::PutState(_, service, key, value) => {
+                    cache.put(service, key, value)
+                }
+                state_machine::Effect::DeleteState(_, service, key) => cache.delete(service, key),
+                _ => {}
             }
         }
     }
@@ -777,14 +806,25 @@ impl Processor {
         service: &super::ServiceId,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), crate::storage::Error> {
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
+        // A cached state is complete and within both bounds below: it is not partial.
+        if let Some(state) = self.inner.state_cache.borrow().get(service) {
+            return Ok((state, false));
+        }
         let prefix = keys::state_prefix(partition, service);
         // Reading a bounded number of rows tells whether the state fits.
-        let max_rows = limit / 16 + 2;
-        let rows = self
+        let max_rows = eager_state_max_rows(limit);
+        let read = self
             .inner
             .storage
-            .scan_prefix(Table::State, prefix.clone(), max_rows)
-            .await?;
+            .scan_prefix(Table::State, prefix.clone(), max_rows);
+        self.inner.state_cache.borrow_mut().begin_read(service);
+        let rows = match read.await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.inner.state_cache.borrow_mut().end_read(service, None);
+                return Err(e);
+            }
+        };
         let mut size = 0usize;
         let mut state = Vec::with_capacity(rows.len());
         let mut partial = rows.len() == max_rows;
@@ -802,6 +842,11 @@ impl Processor {
         if partial {
             state.clear();
         }
+        let complete = (!partial).then(|| state.clone());
+        self.inner
+            .state_cache
+            .borrow_mut()
+            .end_read(service, complete);
         Ok((state, partial))
     }
 
