@@ -195,6 +195,12 @@ pub struct Core {
     pub backing_off: Counter,
     /// How long invoker attempts lasted, from holding a slot to their end (done, suspended, failed).
     pub attempt_seconds: Histogram,
+    /// Attempts of keyed instances whose eager state came from the state cache.
+    pub state_cache_hits: Counter,
+    /// Attempts of keyed instances whose eager state was read from storage.
+    pub state_cache_misses: Counter,
+    /// Bytes the state cache holds (a gauge).
+    pub state_cache_bytes: Counter,
 }
 
 impl Default for Core {
@@ -204,6 +210,9 @@ impl Default for Core {
             journal_entries: Counter::default(),
             backing_off: Counter::default(),
             attempt_seconds: Histogram::new(ATTEMPT_SECONDS),
+            state_cache_hits: Counter::default(),
+            state_cache_misses: Counter::default(),
+            state_cache_bytes: Counter::default(),
         }
     }
 }
@@ -290,6 +299,29 @@ impl Cores {
             "restate_invocations_backing_off {}",
             sum(|c| &c.backing_off)
         );
+        for (name, kind, help, counter) in [
+            (
+                "restate_state_cache_hits_total",
+                "counter",
+                "Attempts of keyed instances whose eager state came from the state cache.",
+                (|c| &c.state_cache_hits) as fn(&Core) -> &Counter,
+            ),
+            (
+                "restate_state_cache_misses_total",
+                "counter",
+                "Attempts of keyed instances whose eager state was read from storage.",
+                |c| &c.state_cache_misses,
+            ),
+            (
+                "restate_state_cache_bytes",
+                "gauge",
+                "Bytes held by the state caches of all cores (worker.invoker.state_cache_bytes each).",
+                |c| &c.state_cache_bytes,
+            ),
+        ] {
+            header(text, name, kind, help);
+            let _ = writeln!(text, "{name} {}", sum(counter));
+        }
         let name = "restate_invoker_attempt_duration_seconds";
         header(
             text,
@@ -396,6 +428,23 @@ pub fn invocation_retried(service: &str) {
 /// A journal entry sent by an endpoint was appended durably.
 pub fn journal_entry_appended() {
     with_core(|c| c.journal_entries.add(1));
+}
+
+/// An attempt's eager state came from the state cache (`hit`) or from storage.
+pub fn state_cache_lookup(hit: bool, cached_bytes: usize) {
+    with_core(|c| {
+        if hit {
+            c.state_cache_hits.add(1)
+        } else {
+            c.state_cache_misses.add(1)
+        }
+        c.state_cache_bytes.set(cached_bytes as u64);
+    });
+}
+
+/// The state cache now holds `bytes`.
+pub fn state_cache_resized(bytes: usize) {
+    with_core(|c| c.state_cache_bytes.set(bytes as u64));
 }
 
 /// An invoker attempt that held a slot for `duration` ended.

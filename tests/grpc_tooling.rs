@@ -630,6 +630,40 @@ fn invocation_counters_move_with_completed_retried_and_failed_invocations() {
 }
 
 #[test]
+fn a_keys_next_invocations_take_its_state_from_the_cache_unless_it_is_off() {
+    for (cache_bytes, hits, misses) in [("16777216", 2.0, 1.0), ("0", 0.0, 3.0)] {
+        let endpoint = Endpoint::start("ok", &[]);
+        let server = Server::start(&[("RESTATE_WORKER__INVOKER__STATE_CACHE_BYTES", cache_bytes)]);
+        register(&server, &endpoint.uri());
+        let before = parsed_metrics(&server);
+        for total in 1..=3 {
+            let (status, body) = connect_json(
+                &server,
+                "/restate.test.Counter/Add",
+                r#"{"key":"hot","delta":"1"}"#,
+            );
+            assert_eq!(status, 200, "{body}");
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                value["value"],
+                total.to_string(),
+                "cache {cache_bytes}: {body}"
+            );
+        }
+        let after = parsed_metrics(&server);
+        let hit = delta(&before, &after, "restate_state_cache_hits_total{}");
+        let missed = delta(&before, &after, "restate_state_cache_misses_total{}");
+        assert_eq!((hit, missed), (hits, misses), "cache {cache_bytes}");
+        let bytes = after["restate_state_cache_bytes{}"];
+        assert_eq!(
+            bytes > 0.0,
+            cache_bytes != "0",
+            "cache {cache_bytes}: {bytes} bytes"
+        );
+    }
+}
+
+#[test]
 fn timers_pending_counts_durable_sleeps_also_after_a_restart() {
     let sdk = SdkEndpoint::start();
     let mut server = Server::start(&[]);

@@ -449,14 +449,19 @@ impl Processor {
     /// Keeps the state cache in step with the state writes of a batch being submitted now.
     fn cache_state_writes(&self, writes: &[state_machine::Effect]) {
         let mut cache = self.inner.state_cache.borrow_mut();
+        let mut changed = false;
         for write in writes {
             match write {
                 state_machine::Effect::PutState(_, service, key, value) => {
                     cache.put(service, key, value)
                 }
                 state_machine::Effect::DeleteState(_, service, key) => cache.delete(service, key),
-                _ => {}
+                _ => continue,
             }
+            changed = true;
+        }
+        if changed {
+            crate::metrics::state_cache_resized(cache.bytes());
         }
     }
 
@@ -807,8 +812,13 @@ impl Processor {
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), crate::storage::Error> {
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
         // A cached state is complete and within both bounds below: it is not partial.
-        if let Some(state) = self.inner.state_cache.borrow().get(service) {
-            return Ok((state, false));
+        {
+            let cache = self.inner.state_cache.borrow();
+            let cached = cache.get(service);
+            crate::metrics::state_cache_lookup(cached.is_some(), cache.bytes());
+            if let Some(state) = cached {
+                return Ok((state, false));
+            }
         }
         let prefix = keys::state_prefix(partition, service);
         // Reading a bounded number of rows tells whether the state fits.
@@ -843,10 +853,10 @@ impl Processor {
             state.clear();
         }
         let complete = (!partial).then(|| state.clone());
-        self.inner
-            .state_cache
-            .borrow_mut()
-            .end_read(service, complete);
+        let mut cache = self.inner.state_cache.borrow_mut();
+        cache.end_read(service, complete);
+        crate::metrics::state_cache_resized(cache.bytes());
+        drop(cache);
         Ok((state, partial))
     }
 

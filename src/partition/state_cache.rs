@@ -151,7 +151,6 @@ impl StateCache {
     }
 
     /// Bytes cached now.
-    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
