@@ -56,6 +56,17 @@
 //!    connection fail, or whose sender re-delivers it), and a key's successor that had started on a
 //!    lost end restarts after its predecessor re-runs, both from durable rows. No visible effect was
 //!    built on a lost write, because by rule 2 nothing visible was produced from one.
+//!
+//! Two shortcuts of the shell lean on the same rules and change nothing above. **Deferred syncs**:
+//! a batch whose transition has nothing visible waiting for it (a fresh start, whose actions only
+//! attach its callers; an entry with no completion to send) is marked so, and the WAL sync thread
+//! does not fsync for it alone; the next batch that needs an fsync makes it durable too (rule 1), or
+//! `deferred_sync_delay` bounds its wait. Its actions still run only once it is durable (rule 2).
+//! **The state cache** (`state_cache`): the complete state of recently run keyed instances, updated
+//! with each state write as the write is submitted. Since a read sees exactly the writes submitted
+//! before it, the cached state of an instance is what a read submitted at that moment would return,
+//! applied but possibly not durable, like that read; a read's result is cached only if no write to
+//! its instance was submitted while it was in flight.
 
 pub mod command;
 pub mod effects;
