@@ -254,7 +254,8 @@ pub struct Invoker {
     pub eager_state_size_limit: usize,
     /// Memory per core, in bytes, for the complete state of recently run keyed instances whose state
     /// fits `eager_state_size_limit`: their next attempt gets it without a storage read (kept in step
-    /// with every state write the core decides). 0 turns the cache off.
+    /// with every state write the core decides). Counts state keys and values and each instance's
+    /// key. 0 turns the cache off.
     pub state_cache_bytes: usize,
     /// Largest protocol message accepted from an endpoint, in bytes.
     pub message_size_limit: usize,

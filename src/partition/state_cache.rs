@@ -9,8 +9,10 @@
 //! write). Only a **complete** state within the eager limit is cached; one that grows past it is
 //! dropped (the next attempt reads storage, which reports it partial).
 //!
-//! Bounded: at most `limit` bytes (keys, values and a fixed overhead per row and per instance);
-//! the oldest inserted instances are evicted first.
+//! Bounded: at most `limit` bytes (state keys and values, each instance's id, which is as large as
+//! a request allows, and a fixed overhead per row and per instance); the oldest inserted instances
+//! are evicted first. An instance's id stays counted while its place in the eviction order is held,
+//! also after its state was dropped, since that place keeps the id alive.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -38,9 +40,16 @@ pub struct StateCache {
     order: VecDeque<(ServiceId, u64)>,
     next_stamp: u64,
     bytes: usize,
-    /// Instances with a state read in flight: `true` once a write to it was submitted meanwhile (or
-    /// a second read started), so that the read's result must not be cached.
-    reading: HashMap<ServiceId, bool>,
+    /// Instances with state reads in flight: how many, and whether a write to the instance was
+    /// submitted (or reads overlapped) since the first of them began, in which case no read's result
+    /// is cached until all of them ended.
+    reading: HashMap<ServiceId, Reading>,
+}
+
+#[derive(Default)]
+struct Reading {
+    in_flight: usize,
+    dirty: bool,
 }
 
 struct Cached {
@@ -51,9 +60,16 @@ struct Cached {
 }
 
 impl Cached {
+    /// Bytes of the state (the instance's id aside: see [`id_cost`]).
     fn cost(&self) -> usize {
-        INSTANCE_OVERHEAD + self.state_bytes + self.rows.len() * ROW_OVERHEAD
+        self.state_bytes + self.rows.len() * ROW_OVERHEAD
     }
+}
+
+/// Bytes counted for an instance's place in the cache: its id (the service name is held twice, in
+/// the map and in the eviction order; the key's buffer is shared) and a fixed overhead.
+fn id_cost(service: &ServiceId) -> usize {
+    INSTANCE_OVERHEAD + 2 * service.service.len() + service.key.len()
 }
 
 impl StateCache {
@@ -89,18 +105,23 @@ impl StateCache {
         if self.limit == 0 {
             return;
         }
-        self.reading
-            .entry(service.clone())
-            .and_modify(|dirty| *dirty = true)
-            .or_insert(false);
+        let reading = self.reading.entry(service.clone()).or_default();
+        reading.in_flight += 1;
+        reading.dirty |= reading.in_flight > 1;
     }
 
-    /// The read of `service` begun last ended; `complete` is its whole state when the read got all
-    /// of it (None: partial, or failed). Cached unless a write to it was submitted meanwhile.
+    /// A read of `service` ended; `complete` is its whole state when the read got all of it (None:
+    /// partial, or failed). Cached unless a write to it was submitted, or reads of it overlapped,
+    /// while it was in flight.
     pub fn end_read(&mut self, service: &ServiceId, complete: Option<Vec<(Bytes, Bytes)>>) {
-        let Some(dirty) = self.reading.remove(service) else {
+        let Some(reading) = self.reading.get_mut(service) else {
             return;
         };
+        reading.in_flight -= 1;
+        let dirty = reading.dirty;
+        if reading.in_flight == 0 {
+            self.reading.remove(service);
+        }
         let Some(rows) = complete.filter(|_| !dirty) else {
             return;
         };
@@ -113,12 +134,12 @@ impl StateCache {
             state_bytes,
             stamp: self.next_stamp,
         };
-        if !self.fits(&cached) {
+        if !self.fits(service, &cached) {
             return;
         }
         self.next_stamp += 1;
         self.order.push_back((service.clone(), cached.stamp));
-        self.bytes += cached.cost();
+        self.bytes += id_cost(service) + cached.cost();
         self.entries.insert(service.clone(), cached);
         self.evict();
     }
@@ -156,15 +177,15 @@ impl StateCache {
     }
 
     fn written(&mut self, service: &ServiceId) {
-        if let Some(dirty) = self.reading.get_mut(service) {
-            *dirty = true;
+        if let Some(reading) = self.reading.get_mut(service) {
+            reading.dirty = true;
         }
     }
 
-    fn fits(&self, cached: &Cached) -> bool {
+    fn fits(&self, service: &ServiceId, cached: &Cached) -> bool {
         cached.state_bytes <= self.max_state_bytes
             && cached.rows.len() < self.max_rows
-            && cached.cost() <= self.limit
+            && id_cost(service) + cached.cost() <= self.limit
     }
 
     /// Accounts for `service`'s entry having changed from `before` bytes; drops it when it no longer
@@ -174,7 +195,8 @@ impl StateCache {
             return;
         };
         self.bytes = self.bytes - before + cached.cost();
-        if !self.fits(cached) {
+        if !self.fits(service, cached) {
+            // Its place in the order (and the id's cost) goes when evicted or compacted away.
             let cached = self.entries.remove(service).expect("present");
             self.bytes -= cached.cost();
         }
@@ -187,6 +209,7 @@ impl StateCache {
             let Some((service, stamp)) = self.order.pop_front() else {
                 break;
             };
+            self.bytes -= id_cost(&service);
             if self.entries.get(&service).is_some_and(|c| c.stamp == stamp) {
                 let cached = self.entries.remove(&service).expect("present");
                 self.bytes -= cached.cost();
@@ -194,9 +217,14 @@ impl StateCache {
         }
         // Stale pairs must not pile up while nothing is evicted.
         if self.order.len() > 2 * self.entries.len() + 16 {
-            let entries = &self.entries;
-            self.order
-                .retain(|(service, stamp)| entries.get(service).is_some_and(|c| c.stamp == *stamp));
+            let (entries, bytes) = (&self.entries, &mut self.bytes);
+            self.order.retain(|(service, stamp)| {
+                let live = entries.get(service).is_some_and(|c| c.stamp == *stamp);
+                if !live {
+                    *bytes -= id_cost(service);
+                }
+                live
+            });
         }
     }
 }
@@ -238,7 +266,7 @@ mod tests {
         assert_eq!(cache.get(&bob), Some(vec![row("a", "11"), row("b", "2")]));
         assert_eq!(
             cache.bytes(),
-            INSTANCE_OVERHEAD + 2 * ROW_OVERHEAD + ("a11".len() + "b2".len())
+            id_cost(&bob) + 2 * ROW_OVERHEAD + ("a11".len() + "b2".len())
         );
         // Writes to an instance that is not cached do not cache it.
         let (k, v) = row("x", "y");
@@ -297,10 +325,11 @@ mod tests {
         let (k, v) = row("b", "12345678");
         cache.put(&bob, &k, &v);
         assert_eq!(cache.get(&bob), None, "a state grown past the limit stayed");
-        assert_eq!(cache.bytes(), 0);
+        // Only its place in the eviction order is left, until evicted or compacted away.
+        assert_eq!(cache.bytes(), id_cost(&bob));
 
         // Room for two one-row instances: the oldest goes first.
-        let one = INSTANCE_OVERHEAD + ROW_OVERHEAD + 2;
+        let one = id_cost(&instance("k1")) + ROW_OVERHEAD + 2;
         let mut cache = StateCache::new(2 * one, 1 << 16, 100);
         for key in ["k1", "k2", "k3"] {
             read(&mut cache, &instance(key), vec![row("a", "1")]);
@@ -319,5 +348,59 @@ mod tests {
         let mut off = StateCache::new(0, 1 << 16, 100);
         read(&mut off, &bob, vec![row("a", "1")]);
         assert_eq!(off.get(&bob), None);
+    }
+
+    #[test]
+    fn a_read_that_overlapped_a_write_is_not_cached_even_when_a_later_read_began_after_the_write() {
+        let mut cache = StateCache::new(1 << 20, 1 << 16, 100);
+        let bob = instance("bob");
+        cache.begin_read(&bob); // first
+        cache.begin_read(&bob); // second, submitted before the write
+        cache.end_read(&bob, Some(vec![row("a", "1")]));
+        let (a, two) = row("a", "2");
+        cache.put(&bob, &a, &two);
+        cache.begin_read(&bob); // third, submitted after the write
+        cache.end_read(&bob, Some(vec![row("a", "1")])); // the second: it missed the write
+        assert_eq!(
+            cache.get(&bob),
+            None,
+            "a read that missed a write was cached"
+        );
+        cache.end_read(&bob, Some(vec![row("a", "2")]));
+        assert!(cache.reading.is_empty());
+    }
+
+    #[test]
+    fn instance_keys_count_against_the_bound() {
+        // An instance key is as large as a request allows (megabytes), and every cached instance
+        // keeps its own: their memory is part of the bound.
+        let limit = 64 * 1024;
+        let mut cache = StateCache::new(limit, 1 << 16, 100);
+        let big = "k".repeat(16 * 1024);
+        for i in 0..64 {
+            let service = instance(&format!("{i}{big}"));
+            read(&mut cache, &service, vec![row("a", "1")]);
+            let (k, v) = row("b", "2");
+            cache.put(&service, &k, &v);
+        }
+        // Every distinct key buffer the cache still holds (entries and the eviction order).
+        let mut held = HashMap::new();
+        for service in cache
+            .entries
+            .keys()
+            .chain(cache.order.iter().map(|(s, _)| s))
+        {
+            held.insert(
+                service.key.as_ptr(),
+                service.key.len() + service.service.len(),
+            );
+        }
+        let held: usize = held.values().sum();
+        assert!(
+            held <= limit,
+            "{held} bytes of instance keys held past a {limit}-byte cache"
+        );
+        assert!(cache.bytes() <= limit);
+        assert!(!cache.entries.is_empty());
     }
 }
