@@ -34,6 +34,7 @@ fn the_real_sdk_registers_routers_and_grpc_services() {
             "example.Echo",
             "example.Greeter",
             "greeter",
+            "kv",
             "mailbox",
             "resolver",
             "sleeper",

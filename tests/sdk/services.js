@@ -12,6 +12,10 @@
 //   caller           unkeyed router  callMissing() calls a service that does not exist
 //   bank             unkeyed router  transfer({from, to, amount}) calls counter.add(from, -amount), then
 //                                    counter.add(to, amount): two calls it waits on, for liveness tests
+//   kv               keyed router    apply(key, {ops, failOnce}) returns the values of state "a", "b",
+//                                    "c" it found, then sets ({name, value}) or clears ({name, value:
+//                                    null}) each op's name; the first attempt with a given failOnce
+//                                    throws after the writes (the retry replays them)
 // The gRPC code under ./generated is produced by ./generate.sh and committed; tests never run it.
 // Prints "listening on <port>" once the socket is bound.
 "use strict";
@@ -129,6 +133,25 @@ const bank = restate.router({
   },
 });
 
+// failOnce values whose first attempt already threw (this process's memory: attempts only).
+const failedOnce = new Set();
+
+const kv = restate.keyedRouter({
+  apply: async (ctx, key, { ops, failOnce }) => {
+    const found = {};
+    for (const name of ["a", "b", "c"]) found[name] = (await ctx.get(name)) ?? null;
+    for (const { name, value } of ops) {
+      if (value === null) ctx.clear(name);
+      else ctx.set(name, value);
+    }
+    if (failOnce && !failedOnce.has(failOnce)) {
+      failedOnce.add(failOnce);
+      throw new Error(`injected failure after the writes (${failOnce})`);
+    }
+    return found;
+  },
+});
+
 // example.Greeter (keyed by GreetRequest.name / CountRequest.name).
 class GreeterImpl {
   async greet(request) {
@@ -163,6 +186,7 @@ restate
   .bindRouter("effects", effects)
   .bindRouter("caller", caller)
   .bindRouter("bank", bank)
+  .bindKeyedRouter("kv", kv)
   .bindService({ descriptor: example.protoMetadata, service: "Greeter", instance: new GreeterImpl() })
   .bindService({ descriptor: example.protoMetadata, service: "Echo", instance: new EchoImpl() })
   .listen(PORT);
