@@ -334,3 +334,34 @@ fn flow_sleeps_on_a_durable_timer_and_calls_echo_on_streams_and_across_suspensio
         assert_eq!(endpoint_stats(&endpoint).0, attempts, "{mode:?}");
     }
 }
+
+/// An attempt that has `max_pending_appends` entries not yet durable waits for the oldest before it
+/// reads on. Entries with no completion defer their fsync (`deferred_sync_delay`) because nothing
+/// outside waits on them, but this wait is the attempt's own: it must not last the delay. Counter/Add
+/// on a fresh key appends GetState (answered from the complete eager state: no completion) and then
+/// SetState, which with one pending append allowed waits for the GetState to be durable.
+#[test]
+fn an_attempt_bounded_by_its_pending_appends_does_not_wait_for_a_deferred_sync() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_WORKER__STORAGE_ROCKSDB__SYNC_WRITES", "true"),
+        (
+            "RESTATE_WORKER__STORAGE_ROCKSDB__DEFERRED_SYNC_DELAY",
+            "20s",
+        ),
+        ("RESTATE_WORKER__INVOKER__MAX_PENDING_APPENDS", "1"),
+    ]));
+    register(&server, &endpoint.uri());
+    for (key, total) in [("p1", 1), ("p2", 1), ("p1", 2)] {
+        let started = Instant::now();
+        assert_eq!(
+            add(&server, key, 1),
+            (200, json!({ "value": total.to_string() }))
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "the call took {took:?}: its attempt waited for the deferred sync"
+        );
+    }
+}

@@ -844,6 +844,9 @@ impl Attempt<'_> {
                 break;
             };
             if full {
+                // The oldest may have deferred its fsync (no completion to send): this wait is one
+                // the deferral must not apply to.
+                drop(self.processor.sync_now());
                 let _ = oldest.await;
             } else if !matches!(oldest.try_recv(), Ok(Some(())) | Err(_)) {
                 break;

@@ -906,6 +906,18 @@ impl Processor {
         result.map(|_| durable_rx)
     }
 
+    /// Submits a barrier now (an empty batch that is not deferrable): every write submitted before
+    /// it is fsynced without waiting for `deferred_sync_delay`, whether or not the returned future is
+    /// polled. For a caller about to wait for one of those writes (an attempt bounded by its pending
+    /// appends), which is a wait the deferral assumed nobody has.
+    pub fn sync_now(&self) -> impl Future<Output = ()> {
+        let barrier = self.inner.storage.write(WriteBatch::new());
+        async move {
+            // A failed write is fatal where its transition's actions run.
+            let _ = barrier.await;
+        }
+    }
+
     /// Passes a durable completion to `id`'s running attempt, if it has one.
     fn forward(&self, id: InvocationId, completion: CompletionMessage) {
         let channels = self.inner.channels.borrow();
