@@ -63,10 +63,11 @@
 //! does not fsync for it alone; the next batch that needs an fsync makes it durable too (rule 1), or
 //! `deferred_sync_delay` bounds its wait. Its actions still run only once it is durable (rule 2).
 //! **The state cache** (`state_cache`): the complete state of recently run keyed instances, updated
-//! with each state write as the write is submitted. Since a read sees exactly the writes submitted
-//! before it, the cached state of an instance is what a read submitted at that moment would return,
-//! applied but possibly not durable, like that read; a read's result is cached only if no write to
-//! its instance was submitted while it was in flight.
+//! with each state write as the write is submitted. Since a read sees every write submitted before
+//! it (and maybe later ones the storage thread drained with it), the cached state of an instance is
+//! what a read submitted at that moment would return while no write to the instance follows, applied
+//! but possibly not durable, like that read; a read's result is cached only if no write to its
+//! instance was submitted while it was in flight.
 
 pub mod command;
 pub mod effects;

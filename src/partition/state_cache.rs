@@ -3,10 +3,11 @@
 //! wait between two invocations of a hot key).
 //!
 //! Coherence: the processor applies every state write to the cache when it submits the write, in
-//! decision order, and a storage read sees exactly the writes submitted before it. So a cached
-//! entry always equals what a read submitted at the same moment would return. A read's result is
-//! cached only if no write to its instance was submitted while it was in flight (it would miss that
-//! write). Only a **complete** state within the eager limit is cached; one that grows past it is
+//! decision order, and a storage read sees every write submitted before it (and may see some
+//! submitted after it: the storage thread applies all the writes it drained before serving the reads
+//! drained with them). So a cached entry always equals what a read submitted at the same moment would
+//! return while no write to its instance follows. A read's result is cached only if no write to its
+//! instance was submitted while it was in flight (it may or may not have seen that write). Only a **complete** state within the eager limit is cached; one that grows past it is
 //! dropped (the next attempt reads storage, which reports it partial).
 //!
 //! Bounded: at most `limit` bytes (state keys and values, each instance's id, which is as large as

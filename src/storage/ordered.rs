@@ -113,7 +113,9 @@ impl Ordered {
 /// Hands the queue to the storage thread in order. Writes queued back to back (decided in the same
 /// turn of the core, or while the pump waited for room) go as one request: one batch in their order,
 /// each waiter answered when it is durable. A read between two writes keeps them apart, so it sees
-/// exactly the writes submitted before it (applied, not necessarily durable yet).
+/// every write submitted before it (applied, not necessarily durable yet); it may also see writes
+/// submitted after it, since the storage thread applies all the writes it drained at once before it
+/// serves the reads drained with them.
 async fn pump(storage: Storage, mut rx: mpsc::UnboundedReceiver<Queued>, max_merged: usize) {
     let mut next = rx.next().await;
     while let Some(queued) = next.take() {
