@@ -94,6 +94,22 @@ impl Clock for SystemClock {
     }
 }
 
+/// A state read the cache knows is in flight; ends it uncached unless `ended` (see
+/// [`StateCache::end_read`]).
+struct PendingRead<'a> {
+    cache: &'a RefCell<StateCache>,
+    service: &'a super::ServiceId,
+    ended: bool,
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cache.borrow_mut().end_read(self.service, None);
+        }
+    }
+}
+
 /// Rows an eager state read asks for: reading a bounded number tells whether the state fits
 /// `limit` bytes (every row holds at least a few bytes of key and value).
 fn eager_state_max_rows(limit: usize) -> usize {
@@ -828,13 +844,13 @@ impl Processor {
             .storage
             .scan_prefix(Table::State, prefix.clone(), max_rows);
         self.inner.state_cache.borrow_mut().begin_read(service);
-        let rows = match read.await {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.inner.state_cache.borrow_mut().end_read(service, None);
-                return Err(e);
-            }
+        // Failed, or dropped (the core stops): the read ends uncached all the same.
+        let mut pending = PendingRead {
+            cache: &self.inner.state_cache,
+            service,
+            ended: false,
         };
+        let rows = read.await?;
         let mut size = 0usize;
         let mut state = Vec::with_capacity(rows.len());
         let mut partial = rows.len() == max_rows;
@@ -853,6 +869,7 @@ impl Processor {
             state.clear();
         }
         let complete = (!partial).then(|| state.clone());
+        pending.ended = true;
         let mut cache = self.inner.state_cache.borrow_mut();
         cache.end_read(service, complete);
         crate::metrics::state_cache_resized(cache.bytes());
