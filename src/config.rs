@@ -509,7 +509,8 @@ pub struct StorageRocksdb {
     /// invocation's start, a journal entry with no completion to send) may stay applied but not yet
     /// fsynced while no other write needs a sync. A write that does need one (an answer, a
     /// completion, a shipped message) syncs at once and makes every earlier write durable with it;
-    /// this bounds the wait when none comes. Zero: every write is fsynced as soon as possible.
+    /// this bounds the wait when none comes. Zero: every write is fsynced as soon as possible. At most
+    /// 60 s.
     #[serde(with = "humantime_serde")]
     pub deferred_sync_delay: Duration,
 }
@@ -734,6 +735,14 @@ impl Config {
             return Err(Error::Invalid {
                 key: "worker.storage_rocksdb.short_lived_write_buffer_size".to_owned(),
                 message: "must be at least 65536".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.deferred_sync_delay > Duration::from_secs(60) {
+            // Whatever waits for a deferred write without asking for a sync waits up to this long:
+            // longer is a typo, not a setting.
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.deferred_sync_delay".to_owned(),
+                message: "must be at most 60s".to_owned(),
             });
         }
         if self.worker.ingress_grpc.max_request_timeout.is_zero() {

@@ -86,7 +86,7 @@ fn defaults_then_file_then_env() {
 fn errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     type Env<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(&str, Env, &str); 7] = [
+    let cases: [(&str, Env, &str); 8] = [
         ("[worker]\nnope = 1\n", &[], "worker.nope"),
         (
             "[worker]\npartitions = \"many\"\n",
@@ -117,6 +117,11 @@ fn errors_name_the_key() {
             "[worker.storage_rocksdb]\nshort_lived_write_buffer_size = 1024\n",
             &[],
             "worker.storage_rocksdb.short_lived_write_buffer_size",
+        ),
+        (
+            "[worker.storage_rocksdb]\ndeferred_sync_delay = \"2m\"\n",
+            &[],
+            "worker.storage_rocksdb.deferred_sync_delay",
         ),
     ];
     for (file_text, env, key) in cases {

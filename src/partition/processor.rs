@@ -766,7 +766,8 @@ impl Processor {
             }
         };
         let (state, partial_state) = if read_state {
-            self.read_state(plan.partition, &plan.service).await?
+            self.read_state(plan.partition, &plan.service, plan.keyed)
+                .await?
         } else {
             (Vec::new(), false)
         };
@@ -821,14 +822,17 @@ impl Processor {
     }
 
     /// Reads an instance's state when it fits `eager_state_size_limit`; otherwise none, partial.
+    /// Only a keyed instance's state is cached (an unkeyed invocation's instance is its own: no other
+    /// invocation reads its state again).
     async fn read_state(
         &self,
         partition: PartitionId,
         service: &super::ServiceId,
+        keyed: bool,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), crate::storage::Error> {
         let limit = self.inner.config.worker.invoker.eager_state_size_limit;
         // A cached state is complete and within both bounds below: it is not partial.
-        {
+        if keyed {
             let cache = self.inner.state_cache.borrow();
             let cached = cache.get(service);
             crate::metrics::state_cache_lookup(cached.is_some(), cache.bytes());
@@ -843,13 +847,15 @@ impl Processor {
             .inner
             .storage
             .scan_prefix(Table::State, prefix.clone(), max_rows);
-        self.inner.state_cache.borrow_mut().begin_read(service);
         // Failed, or dropped (the core stops): the read ends uncached all the same.
-        let mut pending = PendingRead {
-            cache: &self.inner.state_cache,
-            service,
-            ended: false,
-        };
+        let mut pending = keyed.then(|| {
+            self.inner.state_cache.borrow_mut().begin_read(service);
+            PendingRead {
+                cache: &self.inner.state_cache,
+                service,
+                ended: false,
+            }
+        });
         let rows = read.await?;
         let mut size = 0usize;
         let mut state = Vec::with_capacity(rows.len());
@@ -868,12 +874,13 @@ impl Processor {
         if partial {
             state.clear();
         }
-        let complete = (!partial).then(|| state.clone());
-        pending.ended = true;
-        let mut cache = self.inner.state_cache.borrow_mut();
-        cache.end_read(service, complete);
-        crate::metrics::state_cache_resized(cache.bytes());
-        drop(cache);
+        if let Some(pending) = pending.as_mut() {
+            pending.ended = true;
+            let complete = (!partial).then(|| state.clone());
+            let mut cache = self.inner.state_cache.borrow_mut();
+            cache.end_read(service, complete);
+            crate::metrics::state_cache_resized(cache.bytes());
+        }
         Ok((state, partial))
     }
 
