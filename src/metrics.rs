@@ -431,14 +431,13 @@ pub fn journal_entry_appended() {
 }
 
 /// An attempt's eager state came from the state cache (`hit`) or from storage.
-pub fn state_cache_lookup(hit: bool, cached_bytes: usize) {
+pub fn state_cache_lookup(hit: bool) {
     with_core(|c| {
         if hit {
             c.state_cache_hits.add(1)
         } else {
             c.state_cache_misses.add(1)
         }
-        c.state_cache_bytes.set(cached_bytes as u64);
     });
 }
 

@@ -469,9 +469,11 @@ impl Processor {
         for write in writes {
             match write {
                 state_machine::Effect::PutState(_, service, key, value) => {
-                    cache.put(service, key, value)
+                    cache.write(service, key, Some(value))
                 }
-                state_machine::Effect::DeleteState(_, service, key) => cache.delete(service, key),
+                state_machine::Effect::DeleteState(_, service, key) => {
+                    cache.write(service, key, None)
+                }
                 _ => continue,
             }
             changed = true;
@@ -835,7 +837,7 @@ impl Processor {
         if keyed {
             let cache = self.inner.state_cache.borrow();
             let cached = cache.get(service);
-            crate::metrics::state_cache_lookup(cached.is_some(), cache.bytes());
+            crate::metrics::state_cache_lookup(cached.is_some());
             if let Some(state) = cached {
                 return Ok((state, false));
             }

@@ -7,8 +7,9 @@
 //! submitted after it: the storage thread applies all the writes it drained before serving the reads
 //! drained with them). So a cached entry always equals what a read submitted at the same moment would
 //! return while no write to its instance follows. A read's result is cached only if no write to its
-//! instance was submitted while it was in flight (it may or may not have seen that write). Only a **complete** state within the eager limit is cached; one that grows past it is
-//! dropped (the next attempt reads storage, which reports it partial).
+//! instance was submitted while it was in flight (it may or may not have seen that write). Only a
+//! **complete** state within the eager limit is cached; one that grows past it is dropped (the next
+//! attempt reads storage, which reports it partial).
 //!
 //! Bounded: at most `limit` bytes (state keys and values, each instance's id, which is as large as
 //! a request allows, and a fixed overhead per row and per instance); the oldest inserted instances
@@ -145,28 +146,23 @@ impl StateCache {
         self.evict();
     }
 
-    /// `key` of `service` is set to `value` (submitted now).
-    pub fn put(&mut self, service: &ServiceId, key: &Bytes, value: &Bytes) {
-        self.written(service);
-        let Some(cached) = self.entries.get_mut(service) else {
-            return;
-        };
-        let before = cached.cost();
-        if let Some(old) = cached.rows.insert(key.clone(), value.clone()) {
-            cached.state_bytes -= key.len() + old.len();
+    /// `key` of `service` is set to `value`, or cleared when `None` (submitted now).
+    pub fn write(&mut self, service: &ServiceId, key: &Bytes, value: Option<&Bytes>) {
+        if let Some(reading) = self.reading.get_mut(service) {
+            reading.dirty = true;
         }
-        cached.state_bytes += key.len() + value.len();
-        self.resized(service, before);
-    }
-
-    /// `key` of `service` is cleared (submitted now).
-    pub fn delete(&mut self, service: &ServiceId, key: &Bytes) {
-        self.written(service);
         let Some(cached) = self.entries.get_mut(service) else {
             return;
         };
         let before = cached.cost();
-        if let Some(old) = cached.rows.remove(key) {
+        let old = match value {
+            Some(value) => {
+                cached.state_bytes += key.len() + value.len();
+                cached.rows.insert(key.clone(), value.clone())
+            }
+            None => cached.rows.remove(key),
+        };
+        if let Some(old) = old {
             cached.state_bytes -= key.len() + old.len();
         }
         self.resized(service, before);
@@ -175,12 +171,6 @@ impl StateCache {
     /// Bytes cached now.
     pub fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    fn written(&mut self, service: &ServiceId) {
-        if let Some(reading) = self.reading.get_mut(service) {
-            reading.dirty = true;
-        }
     }
 
     fn fits(&self, service: &ServiceId, cached: &Cached) -> bool {
@@ -260,10 +250,10 @@ mod tests {
         assert_eq!(cache.get(&bob), None);
         read(&mut cache, &bob, vec![row("a", "1"), row("c", "3")]);
         let (b, two) = row("b", "2");
-        cache.put(&bob, &b, &two);
+        cache.write(&bob, &b, Some(&two));
         let (a, one) = row("a", "11");
-        cache.put(&bob, &a, &one);
-        cache.delete(&bob, &Bytes::from_static(b"c"));
+        cache.write(&bob, &a, Some(&one));
+        cache.write(&bob, &Bytes::from_static(b"c"), None);
         assert_eq!(cache.get(&bob), Some(vec![row("a", "11"), row("b", "2")]));
         assert_eq!(
             cache.bytes(),
@@ -271,7 +261,7 @@ mod tests {
         );
         // Writes to an instance that is not cached do not cache it.
         let (k, v) = row("x", "y");
-        cache.put(&instance("alice"), &k, &v);
+        cache.write(&instance("alice"), &k, Some(&v));
         assert_eq!(cache.get(&instance("alice")), None);
     }
 
@@ -281,7 +271,7 @@ mod tests {
         let bob = instance("bob");
         cache.begin_read(&bob);
         let (k, v) = row("a", "2");
-        cache.put(&bob, &k, &v);
+        cache.write(&bob, &k, Some(&v));
         // The read was submitted before the write: it returns the old value.
         cache.end_read(&bob, Some(vec![row("a", "1")]));
         assert_eq!(
@@ -324,7 +314,7 @@ mod tests {
         read(&mut cache, &bob, vec![row("a", "1")]);
         assert!(cache.get(&bob).is_some());
         let (k, v) = row("b", "12345678");
-        cache.put(&bob, &k, &v);
+        cache.write(&bob, &k, Some(&v));
         assert_eq!(cache.get(&bob), None, "a state grown past the limit stayed");
         // Only its place in the eviction order is left, until evicted or compacted away.
         assert_eq!(cache.bytes(), id_cost(&bob));
@@ -359,7 +349,7 @@ mod tests {
         cache.begin_read(&bob); // second, submitted before the write
         cache.end_read(&bob, Some(vec![row("a", "1")]));
         let (a, two) = row("a", "2");
-        cache.put(&bob, &a, &two);
+        cache.write(&bob, &a, Some(&two));
         cache.begin_read(&bob); // third, submitted after the write
         cache.end_read(&bob, Some(vec![row("a", "1")])); // the second: it missed the write
         assert_eq!(
@@ -382,7 +372,7 @@ mod tests {
             let service = instance(&format!("{i}{big}"));
             read(&mut cache, &service, vec![row("a", "1")]);
             let (k, v) = row("b", "2");
-            cache.put(&service, &k, &v);
+            cache.write(&service, &k, Some(&v));
         }
         // Every distinct key buffer the cache still holds (entries and the eviction order).
         let mut held = HashMap::new();
