@@ -846,7 +846,7 @@ impl Attempt<'_> {
             if full {
                 // The oldest may have deferred its fsync (no completion to send): this wait is one
                 // the deferral must not apply to.
-                drop(self.processor.sync_now());
+                self.processor.sync_now();
                 let _ = oldest.await;
             } else if !matches!(oldest.try_recv(), Ok(Some(())) | Err(_)) {
                 break;

@@ -932,16 +932,13 @@ impl Processor {
         result.map(|_| durable_rx)
     }
 
-    /// Submits a barrier now (an empty batch that is not deferrable): every write submitted before
-    /// it is fsynced without waiting for `deferred_sync_delay`, whether or not the returned future is
-    /// polled. For a caller about to wait for one of those writes (an attempt bounded by its pending
-    /// appends), which is a wait the deferral assumed nobody has.
-    pub fn sync_now(&self) -> impl Future<Output = ()> {
-        let barrier = self.inner.storage.write(WriteBatch::new());
-        async move {
-            // A failed write is fatal where its transition's actions run.
-            let _ = barrier.await;
-        }
+    /// Submits a barrier now (an empty batch that is not deferrable), so every write submitted before
+    /// it is fsynced without waiting for `deferred_sync_delay`. For a caller about to wait for one of
+    /// those writes (an attempt bounded by its pending appends), which is a wait the deferral assumed
+    /// nobody has. Nobody waits for the barrier itself: a failed write is fatal where its
+    /// transition's actions run.
+    pub fn sync_now(&self) {
+        drop(self.inner.storage.write(WriteBatch::new()));
     }
 
     /// Passes a durable completion to `id`'s running attempt, if it has one.

@@ -230,10 +230,6 @@ impl WriteBatch {
     pub fn defer_sync(&mut self) {
         self.deferrable = true;
     }
-    /// True when [`defer_sync`](Self::defer_sync) was called (and no batch merged in needs a sync).
-    pub fn is_deferrable(&self) -> bool {
-        self.deferrable
-    }
     /// The operations, in order.
     pub fn ops(&self) -> &[Op] {
         &self.ops
