@@ -1584,6 +1584,33 @@ fn an_acknowledged_outbox_message_is_deleted_and_the_next_sequence_kept() {
 }
 
 #[test]
+fn only_the_newest_messages_delete_stores_the_next_outbox_sequence() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let p = partition(&new.id);
+    h.run(|state, env, out| state.recover_outbox(env, p, &[], Some(&7u64.to_be_bytes()), out));
+    let id = h.start(&new);
+    h.append(id, call("Counter", "b"));
+    h.append(id, call("Counter", "c"));
+    assert_eq!(h.state.outbox_sequence.get(&p), Some(&9));
+    // The newer message (8) is still a row, so recovery continues after it: no next row needed.
+    let out = h.apply(Command::OutboxAcked {
+        producer: p,
+        sequence: 7,
+    });
+    assert_eq!(out.writes, vec![Effect::DeleteOutbox(p, 7)]);
+    // The newest one's row goes: nothing newer is left, so the next sequence is stored with it.
+    let out = h.apply(Command::OutboxAcked {
+        producer: p,
+        sequence: 8,
+    });
+    assert_eq!(
+        out.writes,
+        vec![Effect::DeleteOutbox(p, 8), Effect::PutOutboxNext(p, 9)]
+    );
+}
+
+#[test]
 fn an_attempt_gets_the_fresh_input_once_and_is_counted() {
     let mut h = Harness::new();
     let new = keyed(1, "a");
