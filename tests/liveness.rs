@@ -6,9 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    connect_call, eventually, http1_request, register, request_json_with, SdkEndpoint, Server,
-};
+use common::{connect_call, eventually, metric, register, request_json_with, SdkEndpoint, Server};
 use serde_json::json;
 
 const ACCOUNTS: u64 = 10;
@@ -22,15 +20,6 @@ fn transfer(i: u64) -> (String, String, i64) {
         format!("acct{to}"),
         (i % 5 + 1) as i64,
     )
-}
-
-/// A gauge or counter from /metrics.
-fn metric(server: &Server, name: &str) -> Option<f64> {
-    let (status, text) = http1_request(server.meta, "GET", "/metrics", &[], b"").ok()?;
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Thousands of one-way transfers, each waiting on two calls to a keyed account, with far fewer

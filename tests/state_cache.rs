@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{connect_call, register, SdkEndpoint, Server};
+use common::{connect_call, metric, register, SdkEndpoint, Server};
 use serde_json::{json, Value};
 
 const KEYS: usize = 4;
@@ -124,4 +124,35 @@ fn every_invocation_finds_its_keys_state_with_a_cache_too_small_for_every_key_an
         // Long values make a state partial: it is not cached, and the SDK asks for each key.
         ("RESTATE_WORKER__INVOKER__EAGER_STATE_SIZE_LIMIT", "64"),
     ]);
+}
+
+/// SDK 0.4.1 answers a GetState from a complete eager state itself and sends the entry with its
+/// result but without the COMPLETED flag (it sets no header flags). The runtime must take such an
+/// entry as completed: before, it read the state again for every one, overwrote the SDK's answer
+/// with what it read and sent a completion back (which waited for an fsync). Each `kv/apply` gets
+/// three keys, so 20 calls read storage 60 times that way; now the key's state comes from the cache.
+#[test]
+fn gets_the_sdk_answered_from_the_eager_state_are_not_read_again() {
+    let sdk = SdkEndpoint::start();
+    let server = Server::start(&[]);
+    register(&server, &sdk.uri());
+    let apply = |n: u64| {
+        let ops = json!([{ "name": "a", "value": n }]);
+        let request = json!({ "key": "k", "request": { "ops": ops, "failOnce": null } });
+        let (status, body) = connect_call(&server, "/kv/apply", &request);
+        assert_eq!(status, 200, "{body}");
+        body["response"]["a"].clone()
+    };
+    // The first call reads the key's (empty) state into the cache.
+    assert_eq!(apply(0), Value::Null);
+    let reads = || metric(&server, "restate_storage_reads_total").expect("reads counter");
+    let before = reads();
+    for n in 1..=20 {
+        assert_eq!(apply(n), json!(n - 1), "call {n} found another state");
+    }
+    let read = reads() - before;
+    assert!(
+        read < 20.0,
+        "{read} storage reads for 20 calls whose GetStates the SDK answered itself"
+    );
 }

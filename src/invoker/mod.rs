@@ -828,7 +828,7 @@ impl Attempt<'_> {
                 e => AttemptError::transient(Code::Internal, e.to_string()),
             })?;
         *self.progressed = true;
-        if protocol::kind(frame.ty) == Some(Kind::Completable) && frame.flag_bit() {
+        if protocol::kind(frame.ty) == Some(Kind::Completable) && frame.is_completed_entry() {
             self.completed.insert(index);
         }
         self.pending.push_back(durable);

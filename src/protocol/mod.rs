@@ -118,6 +118,18 @@ impl Frame {
         self.flags & FLAG_COMPLETED != 0
     }
 
+    /// Whether this journal entry, as an SDK sent it, is already completed: the COMPLETED flag is
+    /// set, or it is a GetState whose result is in its payload. SDK 0.4.1 sets no header flags on
+    /// what it sends (a completable entry is completed iff its result is present), so a GetState it
+    /// answered from the eager state arrives without the flag; the runtime must not read the state
+    /// again, overwrite the SDK's answer, or send a completion (which waits for an fsync) for it.
+    pub fn is_completed_entry(&self) -> bool {
+        self.flag_bit()
+            || (self.ty == types::GET_STATE
+                && <messages::GetStateEntryMessage as prost::Message>::decode(self.payload.clone())
+                    .is_ok_and(|entry| entry.result.is_some()))
+    }
+
     /// Header and payload, ready to send.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(Header::SIZE + self.payload.len());

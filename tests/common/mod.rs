@@ -521,3 +521,12 @@ pub fn awakeable_id(id: &restate::partition::InvocationId, index: u32) -> String
     raw.extend_from_slice(&index.to_be_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
+
+/// A counter or gauge without labels from `/metrics`; `None` when absent or unreadable.
+pub fn metric(server: &Server, name: &str) -> Option<f64> {
+    let (status, text) = http1_request(server.meta, "GET", "/metrics", &[], b"").ok()?;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -637,21 +637,35 @@ fn get_state_is_answered_from_the_value_read_and_stored_completed() {
 
 #[test]
 fn get_state_completed_by_the_sdk_is_stored_as_sent() {
-    let mut h = Harness::new();
-    let id = h.start(&keyed(1, "a"));
-    let eager = GetStateEntryMessage {
-        key: b"k".to_vec(),
-        result: Some(
-            crate::protocol::messages::get_state_entry_message::Result::Value(b"e".to_vec()),
-        ),
-    };
-    let frame = Frame::message(types::GET_STATE, FLAG_COMPLETED, &eager);
-    let out = h.append(id, frame.clone());
-    assert_eq!(
-        out.writes,
-        vec![Effect::PutEntry(partition(&id), id, 1, entry(&frame, true))]
-    );
-    assert_eq!(appended(&out), Ok(None));
+    use crate::protocol::messages::get_state_entry_message::Result as Answer;
+    // With the COMPLETED flag (the in-repo endpoint) and without it (SDK 0.4.1 sets no flags: its
+    // answer is the result in the payload). Either way: no state read, no completion back.
+    for flags in [FLAG_COMPLETED, 0] {
+        for result in [Answer::Value(b"e".to_vec()), Answer::Empty(())] {
+            let mut h = Harness::new();
+            let id = h.start(&keyed(1, "a"));
+            let eager = GetStateEntryMessage {
+                key: b"k".to_vec(),
+                result: Some(result),
+            };
+            let frame = Frame::message(types::GET_STATE, flags, &eager);
+            assert!(!entries::Read::needs_state(&frame), "{flags:#x} {eager:?}");
+            let out = h.append(id, frame.clone());
+            let stored = Entry {
+                ty: types::GET_STATE,
+                completed: true,
+                payload: frame.payload.clone(),
+            };
+            assert_eq!(
+                out.writes,
+                vec![Effect::PutEntry(partition(&id), id, 1, stored)],
+                "{flags:#x} {eager:?}"
+            );
+            assert_eq!(appended(&out), Ok(None));
+        }
+    }
+    // A GetState the SDK did not answer (no result, no flag) needs the state read.
+    assert!(entries::Read::needs_state(&get_state("k")));
 }
 
 #[test]

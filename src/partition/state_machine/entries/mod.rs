@@ -33,7 +33,7 @@ pub struct Read {
 impl Read {
     /// Whether the shell must read a state value for this frame (an uncompleted GetState).
     pub fn needs_state(frame: &Frame) -> bool {
-        frame.ty == types::GET_STATE && !frame.flag_bit()
+        frame.ty == types::GET_STATE && !frame.is_completed_entry()
     }
 }
 
@@ -138,7 +138,7 @@ impl State {
         };
         let mut entry = Entry {
             ty: frame.ty,
-            completed: kind == Kind::Completable && frame.flag_bit(),
+            completed: kind == Kind::Completable && frame.is_completed_entry(),
             payload: frame.payload.clone(),
         };
         let mut decision = decide(&context, frame, kind, &mut entry)?;
