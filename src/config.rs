@@ -458,8 +458,10 @@ pub struct StorageGrpc {
     /// Most rows one scan reads from RocksDB at a time. The storage thread serves a scan one chunk per
     /// turn (writes queued behind it wait at most one chunk), and the next chunk is read only once the
     /// client has taken the previous one (HTTP/2 flow control), so a scan's memory is about one chunk.
+    /// The periodic purge of expired idempotency results reads in chunks of the same size.
     pub scan_chunk_rows: usize,
-    /// Most bytes (keys and values) of one scan chunk; a chunk always holds at least one row.
+    /// Most bytes (keys and values) of one scan chunk; a chunk always holds at least one row. Also
+    /// the purge's.
     pub scan_chunk_bytes: usize,
     /// Largest `ScanRequest` accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
     pub max_message_size: usize,

@@ -656,3 +656,58 @@ fn grpcurl_lists_and_calls_through_reflection() {
     // The partition count, 64, as 4 bytes big-endian.
     assert_eq!(pair["value"], "AAAAQA==");
 }
+
+/// The periodic purge of expired idempotency results reads its partitions in chunks (here 2 rows, so
+/// 7 rows take several) and deletes the expired rows of each, keeping the others.
+#[test]
+fn expired_idempotency_results_are_purged_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |expires_ms: u64| {
+        rows::Idempotent {
+            expires_ms,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    // One partition, so that its rows take several chunks.
+    let id = |n: u8| InvocationId::from_parts(5, [n; 16]);
+    let mut batch = WriteBatch::new();
+    for n in 0..7u8 {
+        let id = id(n);
+        let expires_ms = if n % 3 == 0 { u64::MAX } else { 1 };
+        batch.put(
+            Table::Idempotency,
+            keys::idempotency(id.partition(PARTITIONS), &id),
+            row(expires_ms),
+        );
+    }
+    write_rows(dir.path(), [batch]);
+    let mut server = Server::spawn_in(
+        dir.path(),
+        &[
+            ("RESTATE_WORKER__STORAGE_GRPC__SCAN_CHUNK_ROWS", "2"),
+            // Purged every tenth of the retention (at least every 100 ms).
+            ("RESTATE_WORKER__INGRESS_GRPC__IDEMPOTENCY_RETENTION", "1s"),
+        ],
+    );
+    server.wait_healthy();
+    let left = || {
+        let prefix = key(K::Idempotency(Default::default()));
+        let mut ids: Vec<InvocationId> = ok(&server, Filter::Prefix(prefix), None)
+            .iter()
+            .map(
+                |pair| match pair.key.as_ref().and_then(|k| k.key.as_ref()) {
+                    Some(K::Idempotency(i)) => {
+                        InvocationId::from_slice(i.invocation_id.as_deref().unwrap()).unwrap()
+                    }
+                    other => panic!("not an idempotency key: {other:?}"),
+                },
+            )
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut kept = vec![id(0), id(3), id(6)];
+    kept.sort();
+    common::eventually(Duration::from_secs(10), || (left() == kept).then_some(()));
+}

@@ -19,7 +19,7 @@
 //! de-duplicates replays, and deleted from the outbox once acknowledged.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -170,6 +170,9 @@ struct Inner {
     state: RefCell<State>,
     /// Complete states of recently run keyed instances (`worker.invoker.state_cache_bytes`).
     state_cache: RefCell<StateCache>,
+    /// While a purge of expired idempotency results runs: the ids whose result row was written
+    /// since it started (see [`Processor::purge_idempotency`]).
+    purging: RefCell<Option<HashSet<InvocationId>>>,
     /// Channels of the callers and senders the state machine knows by id.
     channels: RefCell<Channels>,
     /// Outbox messages not yet acknowledged, in sequence order.
@@ -252,6 +255,7 @@ impl Processor {
                     config.worker.invoker.eager_state_size_limit,
                     eager_state_max_rows(config.worker.invoker.eager_state_size_limit),
                 )),
+                purging: RefCell::new(None),
                 config,
                 channels: RefCell::default(),
                 outbound: RefCell::default(),
@@ -433,6 +437,7 @@ impl Processor {
             let mut batch = WriteBatch::new();
             effects::to_batch(&writes, &mut batch);
             self.cache_state_writes(&writes);
+            self.note_kept_results(&writes);
             let invisible = !visible
                 && reply.is_none()
                 && actions.iter().all(|a| matches!(a, Action::Attach { .. }));
@@ -1331,26 +1336,122 @@ impl Processor {
         }
     }
 
-    /// Deletes expired idempotency results of this core's partitions (run periodically).
+    /// Deletes expired idempotency results of this core's partitions (run periodically), reading
+    /// them in chunks of `worker.storage_grpc.scan_chunk_rows` / `scan_chunk_bytes`.
+    ///
+    /// A chunk is read, and its expired rows are deleted, on the core's ordered path to storage, so
+    /// the read sees every result written before it. A result written after it (an idempotency key
+    /// used again after its old result expired, its new invocation ended meanwhile) is newer than
+    /// what the chunk shows: its id is noted while the purge runs ([`Self::note_kept_results`]) and
+    /// its row is not deleted, or a retry within the retention would run the call again.
     pub async fn purge_idempotency(&self) -> Result<usize, crate::storage::Error> {
-        let now = rows::now_ms();
+        struct Purging<'a>(&'a RefCell<Option<HashSet<InvocationId>>>);
+        impl Drop for Purging<'_> {
+            fn drop(&mut self) {
+                self.0.borrow_mut().take();
+            }
+        }
+        *self.inner.purging.borrow_mut() = Some(HashSet::new());
+        let _purging = Purging(&self.inner.purging);
+        let (max_rows, max_bytes) = {
+            let grpc = &self.inner.config.worker.storage_grpc;
+            (grpc.scan_chunk_rows, grpc.scan_chunk_bytes)
+        };
         let mut purged = 0;
         let partitions: Vec<PartitionId> = self.owned_partitions().collect();
         for p in partitions {
-            let rows = self
-                .inner
-                .storage
-                .scan_prefix(Table::Idempotency, keys::partition(p), usize::MAX)
-                .await?;
-            let mut batch = WriteBatch::new();
-            for (key, value) in rows {
-                if Idempotent::decode(value.as_slice()).map_or(true, |r| r.expires_ms <= now) {
-                    batch.delete(Table::Idempotency, key);
-                    purged += 1;
+            let mut start = keys::partition(p);
+            let end = crate::storage::prefix_end(&start);
+            loop {
+                let chunk = self
+                    .inner
+                    .storage
+                    .scan_chunk(Table::Idempotency, start, end.clone(), max_rows, max_bytes)
+                    .await?;
+                let batch = self.expired_results(&chunk.rows);
+                if !batch.is_empty() {
+                    purged += batch.len();
+                    self.inner.storage.write(batch).await?;
+                }
+                match chunk.resume {
+                    Some(resume) => start = resume,
+                    None => break,
                 }
             }
-            self.inner.storage.write(batch).await?;
         }
         Ok(purged)
+    }
+
+    /// The deletes of `rows` (idempotency results, just read) that expired and were not written
+    /// again since the purge started.
+    fn expired_results(&self, rows: &[crate::storage::Row]) -> WriteBatch {
+        let purging = self.inner.purging.borrow();
+        let empty = HashSet::new();
+        expired_results(rows, rows::now_ms(), purging.as_ref().unwrap_or(&empty))
+    }
+
+    /// Notes the ids of idempotency results in `writes` while a purge runs.
+    fn note_kept_results(&self, writes: &[Effect]) {
+        let mut purging = self.inner.purging.borrow_mut();
+        let Some(ids) = purging.as_mut() else {
+            return;
+        };
+        for write in writes {
+            if let Effect::PutIdempotent(_, id, _) = write {
+                ids.insert(*id);
+            }
+        }
+    }
+}
+
+/// The deletes of the idempotency results in `rows` that expired by `now_ms` (or cannot be read),
+/// leaving those whose id is in `rewritten`: their row was written again after `rows` were read.
+fn expired_results(
+    rows: &[crate::storage::Row],
+    now_ms: u64,
+    rewritten: &HashSet<InvocationId>,
+) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    for (key, value) in rows {
+        let written_again = key
+            .get(4..)
+            .and_then(InvocationId::from_slice)
+            .is_some_and(|id| rewritten.contains(&id));
+        let expired = Idempotent::decode(value.as_slice()).map_or(true, |r| r.expires_ms <= now_ms);
+        if expired && !written_again {
+            batch.delete(Table::Idempotency, key.clone());
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_deletes_expired_results_but_not_one_written_again_since_its_read() {
+        let id = |n: u8| InvocationId::from_parts(7, [n; 16]);
+        let row = |n: u8, expires_ms: u64| {
+            let value = Idempotent {
+                expires_ms,
+                ..Default::default()
+            };
+            (keys::idempotency(3, &id(n)), value.encode_to_vec())
+        };
+        let rows = vec![
+            row(1, 1_000),                                    // expired
+            row(2, 1_000),                                    // expired, but written again
+            row(3, 5_000),                                    // kept
+            (keys::idempotency(3, &id(4)), vec![0xff, 0xff]), // unreadable: deleted
+        ];
+        let rewritten = HashSet::from([id(2)]);
+        let batch = expired_results(&rows, 2_000, &rewritten);
+        let mut expected = WriteBatch::new();
+        expected.delete(Table::Idempotency, keys::idempotency(3, &id(1)));
+        expected.delete(Table::Idempotency, keys::idempotency(3, &id(4)));
+        assert_eq!(batch.ops(), expected.ops());
+        // Nothing rewritten: both expired rows go.
+        assert_eq!(expired_results(&rows, 2_000, &HashSet::new()).len(), 3);
     }
 }

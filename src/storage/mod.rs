@@ -589,6 +589,26 @@ impl Storage {
     }
 
     /// [`get`](Self::get) in two steps.
+    /// [`scan_chunk`](Self::scan_chunk) with a permit already taken (for the ordered path).
+    pub fn send_scan_chunk(
+        &self,
+        permit: Permit,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = Result<Chunk, Error>> {
+        self.send(permit, move |reply| Request::ScanChunk {
+            table,
+            start,
+            end,
+            max_rows,
+            max_bytes,
+            reply,
+        })
+    }
+
     pub fn send_get(
         &self,
         permit: Permit,

@@ -98,6 +98,23 @@ impl Ordered {
         })
     }
 
+    /// Reads one chunk of the rows with `start <= key < end` (at most `max_rows`, about `max_bytes`),
+    /// after everything submitted before it.
+    pub fn scan_chunk(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<super::Chunk, Error>> {
+        self.submit(move |storage, permit| {
+            storage
+                .send_scan_chunk(permit, table, start, end, max_rows, max_bytes)
+                .boxed_local()
+        })
+    }
+
     /// Reads the rows starting with `prefix`, after everything submitted before it.
     pub fn scan_prefix(
         &self,
