@@ -588,8 +588,7 @@ impl Storage {
         })
     }
 
-    /// [`get`](Self::get) in two steps.
-    /// [`scan_chunk`](Self::scan_chunk) with a permit already taken (for the ordered path).
+    /// [`scan_chunk`](Self::scan_chunk) in two steps.
     pub fn send_scan_chunk(
         &self,
         permit: Permit,
@@ -609,6 +608,7 @@ impl Storage {
         })
     }
 
+    /// [`get`](Self::get) in two steps.
     pub fn send_get(
         &self,
         permit: Permit,
@@ -678,15 +678,9 @@ impl Storage {
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<Chunk, Error> {
-        self.call(|reply| Request::ScanChunk {
-            table,
-            start,
-            end,
-            max_rows,
-            max_bytes,
-            reply,
-        })
-        .await
+        let permit = self.permit().await;
+        self.send_scan_chunk(permit, table, start, end, max_rows, max_bytes)
+            .await
     }
 }
 
