@@ -10,7 +10,9 @@ use crate::partition::rows::{outbox_message, Entry, OutboxMessage};
 use crate::partition::PartitionId;
 
 impl State {
-    /// Writes outbox rows for `messages` and ships them once durable.
+    /// Writes outbox rows for `messages` and ships them once durable. An undecodable message (a
+    /// damaged caller id) is dropped before it takes a sequence: the newest sequence must always be a
+    /// row until its acknowledgement stores the next one ([`Self::outbox_acked`]).
     pub(super) fn queue_outbox(
         &mut self,
         env: &Env<'_>,
@@ -23,25 +25,23 @@ impl State {
         }
         let mut shipped = Vec::with_capacity(messages.len());
         for message in messages {
-            let next = self.outbox_sequence.entry(partition).or_insert(0);
-            let sequence = *next;
-            *next += 1;
             let row = OutboxMessage {
                 message: Some(message),
             };
+            let Some(target) = target_id(&row) else {
+                log::error!(partition; "undecodable outbox message; dropped");
+                continue;
+            };
+            let next = self.outbox_sequence.entry(partition).or_insert(0);
+            let sequence = *next;
+            *next += 1;
             out.write(Effect::PutOutbox(partition, sequence, row.clone()));
-            match target_id(&row) {
-                Some(target) => shipped.push(Shipped {
-                    producer: partition,
-                    sequence,
-                    target: State::partition_of(env.limits, &target),
-                    row,
-                }),
-                None => {
-                    log::error!(partition, sequence; "undecodable outbox message; dropped");
-                    out.write(Effect::DeleteOutbox(partition, sequence));
-                }
-            }
+            shipped.push(Shipped {
+                producer: partition,
+                sequence,
+                target: State::partition_of(env.limits, &target),
+                row,
+            });
         }
         if !shipped.is_empty() {
             out.act(Action::Ship(shipped));

@@ -1624,6 +1624,65 @@ fn only_the_newest_messages_delete_stores_the_next_outbox_sequence() {
     );
 }
 
+/// An undecodable message (a caller id of the wrong length, read from a damaged row) is dropped.
+/// It must not leave the newest sequence without a row: the older message's delete then stores no
+/// next sequence, and after a restart that finds the outbox empty the older sequence would be
+/// handed out again, and dropped by its target as a duplicate.
+#[test]
+fn an_undecodable_outbox_message_never_lets_a_sequence_repeat_after_a_restart() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let p = partition(&new.id);
+    let mut next_row = Some(7u64);
+    h.run(|state, env, out| state.recover_outbox(env, p, &[], Some(&7u64.to_be_bytes()), out));
+    let id = h.start(&new);
+    let mut writes = h.append(id, call("Counter", "b")).writes;
+    let undecodable = outbox_message::Message::Complete(CompletionRequest {
+        invocation_id: Bytes::from_static(b"damaged"),
+        ..Default::default()
+    });
+    writes.extend(
+        h.run(|state, env, out| state.queue_outbox(env, p, vec![undecodable], out))
+            .writes,
+    );
+    writes.extend(
+        h.apply(Command::OutboxAcked {
+            producer: p,
+            sequence: 7,
+        })
+        .writes,
+    );
+    // What storage holds of the partition's outbox after these writes, then a restart.
+    let mut rows = std::collections::BTreeMap::new();
+    for write in writes {
+        match write {
+            Effect::PutOutbox(q, sequence, row) if q == p => {
+                rows.insert(sequence, row);
+            }
+            Effect::DeleteOutbox(q, sequence) if q == p => {
+                rows.remove(&sequence);
+            }
+            Effect::PutOutboxNext(q, next) if q == p => next_row = Some(next),
+            _ => {}
+        }
+    }
+    let rows: Vec<crate::storage::Row> = rows
+        .iter()
+        .map(|(s, row)| (keys::outbox(p, *s), row.encode_to_vec()))
+        .collect();
+    let mut restarted = Harness::new();
+    let next = next_row.map(u64::to_be_bytes);
+    restarted.run(|state, env, out| {
+        state.recover_outbox(env, p, &rows, next.as_ref().map(|n| &n[..]), out)
+    });
+    // Message 7 reached its target, which now drops any message from `p` numbered 7 or less.
+    assert!(
+        restarted.state.outbox_sequence[&p] > 7,
+        "sequence {} handed out again after a restart",
+        restarted.state.outbox_sequence[&p]
+    );
+}
+
 #[test]
 fn an_attempt_gets_the_fresh_input_once_and_is_counted() {
     let mut h = Harness::new();
