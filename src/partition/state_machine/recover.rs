@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use prost::Message;
 
-use super::{Action, Effects, EntryMeta, Env, Invocation, Shipped, State};
+use super::{Action, Effect, Effects, EntryMeta, Env, Invocation, Shipped, State};
 use crate::partition::invocation::NewInvocation;
 use crate::partition::rows::{Entry, InboxEntry, OutboxMessage, Status};
 use crate::partition::{keys, EntryIndex, InvocationId, PartitionId, ServiceId};
@@ -154,7 +154,11 @@ impl State {
     /// Restores partition `p`'s outbox: every message is shipped again (targets de-duplicate).
     /// Sequences continue after the last row and after the stored next sequence (`next_row`, the
     /// Fsm table's `outbox_next`), so none repeats while targets hold dedup rows for old ones. Data
-    /// written before that row existed falls back on the clock in microseconds.
+    /// written before that row existed falls back on the clock in microseconds. With rows, a next
+    /// sequence above the stored one is stored at once: acknowledging an older message stores none
+    /// (see `outbox_acked`), so otherwise, once the rows are gone, the next restart would lean on a
+    /// clock that may have stepped back meanwhile. Without rows, the stored one (if any) is already
+    /// above every sequence shipped.
     pub fn recover_outbox(
         &mut self,
         env: &Env<'_>,
@@ -195,7 +199,12 @@ impl State {
             }
             None => env.clock.now_ms().saturating_mul(1000),
         };
-        self.outbox_sequence.insert(p, next.max(floor));
+        let found_rows = next > 0;
+        let next = next.max(floor);
+        if found_rows && !matches!(stored, Some(Ok(stored)) if stored >= next) {
+            out.write(Effect::PutOutboxNext(p, next));
+        }
+        self.outbox_sequence.insert(p, next);
         if !shipped.is_empty() {
             out.act(Action::Ship(shipped));
         }

@@ -1624,6 +1624,45 @@ fn only_the_newest_messages_delete_stores_the_next_outbox_sequence() {
     );
 }
 
+/// What storage holds of one partition's outbox: its rows and its stored next sequence.
+#[derive(Default)]
+struct OutboxStore {
+    rows: std::collections::BTreeMap<u64, OutboxMessage>,
+    next: Option<u64>,
+}
+
+impl OutboxStore {
+    /// Applies the outbox writes of `out` for partition `p`.
+    fn write(&mut self, p: PartitionId, out: Effects) {
+        for write in out.writes {
+            match write {
+                Effect::PutOutbox(q, sequence, row) if q == p => {
+                    self.rows.insert(sequence, row);
+                }
+                Effect::DeleteOutbox(q, sequence) if q == p => {
+                    self.rows.remove(&sequence);
+                }
+                Effect::PutOutboxNext(q, next) if q == p => self.next = Some(next),
+                _ => {}
+            }
+        }
+    }
+
+    /// Recovers `p`'s outbox into `h` (a restart), storing what recovery writes.
+    fn recover(&mut self, h: &mut Harness, p: PartitionId) {
+        let rows: Vec<crate::storage::Row> = self
+            .rows
+            .iter()
+            .map(|(s, row)| (keys::outbox(p, *s), row.encode_to_vec()))
+            .collect();
+        let next = self.next.map(u64::to_be_bytes);
+        let out = h.run(|state, env, out| {
+            state.recover_outbox(env, p, &rows, next.as_ref().map(|n| &n[..]), out)
+        });
+        self.write(p, out);
+    }
+}
+
 /// An undecodable message (a caller id of the wrong length, read from a damaged row) is dropped.
 /// It must not leave the newest sequence without a row: the older message's delete then stores no
 /// next sequence, and after a restart that finds the outbox empty the older sequence would be
@@ -1633,51 +1672,72 @@ fn an_undecodable_outbox_message_never_lets_a_sequence_repeat_after_a_restart() 
     let mut h = Harness::new();
     let new = keyed(1, "a");
     let p = partition(&new.id);
-    let mut next_row = Some(7u64);
-    h.run(|state, env, out| state.recover_outbox(env, p, &[], Some(&7u64.to_be_bytes()), out));
+    let mut store = OutboxStore {
+        next: Some(7),
+        ..Default::default()
+    };
+    store.recover(&mut h, p);
     let id = h.start(&new);
-    let mut writes = h.append(id, call("Counter", "b")).writes;
+    store.write(p, h.append(id, call("Counter", "b")));
     let undecodable = outbox_message::Message::Complete(CompletionRequest {
         invocation_id: Bytes::from_static(b"damaged"),
         ..Default::default()
     });
-    writes.extend(
-        h.run(|state, env, out| state.queue_outbox(env, p, vec![undecodable], out))
-            .writes,
+    store.write(
+        p,
+        h.run(|state, env, out| state.queue_outbox(env, p, vec![undecodable], out)),
     );
-    writes.extend(
+    store.write(
+        p,
         h.apply(Command::OutboxAcked {
             producer: p,
             sequence: 7,
-        })
-        .writes,
+        }),
     );
-    // What storage holds of the partition's outbox after these writes, then a restart.
-    let mut rows = std::collections::BTreeMap::new();
-    for write in writes {
-        match write {
-            Effect::PutOutbox(q, sequence, row) if q == p => {
-                rows.insert(sequence, row);
-            }
-            Effect::DeleteOutbox(q, sequence) if q == p => {
-                rows.remove(&sequence);
-            }
-            Effect::PutOutboxNext(q, next) if q == p => next_row = Some(next),
-            _ => {}
-        }
-    }
-    let rows: Vec<crate::storage::Row> = rows
-        .iter()
-        .map(|(s, row)| (keys::outbox(p, *s), row.encode_to_vec()))
-        .collect();
     let mut restarted = Harness::new();
-    let next = next_row.map(u64::to_be_bytes);
-    restarted.run(|state, env, out| {
-        state.recover_outbox(env, p, &rows, next.as_ref().map(|n| &n[..]), out)
-    });
+    store.recover(&mut restarted, p);
     // Message 7 reached its target, which now drops any message from `p` numbered 7 or less.
     assert!(
         restarted.state.outbox_sequence[&p] > 7,
+        "sequence {} handed out again after a restart",
+        restarted.state.outbox_sequence[&p]
+    );
+}
+
+/// A restart finds messages but no stored next sequence (none was acknowledged as the newest yet),
+/// and the clock puts the next sequence above them. Their acknowledgements then store none, so the
+/// sequence floor must be stored by recovery itself: otherwise, once they are all acknowledged, the
+/// next restart depends on the clock alone, and a clock stepped back (NTP, a VM moved) hands out the
+/// old sequences again, which their target drops as duplicates.
+#[test]
+fn outbox_sequences_never_repeat_when_the_clock_steps_back_between_restarts() {
+    let mut h = Harness::new();
+    let new = keyed(1, "a");
+    let p = partition(&new.id);
+    let mut store = OutboxStore::default();
+    store.recover(&mut h, p);
+    let id = h.start(&new);
+    store.write(p, h.append(id, call("Counter", "b")));
+    store.write(p, h.append(id, call("Counter", "c")));
+    let sent: Vec<u64> = store.rows.keys().copied().collect();
+    assert_eq!(sent, vec![NOW_MS * 1000, NOW_MS * 1000 + 1]);
+    // Crash; the restart is 10 ms later, and then both messages are acknowledged.
+    let mut h = Harness::new();
+    h.set_now(NOW_MS + 10);
+    store.recover(&mut h, p);
+    for sequence in sent.iter().rev() {
+        let acked = Command::OutboxAcked {
+            producer: p,
+            sequence: *sequence,
+        };
+        store.write(p, h.apply(acked));
+    }
+    assert!(store.rows.is_empty());
+    // Crash; the restart finds the clock stepped back to the first start.
+    let mut restarted = Harness::new();
+    store.recover(&mut restarted, p);
+    assert!(
+        restarted.state.outbox_sequence[&p] > sent[1],
         "sequence {} handed out again after a restart",
         restarted.state.outbox_sequence[&p]
     );
