@@ -170,8 +170,8 @@ struct Inner {
     state: RefCell<State>,
     /// Complete states of recently run keyed instances (`worker.invoker.state_cache_bytes`).
     state_cache: RefCell<StateCache>,
-    /// While a purge of expired idempotency results runs: the ids whose result row was written
-    /// since it started (see [`Processor::purge_idempotency`]).
+    /// While a purge of expired idempotency results reads a chunk: the ids whose result row was
+    /// written since that read was submitted (see [`Processor::purge_idempotency`]).
     purging: RefCell<Option<HashSet<InvocationId>>>,
     /// Channels of the callers and senders the state machine knows by id.
     channels: RefCell<Channels>,
@@ -1342,8 +1342,11 @@ impl Processor {
     /// A chunk is read, and its expired rows are deleted, on the core's ordered path to storage, so
     /// the read sees every result written before it. A result written after it (an idempotency key
     /// used again after its old result expired, its new invocation ended meanwhile) is newer than
-    /// what the chunk shows: its id is noted while the purge runs ([`Self::note_kept_results`]) and
-    /// its row is not deleted, or a retry within the retention would run the call again.
+    /// what the chunk shows: its id is noted while the chunk's read is in flight
+    /// ([`Self::note_kept_results`]) and its row is not deleted, or a retry within the retention
+    /// would run the call again. The notes start afresh with each chunk's read (a later chunk's read
+    /// sees what was written before it), so they hold about one read's worth of results, not all
+    /// those written during a purge of a large table.
     pub async fn purge_idempotency(&self) -> Result<usize, crate::storage::Error> {
         struct Purging<'a>(&'a RefCell<Option<HashSet<InvocationId>>>);
         impl Drop for Purging<'_> {
@@ -1351,7 +1354,6 @@ impl Processor {
                 self.0.borrow_mut().take();
             }
         }
-        *self.inner.purging.borrow_mut() = Some(HashSet::new());
         let _purging = Purging(&self.inner.purging);
         let (max_rows, max_bytes) = {
             let grpc = &self.inner.config.worker.storage_grpc;
@@ -1363,6 +1365,8 @@ impl Processor {
             let mut start = keys::partition(p);
             let end = crate::storage::prefix_end(&start);
             loop {
+                // Submitted right after: the read sees every result written until now.
+                *self.inner.purging.borrow_mut() = Some(HashSet::new());
                 let chunk = self
                     .inner
                     .storage
@@ -1383,7 +1387,7 @@ impl Processor {
     }
 
     /// The deletes of `rows` (idempotency results, just read) that expired and were not written
-    /// again since the purge started.
+    /// again since they were read.
     fn expired_results(&self, rows: &[crate::storage::Row]) -> WriteBatch {
         let purging = self.inner.purging.borrow();
         let empty = HashSet::new();
