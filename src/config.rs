@@ -515,6 +515,13 @@ pub struct StorageRocksdb {
     /// 60 s.
     #[serde(with = "humantime_serde")]
     pub deferred_sync_delay: Duration,
+    /// Size in bytes at which RocksDB's own text log (`LOG` in the database directory: options at
+    /// open, flushes, compactions, a statistics dump every 10 minutes; written at INFO level) is
+    /// rotated to `LOG.old.<time>`. At least 65536. Together with `info_log_files_kept` it bounds the
+    /// disk the log takes.
+    pub info_log_max_file_size: usize,
+    /// Rotated RocksDB text logs kept besides the current one (at least 1); older ones are deleted.
+    pub info_log_files_kept: usize,
 }
 
 impl Default for StorageRocksdb {
@@ -526,6 +533,8 @@ impl Default for StorageRocksdb {
             max_batch_requests: 1024,
             short_lived_write_buffer_size: 1 << 20,
             deferred_sync_delay: Duration::from_millis(10),
+            info_log_max_file_size: 16 << 20,
+            info_log_files_kept: 4,
         }
     }
 }
@@ -745,6 +754,19 @@ impl Config {
             return Err(Error::Invalid {
                 key: "worker.storage_rocksdb.deferred_sync_delay".to_owned(),
                 message: "must be at most 60s".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.info_log_max_file_size < 65536 {
+            // 0 would mean "never rotate" to RocksDB: an unbounded file.
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.info_log_max_file_size".to_owned(),
+                message: "must be at least 65536".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.info_log_files_kept == 0 {
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.info_log_files_kept".to_owned(),
+                message: "must be at least 1".to_owned(),
             });
         }
         if self.worker.ingress_grpc.max_request_timeout.is_zero() {

@@ -337,3 +337,44 @@ fn an_empty_batch_is_a_barrier_answered_once_every_earlier_write_is_synced() {
     assert_eq!(storage.stats().snapshot().wal_syncs, 0);
     thread.close();
 }
+
+/// RocksDB's own text log (`LOG`): Debian's library logs at DEBUG unless told otherwise, a line per
+/// WAL sync, and never rotates the file unless given a size. At INFO with a rotation size and a
+/// count, a hundred synced writes add no line each, and the options RocksDB records say so.
+#[test]
+fn rocksdb_logs_no_line_per_wal_sync_and_rotates_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageRocksdb {
+        info_log_max_file_size: 1 << 20,
+        info_log_files_kept: 3,
+        ..rocksdb_config(true, 64)
+    };
+    let thread = storage::open(&config, dir.path(), 8).unwrap();
+    let storage = thread.handle();
+    for i in 0..100u32 {
+        futures_lite::future::block_on(storage.write(put(&i.to_be_bytes()))).unwrap();
+    }
+    thread.close();
+    let log = std::fs::read_to_string(dir.path().join("LOG")).unwrap();
+    let syncs = log.lines().filter(|l| l.contains("FlushWAL")).count();
+    assert_eq!(syncs, 0, "RocksDB logged {syncs} WAL syncs");
+    assert!(!log.contains("[DEBUG]"), "RocksDB logs at DEBUG");
+    let options = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("OPTIONS-")
+        })
+        .expect("an OPTIONS file");
+    let options = std::fs::read_to_string(options).unwrap();
+    for setting in [
+        "max_log_file_size=1048576",
+        "keep_log_file_num=3",
+        "info_log_level=INFO_LEVEL",
+    ] {
+        assert!(options.contains(setting), "OPTIONS lacks {setting}");
+    }
+}

@@ -441,6 +441,12 @@ fn open_db(path: &Path, config: &StorageRocksdb) -> Result<rocksdb::DB, Error> {
     opts.create_missing_column_families(true);
     // WAL writes are batched by us; let RocksDB not wait on its own write threads.
     opts.set_max_background_jobs(2);
+    // RocksDB's own text log. Debian's library logs at DEBUG by default, one line per WAL sync
+    // (`FlushWAL sync=true`): CPU on the sync thread for every fsync, and a file that grew without
+    // bound (RocksDB rotates it only when told a size).
+    opts.set_log_level(rocksdb::LogLevel::Info);
+    opts.set_max_log_file_size(config.info_log_max_file_size);
+    opts.set_keep_log_file_num(config.info_log_files_kept);
     let cfs = Table::ALL
         .iter()
         .map(|&t| rocksdb::ColumnFamilyDescriptor::new(t.name(), table_options(t, config)));
