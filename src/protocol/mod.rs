@@ -118,16 +118,19 @@ impl Frame {
         self.flags & FLAG_COMPLETED != 0
     }
 
-    /// Whether this journal entry, as an SDK sent it, is already completed: the COMPLETED flag is
-    /// set, or it is a GetState whose result is in its payload. SDK 0.4.1 sets no header flags on
-    /// what it sends (a completable entry is completed iff its result is present), so a GetState it
-    /// answered from the eager state arrives without the flag; the runtime must not read the state
-    /// again, overwrite the SDK's answer, or send a completion (which waits for an fsync) for it.
+    /// Whether this journal entry, as an SDK sent it, is already completed. A GetState is completed
+    /// iff its result is in its payload, whatever its flags: SDK 0.4.1 sets no header flags on what
+    /// it sends, so a GetState it answered from the eager state arrives without the COMPLETED flag
+    /// (and the runtime must not read the state again, overwrite the SDK's answer, or send a
+    /// completion, which waits for an fsync, for it), and a flag without a result is an answer the
+    /// SDK never gave. Other entries: the COMPLETED flag.
     pub fn is_completed_entry(&self) -> bool {
-        self.flag_bit()
-            || (self.ty == types::GET_STATE
-                && <messages::GetStateEntryMessage as prost::Message>::decode(self.payload.clone())
-                    .is_ok_and(|entry| entry.result.is_some()))
+        if self.ty == types::GET_STATE {
+            <messages::GetStateEntryMessage as prost::Message>::decode(self.payload.clone())
+                .is_ok_and(|entry| entry.result.is_some())
+        } else {
+            self.flag_bit()
+        }
     }
 
     /// Header and payload, ready to send.

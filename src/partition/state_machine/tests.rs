@@ -664,8 +664,10 @@ fn get_state_completed_by_the_sdk_is_stored_as_sent() {
             assert_eq!(appended(&out), Ok(None));
         }
     }
-    // A GetState the SDK did not answer (no result, no flag) needs the state read.
+    // A GetState the SDK did not answer (no result) needs the state read, even if it is flagged.
     assert!(entries::Read::needs_state(&get_state("k")));
+    let flagged = Frame::new(types::GET_STATE, FLAG_COMPLETED, get_state("k").payload);
+    assert!(entries::Read::needs_state(&flagged));
 }
 
 #[test]
