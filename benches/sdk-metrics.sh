@@ -30,9 +30,22 @@ unset RESTATE_BIN # both the server and the SDK would read RESTATE_* as configur
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {
+  local status=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Up to 10 s for them to exit, then kill -9: the script never hangs on a stuck process.
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$tmp"
+  if [ "$status" != 0 ]; then
+    echo "failed; the logs are kept in $tmp (server.log, sdk.log)" >&2
+  else
+    rm -rf "$tmp"
+  fi
 }
 trap cleanup EXIT
 
