@@ -109,11 +109,13 @@ fn forged_and_stale_awakeable_completions_are_refused() {
     register(&server, &sdk.uri());
     // A one-hour sleep (entry 1) of an invocation whose id the idempotency key fixes.
     let sleeping = {
-        let server = server.clone();
+        // The port only: this thread is left waiting when the test ends, and a clone of the server
+        // it held would keep the server from being dropped (killed) with the test.
+        let ingress = server.ingress;
         let wake_ms = now_ms() + 3_600_000;
         std::thread::spawn(move || {
             request_json_with(
-                server.ingress,
+                ingress,
                 "/sleeper/sleepUntil",
                 &json!({ "key": "s", "request": wake_ms }),
                 &[("idempotency-key", "nap"), ("connect-timeout-ms", "20000")],
