@@ -125,9 +125,19 @@ impl Frame {
     /// completion, which waits for an fsync, for it), and a flag without a result is an answer the
     /// SDK never gave. Other entries: the COMPLETED flag.
     pub fn is_completed_entry(&self) -> bool {
+        /// Only GetState's result fields (`empty = 13`, `value = 14`): decoding skips the key, and
+        /// the value is a slice of the payload, not a copy (this runs for every GetState, several
+        /// times).
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct GetStateResult {
+            #[prost(message, optional, tag = "13")]
+            empty: Option<()>,
+            #[prost(bytes = "bytes", optional, tag = "14")]
+            value: Option<Bytes>,
+        }
         if self.ty == types::GET_STATE {
-            <messages::GetStateEntryMessage as prost::Message>::decode(self.payload.clone())
-                .is_ok_and(|entry| entry.result.is_some())
+            <GetStateResult as prost::Message>::decode(self.payload.clone())
+                .is_ok_and(|r| r.empty.is_some() || r.value.is_some())
         } else {
             self.flag_bit()
         }
