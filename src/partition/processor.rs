@@ -1372,7 +1372,11 @@ impl Processor {
                     .storage
                     .scan_chunk(Table::Idempotency, start, end.clone(), max_rows, max_bytes)
                     .await?;
-                let batch = self.expired_results(&chunk.rows);
+                let batch = {
+                    let rewritten = self.inner.purging.borrow();
+                    let rewritten = rewritten.as_ref().expect("set before the read");
+                    expired_results(&chunk.rows, rows::now_ms(), rewritten)
+                };
                 if !batch.is_empty() {
                     purged += batch.len();
                     self.inner.storage.write(batch).await?;
@@ -1384,14 +1388,6 @@ impl Processor {
             }
         }
         Ok(purged)
-    }
-
-    /// The deletes of `rows` (idempotency results, just read) that expired and were not written
-    /// again since they were read.
-    fn expired_results(&self, rows: &[crate::storage::Row]) -> WriteBatch {
-        let purging = self.inner.purging.borrow();
-        let empty = HashSet::new();
-        expired_results(rows, rows::now_ms(), purging.as_ref().unwrap_or(&empty))
     }
 
     /// Notes the ids of idempotency results in `writes` while a purge runs.
