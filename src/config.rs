@@ -515,6 +515,18 @@ pub struct StorageRocksdb {
     /// 60 s.
     #[serde(with = "humantime_serde")]
     pub deferred_sync_delay: Duration,
+    /// How long the rows of a fresh invocation that nobody was told is accepted (an ingress call
+    /// waiting for its response: its status row, its input and completed entries it appends) may stay
+    /// in the core's memory instead of storage, so that one that ends sooner never writes them (see
+    /// `partition::transient`). Anything else it writes, any read, and a graceful shutdown write them
+    /// first. A process crash (`kill -9`) loses an invocation still held, as any crash loses starts
+    /// not yet durable: its caller sees the connection fail. Zero: written at once. At most 1 s.
+    #[serde(with = "humantime_serde")]
+    pub transient_hold: Duration,
+    /// About the most bytes of rows held per invocation under `transient_hold` (its input included);
+    /// a larger one is written at once. With the ingress's bound on calls in flight, this bounds the
+    /// memory held. At least 1024.
+    pub transient_hold_bytes: usize,
     /// Size in bytes at which RocksDB's own text log (`LOG` in the database directory: options at
     /// open, flushes, compactions, a statistics dump every 10 minutes; written at INFO level) is
     /// rotated to `LOG.old.<time>`. At least 65536. Together with `info_log_files_kept` it bounds the
@@ -533,6 +545,8 @@ impl Default for StorageRocksdb {
             max_batch_requests: 1024,
             short_lived_write_buffer_size: 1 << 20,
             deferred_sync_delay: Duration::from_millis(10),
+            transient_hold: Duration::from_millis(10),
+            transient_hold_bytes: 64 << 10,
             info_log_max_file_size: 16 << 20,
             info_log_files_kept: 4,
         }
@@ -754,6 +768,19 @@ impl Config {
             return Err(Error::Invalid {
                 key: "worker.storage_rocksdb.deferred_sync_delay".to_owned(),
                 message: "must be at most 60s".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.transient_hold > Duration::from_secs(1) {
+            // Held rows are lost by a crash: a longer hold is a typo, not a setting.
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.transient_hold".to_owned(),
+                message: "must be at most 1s".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.transient_hold_bytes < 1024 {
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.transient_hold_bytes".to_owned(),
+                message: "must be at least 1024".to_owned(),
             });
         }
         if self.worker.storage_rocksdb.info_log_max_file_size < 65536 {

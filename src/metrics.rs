@@ -201,6 +201,9 @@ pub struct Core {
     pub state_cache_misses: Counter,
     /// Bytes the state cache holds (a gauge).
     pub state_cache_bytes: Counter,
+    /// Rows of transient invocations never written: held, then cancelled by the invocation's end
+    /// (see `partition::transient`).
+    pub transient_rows_elided: Counter,
 }
 
 impl Default for Core {
@@ -213,6 +216,7 @@ impl Default for Core {
             state_cache_hits: Counter::default(),
             state_cache_misses: Counter::default(),
             state_cache_bytes: Counter::default(),
+            transient_rows_elided: Counter::default(),
         }
     }
 }
@@ -311,6 +315,12 @@ impl Cores {
                 "counter",
                 "Attempts of keyed instances whose eager state was read from storage.",
                 |c| &c.state_cache_misses,
+            ),
+            (
+                "restate_storage_transient_rows_elided_total",
+                "counter",
+                "Row writes and deletes of short-lived invocations that never reached storage: held in memory, then cancelled by the invocation's end.",
+                |c| &c.transient_rows_elided,
             ),
             (
                 "restate_state_cache_bytes",
@@ -439,6 +449,11 @@ pub fn state_cache_lookup(hit: bool) {
             c.state_cache_misses.add(1)
         }
     });
+}
+
+/// `rows` row operations were cancelled before reaching storage (see `partition::transient`).
+pub fn transient_rows_elided(rows: usize) {
+    with_core(|c| c.transient_rows_elided.add(rows as u64));
 }
 
 /// The state cache now holds `bytes`.

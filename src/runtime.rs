@@ -296,6 +296,8 @@ async fn serve_core(
     );
     glommio::spawn_local(processor.clone().serve(inbox)).detach();
     glommio::spawn_local(sample_gauges(processor.clone(), invoker, gauges)).detach();
+    glommio::spawn_local(processor.clone().expire_holds()).detach();
+    let holder = processor.clone();
     glommio::spawn_local(purge_idempotency(
         processor.clone(),
         config.worker.ingress_grpc.idempotency_retention,
@@ -412,6 +414,11 @@ async fn serve_core(
         config.shutdown_grace_period,
     )
     .await;
+    // Invocations still running were accepted by callers now cut off; writing their held rows lets
+    // them run again after the restart, as a written start would.
+    if let Err(e) = holder.write_holds().await {
+        log::warn!(core; "writing held invocation rows at shutdown failed: {e}");
+    }
     Ok(())
 }
 

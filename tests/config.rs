@@ -86,7 +86,7 @@ fn defaults_then_file_then_env() {
 fn errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     type Env<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(&str, Env, &str); 8] = [
+    let cases: [(&str, Env, &str); 10] = [
         ("[worker]\nnope = 1\n", &[], "worker.nope"),
         (
             "[worker]\npartitions = \"many\"\n",
@@ -122,6 +122,16 @@ fn errors_name_the_key() {
             "[worker.storage_rocksdb]\ndeferred_sync_delay = \"2m\"\n",
             &[],
             "worker.storage_rocksdb.deferred_sync_delay",
+        ),
+        (
+            "",
+            &[("RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD", "2s")],
+            "worker.storage_rocksdb.transient_hold",
+        ),
+        (
+            "[worker.storage_rocksdb]\ntransient_hold_bytes = 100\n",
+            &[],
+            "worker.storage_rocksdb.transient_hold_bytes",
         ),
     ];
     for (file_text, env, key) in cases {

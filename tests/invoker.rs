@@ -365,3 +365,86 @@ fn an_attempt_bounded_by_its_pending_appends_does_not_wait_for_a_deferred_sync()
         );
     }
 }
+
+/// `worker.storage_rocksdb.table_operations` for `table` and `op`, from `/metrics`.
+fn table_ops(server: &Server, table: &str, op: &str) -> f64 {
+    let name = format!("restate_storage_table_operations_total{{table=\"{table}\",op=\"{op}\"}}");
+    common::metric(server, &name).unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// An invocation that ends while its rows are still held (`partition::transient`) never writes
+/// them: an echo's status row and input entry, and their deletes, stay out of storage. With the hold
+/// off, every echo writes both and deletes both. The hold is long here (1 s) so that a slow machine
+/// cannot turn an elided row into a written one.
+#[test]
+fn short_invocations_write_no_rows_while_held_and_all_of_them_with_the_hold_off() {
+    let endpoint = Endpoint::start("ok", &[]);
+    for (hold, written) in [("1s", 0.0), ("0s", 20.0)] {
+        let server = Server::start(&env(&[(
+            "RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD",
+            hold,
+        )]));
+        register(&server, &endpoint.uri());
+        let ops = |server: &Server| {
+            [("status", "put"), ("status", "delete"), ("journal", "put")]
+                .map(|(table, op)| table_ops(server, table, op))
+        };
+        let elided = |server: &Server| {
+            common::metric(server, "restate_storage_transient_rows_elided_total")
+                .expect("elided rows counter")
+        };
+        let (before, elided_before) = (ops(&server), elided(&server));
+        for n in 0..20 {
+            let text = format!("echo {n}");
+            let (status, body) =
+                connect_call(&server, "/restate.test.Echo/Echo", &json!({ "text": text }));
+            assert_eq!((status, &body["text"]), (200, &json!(text)), "{body}");
+        }
+        let after = ops(&server);
+        for (i, what) in ["status puts", "status deletes", "journal puts"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                after[i] - before[i],
+                written,
+                "{what} for 20 echoes with transient_hold = {hold}"
+            );
+        }
+        // Per echo: the status row and the input entry, put and deleted.
+        let expected_elided = if written == 0.0 { 80.0 } else { 0.0 };
+        assert_eq!(elided(&server) - elided_before, expected_elided, "{hold}");
+    }
+}
+
+/// A graceful shutdown writes the rows it still holds: an invocation running then was accepted
+/// by a caller the shutdown cut off, and runs again after the restart as a written one would. (A
+/// `kill -9` loses it, as it loses any start not yet durable; its caller saw no answer.) The endpoint
+/// hangs, so the invocation is still running, and its rows still held, when the SIGTERM comes.
+#[test]
+fn a_graceful_shutdown_writes_held_invocations_which_run_again_after_the_restart() {
+    let endpoint = Endpoint::start("hang", &[]);
+    let mut server = Server::start(&env(&[
+        ("RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD", "1s"),
+        ("RESTATE_SHUTDOWN_GRACE_PERIOD", "2s"),
+    ]));
+    register(&server, &endpoint.uri());
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/restate.test.Echo/Echo",
+        &json!({ "text": "held" }),
+        &[("connect-timeout-ms", "200")],
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert_eq!(endpoint_stats(&endpoint).0, 1);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    server.restart();
+    common::eventually(Duration::from_secs(20), || {
+        (endpoint_stats(&endpoint).0 == 2).then_some(())
+    });
+}

@@ -34,6 +34,7 @@ use restate::partition::state_machine::{
     codec, Action, AppendError, AttemptPlan, CallerId, Clock, Command, Effects, Env, Limits, Reply,
     Resolve, Resolved, Shipped, State, SuspendOutcome, TimerKey,
 };
+use restate::partition::transient::{Holds, Routed};
 use restate::partition::{keys, partition_key, EntryIndex, InvocationId, PartitionId, ServiceId};
 use restate::protocol::messages::{
     completion_message, get_state_entry_message, invoke_entry_message, AwakeableEntryMessage,
@@ -468,6 +469,14 @@ struct World {
     inbox_limits: config::Inbox,
     state: State,
     store: Store,
+    /// Rows held back from the store (`partition::transient`), as the shell holds them; lost in a
+    /// crash.
+    holds: Holds,
+    /// The holds' settings, for a fresh `Holds` after a crash.
+    hold: (u64, usize),
+    /// Invocations whose start was held and whose status row is not durable yet: their callers'
+    /// attachment does not make them accepted (a crash may still lose them).
+    held_starts: HashSet<InvocationId>,
     pending: VecDeque<Pending>,
     /// Commands whose reads are done, waiting to be applied (in any order).
     ready: Vec<(Command, ReplyTo)>,
@@ -511,6 +520,16 @@ impl World {
             idempotency_retention_ms: 60_000,
             idempotency_recent_ms: 1_000,
         };
+        // Off in a fifth of the seeds; otherwise up to a few clock advances, and sometimes too
+        // small to hold more than a start.
+        let hold = (
+            if rng.chance(200) {
+                0
+            } else {
+                1 + rng.below(800) as u64
+            },
+            if rng.chance(300) { 300 } else { 1 << 16 },
+        );
         World {
             rng,
             clock: SimClock {
@@ -521,6 +540,9 @@ impl World {
             inbox_limits,
             limits,
             store: Store::default(),
+            holds: Holds::new(hold.0, hold.1),
+            hold,
+            held_starts: HashSet::new(),
             pending: VecDeque::new(),
             ready: Vec::new(),
             attempts: HashMap::new(),
@@ -582,8 +604,29 @@ impl World {
         if out.writes.is_empty() && out.actions.is_empty() {
             return out.reply;
         }
+        // As the shell decides it: nothing visible waits for the batch (an append's reply without
+        // a completion is not visible).
+        let quiet = out
+            .actions
+            .iter()
+            .all(|a| matches!(a, Action::Attach { .. }))
+            && matches!(out.reply, None | Some(Reply::Appended(Ok(None))));
         let mut batch = WriteBatch::new();
-        effects::to_batch(&out.writes, &mut batch);
+        match self
+            .holds
+            .route(out.writes, &out.start_now, quiet, self.clock.now.get())
+        {
+            Routed::Held => {
+                self.note("  -> held".into());
+                self.held_starts.extend(out.start_now.iter().copied());
+            }
+            Routed::Submit { writes, elided } => {
+                if elided > 0 {
+                    self.note(format!("  -> {elided} held rows cancelled"));
+                }
+                effects::to_batch(&writes, &mut batch);
+            }
+        }
         apply_batch(&mut self.store.visible, &batch);
         self.pending.push_back(Pending {
             batch,
@@ -592,6 +635,43 @@ impl World {
             to,
         });
         None
+    }
+
+    /// As the shell does before a read or a barrier: the held rows go to the store first.
+    fn flush_holds(&mut self) {
+        let writes = self.holds.take_all();
+        self.submit_held(writes);
+    }
+
+    /// Drained and nothing else to do: the expiry task writes what is still held.
+    fn expire_all_holds(&mut self) -> bool {
+        let any = !self.holds.is_empty();
+        self.flush_holds();
+        any
+    }
+
+    /// The expiry task: holds open for their whole time are written.
+    fn expire_holds(&mut self) -> bool {
+        let writes = self.holds.take_expired(self.clock.now.get());
+        let any = !writes.is_empty();
+        self.submit_held(writes);
+        any
+    }
+
+    fn submit_held(&mut self, writes: Vec<restate::partition::state_machine::Effect>) {
+        if writes.is_empty() {
+            return;
+        }
+        self.note(format!("  held rows written: {}", writes.len()));
+        let mut batch = WriteBatch::new();
+        effects::to_batch(&writes, &mut batch);
+        apply_batch(&mut self.store.visible, &batch);
+        self.pending.push_back(Pending {
+            batch,
+            actions: Vec::new(),
+            reply: None,
+            to: ReplyTo::Nobody,
+        });
     }
 
     // --- durability and actions ---
@@ -616,6 +696,14 @@ impl World {
             let Op::Put { table, key, value } = op else {
                 continue;
             };
+            if *table == Table::Status {
+                // A held start its callers were attached to is accepted once durable.
+                let id = InvocationId::from_slice(&key[4..]).expect("status key");
+                if self.held_starts.remove(&id) && self.model.waiting.contains_key(&id) {
+                    self.model.accepted.insert(id);
+                }
+                continue;
+            }
             if *table != Table::Journal
                 || Entry::decode(value).map(|e| e.ty) != Some(types::SET_STATE)
             {
@@ -693,7 +781,11 @@ impl World {
         match action {
             Action::Attach { id, caller } => {
                 self.model.waiting.entry(id).or_default().push(caller);
-                self.model.accepted.insert(id);
+                // Held rows are not durable: a crash may still lose the invocation, with its
+                // callers' connections (accepted once its status row is durable).
+                if !self.held_starts.contains(&id) {
+                    self.model.accepted.insert(id);
+                }
             }
             Action::Answer { caller, outcome } => {
                 if let Some(id) = self.model.cancellers.remove(&caller) {
@@ -748,6 +840,7 @@ impl World {
                 service,
                 sequence,
             } => {
+                self.flush_holds();
                 let row = self
                     .store
                     .get(Table::Inbox, &keys::inbox(partition, &service, sequence))
@@ -768,6 +861,7 @@ impl World {
     }
 
     fn ended(&mut self, id: InvocationId, _outcome: Outcome) {
+        self.held_starts.remove(&id);
         assert!(self.model.ended.insert(id), "{id} ended twice");
         for caller in self.model.waiting.remove(&id).unwrap_or_default() {
             self.answer(caller);
@@ -871,6 +965,9 @@ impl World {
         if invocation.idempotency_key.is_some() {
             // As the shell does: the lookup is registered before its read is submitted.
             self.apply(Command::IdempotencyLookup { id }, ReplyTo::Nobody);
+        }
+        if invocation.idempotency_key.is_some() {
+            self.flush_holds();
         }
         let kept = invocation.idempotency_key.as_ref().and_then(|_| {
             let p = id.partition(PARTITIONS);
@@ -977,6 +1074,10 @@ impl World {
             Some(Reply::Attempt(None)) => return true,
             other => panic!("attempt start of {id} answered {other:?}"),
         };
+        if plan.fresh.is_none() {
+            // The shell reads the journal (and its barrier follows the read).
+            self.flush_holds();
+        }
         let mut attempt = self.replay(id, &plan);
         self.note(format!("attempt of {id} starts at entry {}", attempt.next));
         if plan.fresh.is_none() {
@@ -1111,6 +1212,9 @@ impl World {
             return self.output(id);
         }
         let frame = frame_for(attempt, index, self.clock.now.get());
+        if Read::needs_state(&frame) {
+            self.flush_holds();
+        }
         let Some(read) = self.read_for(id, &frame) else {
             // Cancelled meanwhile: the shell answers Gone and the attempt ends.
             self.attempts.remove(&id);
@@ -1398,6 +1502,7 @@ impl World {
         }
         if self.state.timers.needs_reload() || self.rng.chance(50) {
             self.apply(Command::TimersLoading, ReplyTo::Nobody);
+            self.flush_holds();
             let (keys, complete) = self.scan_timers();
             self.note("timers reload starts".into());
             self.timer_task = TimerTask::Loading(keys, complete);
@@ -1408,6 +1513,7 @@ impl World {
             return false;
         }
         self.note(format!("timers due: {}, reads submitted", due.len()));
+        self.flush_holds();
         let reads = due.into_iter().map(|key| self.read_timer(key)).collect();
         self.timer_task = TimerTask::Firing(reads);
         true
@@ -1489,6 +1595,8 @@ impl World {
     fn crash(&mut self) {
         self.note(format!("CRASH ({} writes lost)", self.pending.len()));
         self.pending.clear();
+        self.holds = Holds::new(self.hold.0, self.hold.1);
+        self.held_starts.clear();
         self.store.visible = self.store.durable.clone();
         self.state = State::new(self.inbox_limits.clone());
         self.ready.clear();
@@ -1549,6 +1657,7 @@ impl World {
     fn advance_clock(&mut self) {
         let by = 1 + self.rng.below(400) as u64;
         self.clock.now.set(self.clock.now.get() + by);
+        self.expire_holds();
     }
 }
 
@@ -1594,6 +1703,11 @@ impl World {
     /// Checked after every step.
     fn check(&self) {
         let state = &self.state;
+        // What reads would see: the store, and the held rows (written before any read).
+        let mut view = self.store.visible.clone();
+        let mut held = WriteBatch::new();
+        effects::to_batch(&self.holds.rows().cloned().collect::<Vec<_>>(), &mut held);
+        apply_batch(&mut view, &held);
         for (id, invocation) in &state.invocations {
             if invocation.keyed {
                 assert_eq!(
@@ -1603,7 +1717,7 @@ impl World {
                 );
             }
             let prefix = keys::journal_prefix(invocation.partition, id);
-            let rows = self.store.scan(Table::Journal, &prefix);
+            let rows = Store::scan_rows(&view, Table::Journal, &prefix);
             assert_eq!(
                 rows.len(),
                 invocation.entries.len(),
@@ -1763,6 +1877,7 @@ impl World {
                     || self.timers()
                     || self.next_timer()
                     || self.resolve_awakeable()
+                    || self.expire_all_holds()
             };
             self.check();
             if !progressed {

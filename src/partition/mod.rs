@@ -57,7 +57,11 @@
 //!    lost end restarts after its predecessor re-runs, both from durable rows. No visible effect was
 //!    built on a lost write, because by rule 2 nothing visible was produced from one.
 //!
-//! Two shortcuts of the shell lean on the same rules and change nothing above. **Deferred syncs**:
+//! Three shortcuts of the shell lean on the same rules. **Transient rows** ([`transient`]): a fresh
+//! invocation nobody was told is accepted keeps its rows in memory for a moment, and one that ends
+//! meanwhile never writes them. The rows held are always a whole invocation's, written before any
+//! later row of it, so the durable rows stay those of a prefix of the decisions less whole
+//! unacknowledged invocations, which a crash may lose (rule 3). **Deferred syncs**:
 //! a batch whose transition has nothing visible waiting for it (a fresh start, whose actions only
 //! attach its callers; an entry with no completion to send) is marked so, and the WAL sync thread
 //! does not fsync for it alone; the next batch that needs an fsync makes it durable too (rule 1), or
@@ -80,6 +84,7 @@ pub mod rows;
 mod state_cache;
 pub mod state_machine;
 mod tally;
+pub mod transient;
 
 use std::fmt;
 

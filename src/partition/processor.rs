@@ -40,6 +40,7 @@ use super::state_machine::{
     Resolved, State, TimerKey,
 };
 use super::tally::Tally;
+use super::transient::{Holds, Routed};
 use super::{effects, keys, EntryIndex, InvocationId, PartitionId};
 use crate::config::Config;
 use crate::grpc::Code;
@@ -188,6 +189,8 @@ struct Inner {
     outbox_wake_rx: RefCell<Option<mpsc::Receiver<()>>>,
     /// Limits the WARN lines about refused invocations.
     refusals: crate::logging::RateLimit,
+    /// Rows of fresh invocations held back from storage (see [`super::transient`]).
+    holds: RefCell<Holds>,
     /// Transitions whose actions wait for their batch, in submission order (see [`Processor::submit`]).
     /// Bounded by the work in flight on the core, as the ordered storage path's queue is.
     acting: mpsc::UnboundedSender<Submitted>,
@@ -241,6 +244,10 @@ impl Processor {
                 as u64,
             idempotency_recent_ms: config.worker.ingress_grpc.idempotency_recent.as_millis() as u64,
         };
+        let holds = Holds::new(
+            config.worker.storage_rocksdb.transient_hold.as_millis() as u64,
+            config.worker.storage_rocksdb.transient_hold_bytes,
+        );
         let processor = Processor {
             inner: Rc::new(Inner {
                 core,
@@ -266,6 +273,7 @@ impl Processor {
                 outbox_wake,
                 outbox_wake_rx: RefCell::new(Some(outbox_wake_rx)),
                 refusals: crate::logging::RateLimit::new(Duration::from_secs(1)),
+                holds: RefCell::new(holds),
                 acting,
             }),
         };
@@ -424,6 +432,8 @@ impl Processor {
     /// its actions only attach callers (which wait for a later, visible end), the batch's fsync is
     /// deferred ([`WriteBatch::defer_sync`]): a fresh invocation's start or a journal entry with no
     /// completion does not cost an fsync of its own; the next visible write's sync covers it.
+    /// Such a transition's writes may also be held back ([`super::transient`]): then nothing is
+    /// written now, and its actions (attaching callers) run once those submitted before it ran.
     fn submit_with(&self, effects: Effects, visible: bool) -> impl Future<Output = Option<Reply>> {
         let Effects {
             writes,
@@ -434,19 +444,36 @@ impl Processor {
         let (queued, immediate) = if writes.is_empty() && actions.is_empty() {
             (None, reply)
         } else {
-            let mut batch = WriteBatch::new();
-            effects::to_batch(&writes, &mut batch);
             self.cache_state_writes(&writes);
             self.note_kept_results(&writes);
             let invisible = !visible
                 && reply.is_none()
                 && actions.iter().all(|a| matches!(a, Action::Attach { .. }));
-            if invisible {
-                batch.defer_sync();
-            }
+            let routed =
+                self.inner
+                    .holds
+                    .borrow_mut()
+                    .route(writes, &start_now, invisible, rows::now_ms());
+            let durable: Pin<Box<dyn Future<Output = Result<(), crate::storage::Error>>>> =
+                match routed {
+                    // Nothing to write now: the actions (callers to attach) still run after those
+                    // of every transition submitted before.
+                    Routed::Held => Box::pin(std::future::ready(Ok(()))),
+                    Routed::Submit { writes, elided } => {
+                        if elided > 0 {
+                            crate::metrics::transient_rows_elided(elided);
+                        }
+                        let mut batch = WriteBatch::new();
+                        effects::to_batch(&writes, &mut batch);
+                        if invisible {
+                            batch.defer_sync();
+                        }
+                        Box::pin(self.inner.storage.write(batch))
+                    }
+                };
             let (done, answered) = oneshot::channel();
             let submitted = Submitted {
-                durable: Box::pin(self.inner.storage.write(batch)),
+                durable,
                 actions,
                 reply,
                 done,
@@ -465,6 +492,63 @@ impl Processor {
                 None => immediate,
             }
         }
+    }
+
+    /// The core's ordered storage path for a read or a barrier: every held row is submitted first, so
+    /// that it sees (or waits for) every write decided before it.
+    fn storage(&self) -> &Ordered {
+        self.flush_holds();
+        &self.inner.storage
+    }
+
+    /// Submits the rows of every open hold (see [`super::transient`]).
+    fn flush_holds(&self) {
+        let writes = {
+            let mut holds = self.inner.holds.borrow_mut();
+            if holds.is_empty() {
+                return;
+            }
+            holds.take_all()
+        };
+        self.submit_held(writes);
+    }
+
+    /// Submits held rows, as a batch with nothing waiting on it.
+    fn submit_held(&self, writes: Vec<Effect>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::new();
+        effects::to_batch(&writes, &mut batch);
+        batch.defer_sync();
+        let (done, _) = oneshot::channel();
+        let submitted = Submitted {
+            durable: Box::pin(self.inner.storage.write(batch)),
+            actions: Vec::new(),
+            reply: None,
+            done,
+        };
+        let _ = self.inner.acting.unbounded_send(submitted);
+    }
+
+    /// Writes the holds open for `worker.storage_rocksdb.transient_hold` or longer, every half of
+    /// it, forever (not started when holding is off).
+    pub async fn expire_holds(self) {
+        let hold = self.inner.config.worker.storage_rocksdb.transient_hold;
+        if hold.is_zero() {
+            return;
+        }
+        let every = (hold / 2).max(Duration::from_millis(1));
+        loop {
+            glommio::timer::sleep(every).await;
+            let expired = self.inner.holds.borrow_mut().take_expired(rows::now_ms());
+            self.submit_held(expired);
+        }
+    }
+
+    /// Writes every held row and waits until it is durable (a graceful shutdown).
+    pub async fn write_holds(&self) -> Result<(), crate::storage::Error> {
+        self.storage().write(WriteBatch::new()).await
     }
 
     /// Keeps the state cache in step with the state writes of a batch being submitted now.
@@ -650,8 +734,7 @@ impl Processor {
         // applied, the read misses its row and its outcome must stay in memory until then.
         drop(self.apply(state_machine::Command::IdempotencyLookup { id: invocation.id }));
         let kept = self
-            .inner
-            .storage
+            .storage()
             .get(
                 Table::Idempotency,
                 keys::idempotency(partition, &invocation.id),
@@ -712,7 +795,7 @@ impl Processor {
         index: EntryIndex,
     ) -> impl Future<Output = Option<Entry>> {
         let key = keys::journal(self.partition_of(&id), &id, index);
-        let read = self.inner.storage.get(Table::Journal, key);
+        let read = self.storage().get(Table::Journal, key);
         async move {
             let row = read
                 .await
@@ -730,8 +813,7 @@ impl Processor {
         sequence: u64,
     ) {
         let read = self
-            .inner
-            .storage
+            .storage()
             .get(Table::Inbox, keys::inbox(partition, service, sequence));
         let this = self.clone();
         glommio::spawn_local(async move {
@@ -781,7 +863,7 @@ impl Processor {
         if replay {
             // A journal to replay holds completions, which an endpoint may see only once durable
             // (rule 2 of the module docs): wait until everything the reads saw is.
-            self.inner.storage.write(WriteBatch::new()).await?;
+            self.storage().write(WriteBatch::new()).await?;
         }
         Ok(Some(AttemptContext {
             partition: plan.partition,
@@ -804,8 +886,7 @@ impl Processor {
     ) -> Result<Vec<Entry>, crate::storage::Error> {
         let prefix = keys::journal_prefix(partition, &id);
         let rows = self
-            .inner
-            .storage
+            .storage()
             .scan_prefix(Table::Journal, prefix, usize::MAX)
             .await?;
         let mut journal = Vec::with_capacity(rows.len());
@@ -851,8 +932,7 @@ impl Processor {
         // Reading a bounded number of rows tells whether the state fits.
         let max_rows = eager_state_max_rows(limit);
         let read = self
-            .inner
-            .storage
+            .storage()
             .scan_prefix(Table::State, prefix.clone(), max_rows);
         // Failed, or dropped (the core stops): the read ends uncached all the same.
         let mut pending = keyed.then(|| {
@@ -943,7 +1023,7 @@ impl Processor {
     /// nobody has. Nobody waits for the barrier itself: a failed write is fatal where its
     /// transition's actions run.
     pub fn sync_now(&self) {
-        drop(self.inner.storage.write(WriteBatch::new()));
+        drop(self.storage().write(WriteBatch::new()));
     }
 
     /// Passes a durable completion to `id`'s running attempt, if it has one.
@@ -977,8 +1057,7 @@ impl Processor {
                 .map_err(|e| AppendError::Protocol(format!("entry {index}: {e}")))?;
             let key = keys::state(partition, &service, &get.key);
             let value = self
-                .inner
-                .storage
+                .storage()
                 .get(Table::State, key)
                 .await
                 .map_err(storage_error)?;
@@ -987,8 +1066,7 @@ impl Processor {
         if early {
             let key = keys::completion(partition, &id, index);
             let stored = self
-                .inner
-                .storage
+                .storage()
                 .get(Table::Completions, key)
                 .await
                 .map_err(storage_error)?;
@@ -1121,8 +1199,7 @@ impl Processor {
         let partitions: Vec<PartitionId> = self.owned_partitions().collect();
         for p in partitions {
             let rows = self
-                .inner
-                .storage
+                .storage()
                 .scan_prefix(Table::Timers, keys::partition(p), limit)
                 .await?;
             if rows.len() == limit {
@@ -1212,7 +1289,7 @@ impl Processor {
         key: TimerKey,
     ) -> impl Future<Output = (TimerKey, Option<Timer>, Option<Entry>)> {
         let row_key = keys::timer(key.partition, key.wake_ms, &key.id, key.index);
-        let row = self.inner.storage.get(Table::Timers, row_key);
+        let row = self.storage().get(Table::Timers, row_key);
         let sleeps = self.inner.state.borrow().sleeps_at(&key.id, key.index);
         let entry = sleeps.then(|| self.read_entry(key.id, key.index));
         async move {
@@ -1241,7 +1318,7 @@ impl Processor {
         for p in partitions {
             self.recover_invocations(p, &mut effects).await?;
             self.recover_inbox(p).await?;
-            let storage = &self.inner.storage;
+            let storage = self.storage();
             let dedup = storage
                 .scan_prefix(Table::Dedup, keys::partition(p), usize::MAX)
                 .await?;
@@ -1283,7 +1360,7 @@ impl Processor {
         p: PartitionId,
         effects: &mut Effects,
     ) -> Result<(), crate::storage::Error> {
-        let storage = &self.inner.storage;
+        let storage = self.storage();
         let statuses = storage
             .scan_prefix(Table::Status, keys::partition(p), usize::MAX)
             .await?;
@@ -1321,8 +1398,7 @@ impl Processor {
         let end = crate::storage::prefix_end(&start);
         loop {
             let rows = self
-                .inner
-                .storage
+                .storage()
                 .scan(Table::Inbox, start.clone(), end.clone(), CHUNK_ROWS)
                 .await?;
             self.inner.state.borrow_mut().recover_inbox(p, &rows);
@@ -1368,8 +1444,7 @@ impl Processor {
                 // Submitted right after: the read sees every result written until now.
                 *self.inner.purging.borrow_mut() = Some(HashSet::new());
                 let chunk = self
-                    .inner
-                    .storage
+                    .storage()
                     .scan_chunk(Table::Idempotency, start, end.clone(), max_rows, max_bytes)
                     .await?;
                 let batch = {

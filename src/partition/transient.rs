@@ -1,0 +1,435 @@
+//! Transient rows: a fresh invocation's rows, held back from storage while nothing depends on them.
+//!
+//! A fresh invocation's start writes its status row and input entry; a short one (an echo, a
+//! lookup) ends a millisecond later and deletes both again. Written, those four operations cost the
+//! storage thread memtable inserts, WAL bytes and, later, flush and compaction work for rows that
+//! lived a few milliseconds. The shell therefore passes every transition's writes through [`Holds`]
+//! first, which keeps such rows in memory, per invocation, while they are all that invocation has
+//! written and nothing visible waits for them:
+//!
+//! - **A hold opens** with a fresh start whose transition writes only that invocation's status row
+//!   and input entry and has nothing visible to run (it only attaches callers): an ingress call
+//!   without an acknowledgement. A one-way send (its sender is acknowledged) and a call delivered
+//!   from an outbox (its producer is acknowledged) are visible, so their starts are written at once.
+//!   Its callers are attached at once (after the actions of the transitions submitted before it):
+//!   attaching is not visible, and they are answered only by the invocation's end.
+//! - **It grows** with later transitions of the invocation that write only completed journal entries
+//!   of it (an entry the SDK answered itself, such as a GetState from the eager state) and have
+//!   nothing visible to run.
+//! - **The invocation's end cancels it**: the held puts and the end's deletes of the same rows are
+//!   never written; what else the end writes (a kept idempotent result, a response in the outbox, the
+//!   key's next invocation) is submitted as usual, and its callers are answered once that batch,
+//!   empty or not, is durable together with everything decided before it.
+//! - **Anything else flushes it first**: a transition that writes any other row of the invocation (a
+//!   status update, an entry that needs a completion, a timer, ...) gets the held rows prepended to
+//!   its batch; every read the core submits and every barrier follow a flush of all holds (a read sees
+//!   every write decided before it); a hold older than `hold` or larger than `max_bytes`
+//!   (`worker.storage_rocksdb.transient_hold` / `transient_hold_bytes`) is flushed by itself; a
+//!   graceful shutdown flushes them all.
+//!
+//! Why the rules of [`crate::partition`] ("Deciding before durability") still hold: the durable rows
+//! are the rows of a prefix of the decisions, less the rows of open holds. Those are rows of one
+//! invocation each, and every later write of that invocation is submitted after them, so no durable
+//! row of it exists without them (rule 1 for everything that reads them back: recovery, a replay).
+//! Nothing visible was produced from held rows: a held transition has nothing visible to run, and an
+//! end that cancels a hold runs its actions only once its batch (by rule 1, every batch decided
+//! before it) is durable (rule 2). A crash loses the open holds, like the batches not yet written:
+//! their invocations were acknowledged to nobody, and their callers see their connections fail
+//! (rule 3). What changes is only how long an unacknowledged start can be lost: a process crash
+//! (`kill -9`) can now lose a start up to `hold` after it was decided, where a written start survived
+//! the process once applied.
+//!
+//! Pure data in, data out: the seeded simulation (`tests/simulation.rs`) runs the same holds between
+//! its state machine and its store.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::state_machine::Effect;
+use super::InvocationId;
+use crate::protocol::types;
+
+/// About how many bytes of memory a held row costs besides its payload.
+const ROW_OVERHEAD: usize = 64;
+
+/// The open holds of one core.
+#[derive(Debug, Default)]
+pub struct Holds {
+    held: HashMap<InvocationId, Held>,
+    /// Open holds by age; an id whose hold closed meanwhile is skipped when it comes up.
+    ages: VecDeque<(u64, InvocationId)>,
+    hold_ms: u64,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Held {
+    since_ms: u64,
+    writes: Vec<Effect>,
+    /// Journal entries held: entries `0..entries`, all of the invocation's journal.
+    entries: u32,
+    bytes: usize,
+}
+
+/// What to do with a transition's writes.
+#[derive(Debug, PartialEq)]
+pub enum Routed {
+    /// They are held: nothing to submit.
+    Held,
+    /// Submit these writes now; `elided` rows were cancelled by an end and never reach storage.
+    Submit { writes: Vec<Effect>, elided: usize },
+}
+
+/// The invocation whose status, journal, completion, idempotency or timer row `effect` writes.
+pub fn invocation_of(effect: &Effect) -> Option<InvocationId> {
+    match effect {
+        Effect::PutStatus(_, id, _)
+        | Effect::DeleteStatus(_, id)
+        | Effect::PutEntry(_, id, _, _)
+        | Effect::DeleteJournal(_, id, _)
+        | Effect::PutIdempotent(_, id, _)
+        | Effect::DeleteCompletion(_, id, _) => Some(*id),
+        Effect::PutTimer(key, _) | Effect::DeleteTimer(key) => Some(key.id),
+        _ => None,
+    }
+}
+
+fn row_bytes(effect: &Effect) -> usize {
+    ROW_OVERHEAD
+        + match effect {
+            Effect::PutEntry(_, _, _, entry) => entry.payload.len(),
+            Effect::PutStatus(_, _, status) => {
+                status.service.len() + status.key.len() + status.method.len()
+            }
+            _ => 0,
+        }
+}
+
+impl Holds {
+    /// Holds for at most `hold_ms` and `max_bytes` per invocation; `hold_ms == 0`: never.
+    pub fn new(hold_ms: u64, max_bytes: usize) -> Holds {
+        Holds {
+            hold_ms,
+            max_bytes,
+            ..Holds::default()
+        }
+    }
+
+    /// Open holds.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// True while `id`'s rows are held.
+    pub fn holds(&self, id: &InvocationId) -> bool {
+        self.held.contains_key(id)
+    }
+
+    /// Every held row, in no particular order across invocations.
+    pub fn rows(&self) -> impl Iterator<Item = &Effect> {
+        self.held.values().flat_map(|h| h.writes.iter())
+    }
+
+    /// Routes one transition's `writes`. `quiet`: nothing visible waits for its batch (no reply to
+    /// send, no action but attaching callers). `start_now`: the fresh invocations it starts.
+    pub fn route(
+        &mut self,
+        mut writes: Vec<Effect>,
+        start_now: &[crate::partition::InvocationId],
+        quiet: bool,
+        now_ms: u64,
+    ) -> Routed {
+        if self.hold_ms == 0 {
+            return Routed::Submit { writes, elided: 0 };
+        }
+        if quiet && self.try_hold(&mut writes, start_now, now_ms) {
+            return Routed::Held;
+        }
+        if self.held.is_empty() {
+            return Routed::Submit { writes, elided: 0 };
+        }
+        // The held invocations this transition writes rows of, in order of first appearance.
+        let mut touched: Vec<InvocationId> = Vec::new();
+        for write in &writes {
+            if let Some(id) = invocation_of(write) {
+                if self.held.contains_key(&id) && !touched.contains(&id) {
+                    touched.push(id);
+                }
+            }
+        }
+        if touched.is_empty() {
+            return Routed::Submit { writes, elided: 0 };
+        }
+        let mut flushed = Vec::new();
+        let mut elided = 0;
+        for id in touched {
+            let held = self.held.remove(&id).expect("touched ids are held");
+            if let Some(cancelled) = cancel(&held, id, &mut writes) {
+                elided += cancelled;
+            } else {
+                flushed.extend(held.writes);
+            }
+        }
+        flushed.append(&mut writes);
+        Routed::Submit {
+            writes: flushed,
+            elided,
+        }
+    }
+
+    /// Holds `writes` (a fresh start, or completed entries of a held invocation) if they qualify.
+    fn try_hold(
+        &mut self,
+        writes: &mut Vec<Effect>,
+        start_now: &[InvocationId],
+        now_ms: u64,
+    ) -> bool {
+        let bytes: usize = writes.iter().map(row_bytes).sum();
+        match (start_now, writes.as_slice()) {
+            ([id], [Effect::PutStatus(_, s, _), Effect::PutEntry(_, e, 0, _)])
+                if s == id && e == id && !self.held.contains_key(id) && bytes <= self.max_bytes =>
+            {
+                self.held.insert(
+                    *id,
+                    Held {
+                        since_ms: now_ms,
+                        writes: std::mem::take(writes),
+                        entries: 1,
+                        bytes,
+                    },
+                );
+                self.ages.push_back((now_ms, *id));
+                true
+            }
+            ([], [Effect::PutEntry(_, id, ..), ..]) => {
+                let Some(held) = self.held.get_mut(id) else {
+                    return false;
+                };
+                let mut next = held.entries;
+                let joins = writes.iter().all(|w| match w {
+                    Effect::PutEntry(_, e, index, entry)
+                        if e == id
+                            && *index == next
+                            && entry.completed
+                            && entry.ty != types::POLL_INPUT_STREAM =>
+                    {
+                        next += 1;
+                        true
+                    }
+                    _ => false,
+                });
+                if !joins || held.bytes + bytes > self.max_bytes {
+                    return false;
+                }
+                held.entries = next;
+                held.bytes += bytes;
+                held.writes.append(writes);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every open hold's writes (they are submitted before whatever comes next).
+    pub fn take_all(&mut self) -> Vec<Effect> {
+        self.ages.clear();
+        let mut holds: Vec<(InvocationId, Held)> = self.held.drain().collect();
+        // Oldest first, for a deterministic order.
+        holds.sort_by_key(|(id, held)| (held.since_ms, *id));
+        holds.into_iter().flat_map(|(_, h)| h.writes).collect()
+    }
+
+    /// The writes of the holds open for `hold_ms` or longer by `now_ms`.
+    pub fn take_expired(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        while let Some(&(since, id)) = self.ages.front() {
+            if since.saturating_add(self.hold_ms) > now_ms {
+                break;
+            }
+            self.ages.pop_front();
+            if self.held.get(&id).is_some_and(|h| h.since_ms == since) {
+                out.extend(self.held.remove(&id).expect("checked").writes);
+            }
+        }
+        if self.held.is_empty() {
+            self.ages.clear();
+        }
+        out
+    }
+}
+
+/// If `writes` end `id` (they delete its status row and write no row of it but deletes), removes the
+/// deletes of the rows `held` holds and returns how many rows never reach storage.
+fn cancel(held: &Held, id: InvocationId, writes: &mut Vec<Effect>) -> Option<usize> {
+    let mut ends = false;
+    for write in writes.iter() {
+        match write {
+            Effect::DeleteStatus(_, i) if *i == id => ends = true,
+            Effect::DeleteJournal(_, i, length) if *i == id && *length != held.entries => {
+                return None
+            }
+            Effect::DeleteJournal(..) | Effect::DeleteStatus(..) => {}
+            other if invocation_of(other) == Some(id) => return None,
+            _ => {}
+        }
+    }
+    if !ends {
+        return None;
+    }
+    let mut elided = held.writes.len();
+    writes.retain(|w| {
+        let deletes_held =
+            matches!(w, Effect::DeleteStatus(_, i) | Effect::DeleteJournal(_, i, _) if *i == id);
+        if deletes_held {
+            elided += match w {
+                Effect::DeleteJournal(_, _, length) => *length as usize,
+                _ => 1,
+            };
+        }
+        !deletes_held
+    });
+    Some(elided)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::rows::{Entry, Status};
+    use bytes::Bytes;
+
+    fn id(n: u8) -> InvocationId {
+        InvocationId::from_parts(1, [n; 16])
+    }
+
+    fn start(n: u8) -> Vec<Effect> {
+        vec![
+            Effect::PutStatus(0, id(n), Status::default()),
+            Effect::PutEntry(0, id(n), 0, entry(types::POLL_INPUT_STREAM, true)),
+        ]
+    }
+
+    fn entry(ty: u16, completed: bool) -> Entry {
+        Entry {
+            ty,
+            completed,
+            payload: Bytes::from_static(b"payload"),
+        }
+    }
+
+    fn end(n: u8, length: u32) -> Vec<Effect> {
+        vec![
+            Effect::DeleteJournal(0, id(n), length),
+            Effect::DeleteStatus(0, id(n)),
+        ]
+    }
+
+    #[test]
+    fn a_quiet_fresh_start_is_held_and_its_end_cancels_every_row() {
+        let mut holds = Holds::new(10, 4096);
+        assert_eq!(holds.route(start(1), &[id(1)], true, 0), Routed::Held);
+        let get = vec![Effect::PutEntry(0, id(1), 1, entry(types::GET_STATE, true))];
+        assert_eq!(holds.route(get, &[], true, 1), Routed::Held);
+        let mut writes = end(1, 2);
+        writes.push(Effect::PutOutboxNext(0, 7));
+        assert_eq!(
+            holds.route(writes, &[], false, 2),
+            Routed::Submit {
+                writes: vec![Effect::PutOutboxNext(0, 7)],
+                elided: 6
+            }
+        );
+        assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn visible_starts_and_uncompleted_entries_are_not_held() {
+        let mut holds = Holds::new(10, 4096);
+        assert!(matches!(
+            holds.route(start(1), &[id(1)], false, 0),
+            Routed::Submit { elided: 0, .. }
+        ));
+        assert_eq!(holds.route(start(2), &[id(2)], true, 0), Routed::Held);
+        // An awakeable entry waits for a completion from outside: it flushes the hold before it.
+        let awakeable = vec![Effect::PutEntry(
+            0,
+            id(2),
+            1,
+            entry(types::AWAKEABLE, false),
+        )];
+        let Routed::Submit { writes, elided } = holds.route(awakeable.clone(), &[], true, 1) else {
+            panic!("held an uncompleted entry");
+        };
+        assert_eq!(elided, 0);
+        let mut expected = start(2);
+        expected.extend(awakeable);
+        assert_eq!(writes, expected);
+        assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn another_write_of_a_held_invocation_gets_its_rows_first() {
+        let mut holds = Holds::new(10, 4096);
+        assert_eq!(holds.route(start(1), &[id(1)], true, 0), Routed::Held);
+        assert_eq!(holds.route(start(2), &[id(2)], true, 0), Routed::Held);
+        let timer = crate::partition::state_machine::TimerKey {
+            partition: 0,
+            wake_ms: 5,
+            id: id(1),
+            index: 1,
+        };
+        let writes = vec![Effect::PutTimer(timer, Default::default())];
+        let Routed::Submit { writes, .. } = holds.route(writes, &[], false, 1) else {
+            panic!("held a timer");
+        };
+        let mut expected = start(1);
+        expected.push(Effect::PutTimer(timer, Default::default()));
+        assert_eq!(writes, expected);
+        assert_eq!(holds.len(), 1, "the other invocation stays held");
+        // Its end is not cancelled: the rows are written already.
+        let Routed::Submit { elided, writes } = holds.route(end(1, 2), &[], false, 2) else {
+            panic!()
+        };
+        assert_eq!((elided, writes), (0, end(1, 2)));
+    }
+
+    #[test]
+    fn holds_expire_and_are_bounded_in_bytes() {
+        let mut holds = Holds::new(10, 200);
+        assert_eq!(holds.route(start(1), &[id(1)], true, 0), Routed::Held);
+        assert_eq!(holds.route(start(2), &[id(2)], true, 5), Routed::Held);
+        assert!(holds.take_expired(9).is_empty());
+        assert_eq!(holds.take_expired(10), start(1));
+        assert_eq!(holds.len(), 1);
+        // Past `max_bytes` an entry flushes the hold instead of joining it.
+        let big = Entry {
+            payload: Bytes::from(vec![0; 200]),
+            ..entry(types::GET_STATE, true)
+        };
+        let writes = vec![Effect::PutEntry(0, id(2), 1, big)];
+        assert!(matches!(
+            holds.route(writes, &[], true, 6),
+            Routed::Submit { .. }
+        ));
+        assert!(holds.is_empty());
+        assert_eq!(holds.take_expired(100), vec![]);
+    }
+
+    #[test]
+    fn no_hold_when_disabled_and_take_all_empties() {
+        let mut off = Holds::new(0, 4096);
+        assert!(matches!(
+            off.route(start(1), &[id(1)], true, 0),
+            Routed::Submit { .. }
+        ));
+        let mut holds = Holds::new(10, 4096);
+        assert_eq!(holds.route(start(2), &[id(2)], true, 3), Routed::Held);
+        assert_eq!(holds.route(start(1), &[id(1)], true, 4), Routed::Held);
+        let mut expected = start(2);
+        expected.extend(start(1));
+        assert_eq!(holds.take_all(), expected);
+        assert!(holds.is_empty());
+    }
+}
