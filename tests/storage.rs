@@ -302,6 +302,44 @@ fn a_cores_writes_decided_back_to_back_share_one_request_but_not_across_a_read()
     thread.close();
 }
 
+/// A core's barrier (an empty write) waits for the writes it submitted before and not yet answered;
+/// with none, it has nothing to wait for and costs no request to the storage thread.
+#[test]
+fn a_cores_barrier_with_no_write_unanswered_costs_no_request() {
+    let (_dir, thread, storage) = open_temp(true, 16);
+    let requests = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(1))
+        .io_memory(1 << 20)
+        .on_all_shards({
+            let storage = storage.clone();
+            move || async move {
+                let ordered = storage::ordered::Ordered::new(storage.clone(), 1024);
+                let requests = || storage.stats().snapshot().write_requests;
+                ordered.write(WriteBatch::new()).await.unwrap();
+                let idle = requests();
+                // A write, then a barrier before its answer: the barrier travels with it (one request).
+                let a = ordered.write(put(b"a"));
+                let barrier = ordered.write(WriteBatch::new());
+                barrier.await.unwrap();
+                a.await.unwrap();
+                let behind = requests();
+                // Everything answered: the next barrier is answered at once.
+                ordered.write(WriteBatch::new()).await.unwrap();
+                (idle, behind, requests())
+            }
+        })
+        .unwrap()
+        .join_all()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        requests,
+        (0, 1, 1),
+        "(after an idle barrier, after a write and a barrier, after another idle barrier)"
+    );
+    thread.close();
+}
+
 #[test]
 fn an_empty_batch_is_a_barrier_answered_once_every_earlier_write_is_synced() {
     use futures::FutureExt;

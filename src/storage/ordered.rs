@@ -11,8 +11,10 @@
 //! The local queue holds only requests the processor already decided on; its length is bounded by the
 //! work in flight on the core (ingress requests and invocation attempts, both limited by config).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
@@ -31,6 +33,9 @@ enum Queued {
 #[derive(Clone)]
 pub struct Ordered {
     queue: mpsc::UnboundedSender<Queued>,
+    /// Writes submitted and not yet answered (durable or failed): while none is, a barrier (an
+    /// empty write) has nothing to wait for and is answered at once, without a trip to storage.
+    unanswered: Rc<Cell<u64>>,
 }
 
 impl Ordered {
@@ -38,8 +43,9 @@ impl Ordered {
     /// (`worker.storage_rocksdb.max_batch_requests`).
     pub fn new(storage: Storage, max_merged: usize) -> Ordered {
         let (queue, rx) = mpsc::unbounded::<Queued>();
-        glommio::spawn_local(pump(storage, rx, max_merged.max(1))).detach();
-        Ordered { queue }
+        let unanswered = Rc::new(Cell::new(0));
+        glommio::spawn_local(pump(storage, rx, max_merged.max(1), unanswered.clone())).detach();
+        Ordered { queue, unanswered }
     }
 
     fn submit<T: 'static>(
@@ -64,12 +70,24 @@ impl Ordered {
 
     /// Writes `batch` after everything submitted before it; completes when durable, and so (writes are
     /// durable in the order applied) when everything submitted before it is. An empty batch is such a
-    /// barrier and nothing more.
+    /// barrier and nothing more; with no earlier write unanswered it completes at once.
     pub fn write(&self, batch: WriteBatch) -> impl Future<Output = Result<(), Error>> {
-        let (tx, rx) = oneshot::channel();
-        let queued = self.queue.unbounded_send(Queued::Write(batch, tx));
+        let queued = if batch.is_empty() && self.unanswered.get() == 0 {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.unanswered.set(self.unanswered.get() + 1);
+            let sent = self.queue.unbounded_send(Queued::Write(batch, tx));
+            if sent.is_err() {
+                self.unanswered.set(self.unanswered.get() - 1);
+            }
+            Some((sent, rx))
+        };
         async move {
-            queued.map_err(|_| Error::Closed)?;
+            let Some((sent, rx)) = queued else {
+                return Ok(());
+            };
+            sent.map_err(|_| Error::Closed)?;
             rx.await.map_err(|_| Error::Closed)?
         }
     }
@@ -133,7 +151,12 @@ impl Ordered {
 /// every write submitted before it (applied, not necessarily durable yet); it may also see writes
 /// submitted after it, since the storage thread applies all the writes it drained at once before it
 /// serves the reads drained with them.
-async fn pump(storage: Storage, mut rx: mpsc::UnboundedReceiver<Queued>, max_merged: usize) {
+async fn pump(
+    storage: Storage,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    max_merged: usize,
+    unanswered: Rc<Cell<u64>>,
+) {
     let mut next = rx.next().await;
     while let Some(queued) = next.take() {
         let permit = storage.permit().await;
@@ -159,8 +182,10 @@ async fn pump(storage: Storage, mut rx: mpsc::UnboundedReceiver<Queued>, max_mer
                     }
                 }
                 let durable = storage.send_write(permit, batch);
+                let unanswered = unanswered.clone();
                 glommio::spawn_local(async move {
                     let result = durable.await;
+                    unanswered.set(unanswered.get() - waiters.len() as u64);
                     for waiter in waiters {
                         let _ = waiter.send(result.clone());
                     }
