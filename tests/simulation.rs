@@ -520,16 +520,14 @@ impl World {
             idempotency_retention_ms: 60_000,
             idempotency_recent_ms: 1_000,
         };
-        // Off in a fifth of the seeds; otherwise up to a few clock advances, and sometimes too
-        // small to hold more than a start.
-        let hold = (
-            if rng.chance(200) {
-                0
-            } else {
-                1 + rng.below(800) as u64
-            },
-            if rng.chance(300) { 300 } else { 1 << 16 },
-        );
+        // Off in a fifth of the seeds, longer than any run in two fifths, otherwise up to a few
+        // clock advances; sometimes too small in bytes to hold more than a start.
+        let hold_ms = match rng.below(5) {
+            0 => 0,
+            1 | 2 => u64::MAX / 4,
+            _ => 1 + rng.below(800) as u64,
+        };
+        let hold = (hold_ms, if rng.chance(300) { 300 } else { 1 << 16 });
         World {
             rng,
             clock: SimClock {
@@ -584,6 +582,8 @@ impl World {
 
     /// Runs the state machine on `command`.
     fn transition(&mut self, command: Command) -> Effects {
+        let held = self.holds.before(&command);
+        self.submit_held(held);
         let mut out = Effects::default();
         let env = Env {
             clock: &self.clock,

@@ -402,6 +402,8 @@ impl Processor {
             resolver: &self.inner.resolver,
             limits: &self.inner.limits,
         };
+        let held = self.inner.holds.borrow_mut().before(&command);
+        self.submit_held(held);
         let tally = Tally::before(self, &command);
         self.inner
             .state

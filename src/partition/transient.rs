@@ -25,7 +25,8 @@
 //!   its batch; every read the core submits and every barrier follow a flush of all holds (a read sees
 //!   every write decided before it); a hold older than `hold` or larger than `max_bytes`
 //!   (`worker.storage_rocksdb.transient_hold` / `transient_hold_bytes`) is flushed by itself; a
-//!   graceful shutdown flushes them all.
+//!   graceful shutdown flushes them all; so does a one-way call that repeats a held invocation's
+//!   idempotency key (its sender is acknowledged once the invocation's start is durable).
 //!
 //! Why the rules of [`crate::partition`] ("Deciding before durability") still hold: the durable rows
 //! are the rows of a prefix of the decisions, less the rows of open holds. Those are rows of one
@@ -44,7 +45,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::state_machine::Effect;
+use super::state_machine::{Command, Effect};
 use super::InvocationId;
 use crate::protocol::types;
 
@@ -230,6 +231,24 @@ impl Holds {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Rows to write before `command` is applied: those of a held invocation that a sender is about
+    /// to be acknowledged for without any write of its own (a one-way call repeating the idempotency
+    /// key, and so the id, of a held invocation: its acknowledgement must wait for that start).
+    pub fn before(&mut self, command: &Command) -> Vec<Effect> {
+        match command {
+            Command::Invoke {
+                invocation,
+                ack: Some(_),
+                ..
+            } => self
+                .held
+                .remove(&invocation.id)
+                .map(|h| h.writes)
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
