@@ -261,11 +261,13 @@ impl Holds {
         holds.into_iter().flat_map(|(_, h)| h.writes).collect()
     }
 
-    /// The writes of the holds open for `hold_ms` or longer by `now_ms`.
+    /// The writes of the holds open for `hold_ms` or longer by `now_ms`, or stamped after it.
     pub fn take_expired(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         while let Some(&(since, id)) = self.ages.front() {
-            if since.saturating_add(self.hold_ms) > now_ms {
+            // One stamped after `now_ms` went in before the (wall) clock stepped back: it expires
+            // now, not once the clock has caught up.
+            if since <= now_ms && since.saturating_add(self.hold_ms) > now_ms {
                 break;
             }
             self.ages.pop_front();
@@ -434,6 +436,27 @@ mod tests {
         ));
         assert!(holds.is_empty());
         assert_eq!(holds.take_expired(100), vec![]);
+    }
+
+    #[test]
+    fn a_hold_stamped_after_now_expires_at_once() {
+        // The shell stamps holds with the wall clock; when it steps back (NTP, a VM resumed), a
+        // hold stamped before the step must not wait for the clock to catch up (an hour here), in
+        // memory and lost by a crash all that time.
+        let mut holds = Holds::new(10, 4096);
+        let before_step = 10_000_000;
+        assert_eq!(
+            holds.route(start(1), &[id(1)], true, before_step),
+            Routed::Held
+        );
+        let after_step = before_step - 3_600_000;
+        assert_eq!(
+            holds.route(start(2), &[id(2)], true, after_step),
+            Routed::Held
+        );
+        assert_eq!(holds.take_expired(after_step + 1), start(1));
+        assert_eq!(holds.take_expired(after_step + 10), start(2));
+        assert!(holds.is_empty());
     }
 
     #[test]
