@@ -228,6 +228,9 @@ fn script(service: &str, method: &str, argument: &[u8]) -> Vec<Step> {
     let text = String::from_utf8_lossy(argument).to_string();
     let delay = u64::from(argument.iter().map(|b| u32::from(*b)).sum::<u32>() % 7) * 150;
     match (service, method) {
+        // Nothing between its GetState and SetState waits for the runtime: held throughout when
+        // its GetState is answered from the eager state.
+        ("counter", "bump") => vec![Step::Input, Step::GetState, Step::SetState, Step::Output],
         ("counter", _) => vec![
             Step::Input,
             Step::GetState,
@@ -263,6 +266,9 @@ struct Attempt {
     /// A replayed journal waits for its barrier before the endpoint sees it: the rows read (journal
     /// key, completed), which must all be durable when it passes.
     barrier: Option<Vec<(Vec<u8>, bool)>>,
+    /// A fresh attempt of a keyed instance that got its complete state with the Start: the counter's
+    /// value ("n"), which its GetState answers itself (sent completed), as SDK 0.4.1 does.
+    eager: Option<Option<Vec<u8>>>,
 }
 
 impl Attempt {
@@ -289,7 +295,10 @@ fn frame_for(attempt: &Attempt, index: EntryIndex, now_ms: u64) -> Frame {
             0,
             &GetStateEntryMessage {
                 key: b"n".to_vec(),
-                result: None,
+                result: attempt.eager.as_ref().map(|value| match value {
+                    Some(v) => get_state_entry_message::Result::Value(v.clone()),
+                    None => get_state_entry_message::Result::Empty(()),
+                }),
             },
         ),
         Step::SideEffect => Frame::new(types::SIDE_EFFECT, FLAG_REQUIRES_ACK, b"side".to_vec()),
@@ -477,6 +486,10 @@ struct World {
     /// Invocations whose start was held and whose status row is not durable yet: their callers'
     /// attachment does not make them accepted (a crash may still lose them).
     held_starts: HashSet<InvocationId>,
+    /// Counter invocations that decided their SetState (since the last crash): one whose end is
+    /// durable incremented its counter, whether or not its SetState entry was ever written (held,
+    /// its entry is cancelled by its end and only its state row is written).
+    set_state_decided: HashSet<InvocationId>,
     pending: VecDeque<Pending>,
     /// Commands whose reads are done, waiting to be applied (in any order).
     ready: Vec<(Command, ReplyTo)>,
@@ -541,6 +554,7 @@ impl World {
             holds: Holds::new(hold.0, hold.1),
             hold,
             held_starts: HashSet::new(),
+            set_state_decided: HashSet::new(),
             pending: VecDeque::new(),
             ready: Vec::new(),
             attempts: HashMap::new(),
@@ -637,7 +651,27 @@ impl World {
         None
     }
 
-    /// As the shell does before a read or a barrier: the held rows go to the store first.
+    /// A row as every write decided so far leaves it: the store's visible rows and the held ones.
+    fn decided(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
+        let mut held = WriteBatch::new();
+        effects::to_batch(&self.holds.rows().cloned().collect::<Vec<_>>(), &mut held);
+        let mut row = self.store.get(table, key);
+        for op in held.ops() {
+            match op {
+                Op::Put {
+                    table: t,
+                    key: k,
+                    value,
+                } if *t == table && k == key => row = Some(value.clone()),
+                Op::Delete { table: t, key: k } if *t == table && k == key => row = None,
+                _ => {}
+            }
+        }
+        row
+    }
+
+    /// Every held row goes to the store (the shell's graceful shutdown; here, the expiry task once
+    /// drained).
     fn flush_holds(&mut self) {
         let writes = self.holds.take_all();
         self.submit_held(writes);
@@ -840,7 +874,6 @@ impl World {
                 service,
                 sequence,
             } => {
-                self.flush_holds();
                 let row = self
                     .store
                     .get(Table::Inbox, &keys::inbox(partition, &service, sequence))
@@ -862,6 +895,11 @@ impl World {
 
     fn ended(&mut self, id: InvocationId, _outcome: Outcome) {
         self.held_starts.remove(&id);
+        if self.set_state_decided.remove(&id) {
+            let counter = self.model.counter_key[&id].clone();
+            // Already there if its SetState entry was written (and counted) before.
+            self.model.increments.entry(counter).or_default().insert(id);
+        }
         assert!(self.model.ended.insert(id), "{id} ended twice");
         for caller in self.model.waiting.remove(&id).unwrap_or_default() {
             self.answer(caller);
@@ -909,8 +947,9 @@ impl World {
     /// awakeable; sometimes with an idempotency key, sometimes one-way (acknowledged, not answered).
     fn ingress_call(&mut self) {
         let key = self.rng.pick(&COUNTER_KEYS).copied().unwrap().to_owned();
-        let (service, method, argument) = match self.rng.below(6) {
+        let (service, method, argument) = match self.rng.below(7) {
             0 | 1 => ("counter", "add", key.clone()),
+            6 => ("counter", "bump", key.clone()),
             2 => ("caller", "call", key.clone()),
             3 => ("caller", "oneway", key.clone()),
             4 => ("sleeper", "sleep", key.clone()),
@@ -965,9 +1004,6 @@ impl World {
         if invocation.idempotency_key.is_some() {
             // As the shell does: the lookup is registered before its read is submitted.
             self.apply(Command::IdempotencyLookup { id }, ReplyTo::Nobody);
-        }
-        if invocation.idempotency_key.is_some() {
-            self.flush_holds();
         }
         let kept = invocation.idempotency_key.as_ref().and_then(|_| {
             let p = id.partition(PARTITIONS);
@@ -1076,9 +1112,16 @@ impl World {
         };
         if plan.fresh.is_none() {
             // The shell reads the journal (and its barrier follows the read).
-            self.flush_holds();
+            let writes = self.holds.take(&id);
+            self.submit_held(writes);
         }
         let mut attempt = self.replay(id, &plan);
+        if plan.fresh.is_some() && plan.keyed && self.rng.chance(500) {
+            // The state the shell sends with a fresh Start: every state write decided so far
+            // (its cache), held ones included.
+            let key = keys::state(plan.partition, &plan.service, b"n");
+            attempt.eager = Some(self.decided(Table::State, &key));
+        }
         self.note(format!("attempt of {id} starts at entry {}", attempt.next));
         if plan.fresh.is_none() {
             // As the shell does: the replayed journal goes out after a barrier (an empty batch).
@@ -1159,6 +1202,7 @@ impl World {
             started_ms: self.clock.now.get(),
             appending: false,
             barrier: None,
+            eager: None,
         };
         for (index, entry) in journal.iter().enumerate() {
             let step = &attempt.script[index];
@@ -1213,7 +1257,11 @@ impl World {
         }
         let frame = frame_for(attempt, index, self.clock.now.get());
         if Read::needs_state(&frame) {
-            self.flush_holds();
+            // The shell reads the instance's state: the rows held for it go first.
+            if let Some(invocation) = self.state.invocations.get(&id) {
+                let writes = self.holds.take_instance(&invocation.service.clone());
+                self.submit_held(writes);
+            }
         }
         let Some(read) = self.read_for(id, &frame) else {
             // Cancelled meanwhile: the shell answers Gone and the attempt ends.
@@ -1221,7 +1269,20 @@ impl World {
             return true;
         };
         self.note(format!("{id} appends {index} ({:#x})", frame.ty));
-        self.attempts.get_mut(&id).unwrap().next += 1;
+        let attempt = self.attempts.get_mut(&id).unwrap();
+        attempt.next += 1;
+        if frame.ty == types::GET_STATE && frame.is_completed_entry() {
+            // Answered from the eager state: the SDK knows the result.
+            let eager = attempt
+                .eager
+                .clone()
+                .expect("only eager GetStates are sent completed");
+            let result = eager.map(completion_message::Result::Value);
+            attempt.record(index, result.as_ref());
+        }
+        if frame.ty == types::SET_STATE {
+            self.set_state_decided.insert(id);
+        }
         let command = Command::Append {
             id,
             index,
@@ -1502,7 +1563,6 @@ impl World {
         }
         if self.state.timers.needs_reload() || self.rng.chance(50) {
             self.apply(Command::TimersLoading, ReplyTo::Nobody);
-            self.flush_holds();
             let (keys, complete) = self.scan_timers();
             self.note("timers reload starts".into());
             self.timer_task = TimerTask::Loading(keys, complete);
@@ -1513,7 +1573,6 @@ impl World {
             return false;
         }
         self.note(format!("timers due: {}, reads submitted", due.len()));
-        self.flush_holds();
         let reads = due.into_iter().map(|key| self.read_timer(key)).collect();
         self.timer_task = TimerTask::Firing(reads);
         true
@@ -1597,6 +1656,7 @@ impl World {
         self.pending.clear();
         self.holds = Holds::new(self.hold.0, self.hold.1);
         self.held_starts.clear();
+        self.set_state_decided.clear();
         self.store.visible = self.store.durable.clone();
         self.state = State::new(self.inbox_limits.clone());
         self.ready.clear();

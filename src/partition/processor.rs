@@ -496,22 +496,32 @@ impl Processor {
         }
     }
 
-    /// The core's ordered storage path for a read or a barrier: every held row is submitted first, so
-    /// that it sees (or waits for) every write decided before it.
+    /// The core's ordered storage path. A read of rows that may be held (see [`super::transient`])
+    /// goes through [`storage_after`](Self::storage_after) or
+    /// [`storage_after_instance`](Self::storage_after_instance) instead; no other table ever has
+    /// held rows, and no barrier waits for them (their transitions have nothing visible).
     fn storage(&self) -> &Ordered {
-        self.flush_holds();
         &self.inner.storage
     }
 
-    /// Submits the rows of every open hold (see [`super::transient`]).
+    /// The ordered storage path for a read of `id`'s journal or completions: its held rows first.
+    fn storage_after(&self, id: InvocationId) -> &Ordered {
+        let writes = self.inner.holds.borrow_mut().take(&id);
+        self.submit_held(writes);
+        &self.inner.storage
+    }
+
+    /// The ordered storage path for a read of `service`'s state: the rows held by the invocation
+    /// that holds it first.
+    fn storage_after_instance(&self, service: &super::ServiceId) -> &Ordered {
+        let writes = self.inner.holds.borrow_mut().take_instance(service);
+        self.submit_held(writes);
+        &self.inner.storage
+    }
+
+    /// Submits the rows of every open hold.
     fn flush_holds(&self) {
-        let writes = {
-            let mut holds = self.inner.holds.borrow_mut();
-            if holds.is_empty() {
-                return;
-            }
-            holds.take_all()
-        };
+        let writes = self.inner.holds.borrow_mut().take_all();
         self.submit_held(writes);
     }
 
@@ -550,6 +560,7 @@ impl Processor {
 
     /// Writes every held row and waits until it is durable (a graceful shutdown).
     pub async fn write_holds(&self) -> Result<(), crate::storage::Error> {
+        self.flush_holds();
         self.storage().write(WriteBatch::new()).await
     }
 
@@ -797,7 +808,7 @@ impl Processor {
         index: EntryIndex,
     ) -> impl Future<Output = Option<Entry>> {
         let key = keys::journal(self.partition_of(&id), &id, index);
-        let read = self.storage().get(Table::Journal, key);
+        let read = self.storage_after(id).get(Table::Journal, key);
         async move {
             let row = read
                 .await
@@ -888,7 +899,7 @@ impl Processor {
     ) -> Result<Vec<Entry>, crate::storage::Error> {
         let prefix = keys::journal_prefix(partition, &id);
         let rows = self
-            .storage()
+            .storage_after(id)
             .scan_prefix(Table::Journal, prefix, usize::MAX)
             .await?;
         let mut journal = Vec::with_capacity(rows.len());
@@ -933,9 +944,11 @@ impl Processor {
         let prefix = keys::state_prefix(partition, service);
         // Reading a bounded number of rows tells whether the state fits.
         let max_rows = eager_state_max_rows(limit);
-        let read = self
-            .storage()
-            .scan_prefix(Table::State, prefix.clone(), max_rows);
+        let read = self.storage_after_instance(service).scan_prefix(
+            Table::State,
+            prefix.clone(),
+            max_rows,
+        );
         // Failed, or dropped (the core stops): the read ends uncached all the same.
         let mut pending = keyed.then(|| {
             self.inner.state_cache.borrow_mut().begin_read(service);
@@ -1059,7 +1072,7 @@ impl Processor {
                 .map_err(|e| AppendError::Protocol(format!("entry {index}: {e}")))?;
             let key = keys::state(partition, &service, &get.key);
             let value = self
-                .storage()
+                .storage_after_instance(&service)
                 .get(Table::State, key)
                 .await
                 .map_err(storage_error)?;
@@ -1068,7 +1081,7 @@ impl Processor {
         if early {
             let key = keys::completion(partition, &id, index);
             let stored = self
-                .storage()
+                .storage_after(id)
                 .get(Table::Completions, key)
                 .await
                 .map_err(storage_error)?;

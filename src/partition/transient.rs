@@ -13,17 +13,20 @@
 //!   from an outbox (its producer is acknowledged) are visible, so their starts are written at once.
 //!   Its callers are attached at once (after the actions of the transitions submitted before it):
 //!   attaching is not visible, and they are answered only by the invocation's end.
-//! - **It grows** with later transitions of the invocation that write only completed journal entries
-//!   of it (an entry the SDK answered itself, such as a GetState from the eager state) and have
-//!   nothing visible to run.
-//! - **The invocation's end cancels it**: the held puts and the end's deletes of the same rows are
-//!   never written; what else the end writes (a kept idempotent result, a response in the outbox, the
-//!   key's next invocation) is submitted as usual, and its callers are answered once that batch,
-//!   empty or not, is durable together with everything decided before it.
+//! - **It grows** with later transitions of the invocation that have nothing visible to run and write
+//!   only journal entries of it that wait for nothing (a GetState the SDK answered from the eager
+//!   state, a SetState; not an entry that waits for a completion, such as an Awakeable) and, for a
+//!   keyed invocation, its own instance's state rows.
+//! - **The invocation's end cancels it**: the held puts of its status and journal and the end's
+//!   deletes of them are never written; its held state rows go first in the end's batch, with what
+//!   else the end writes (a kept idempotent result, a response in the outbox, the key's next
+//!   invocation), and its callers are answered once that batch, empty or not, is durable together
+//!   with everything decided before it.
 //! - **Anything else flushes it first**: a transition that writes any other row of the invocation (a
 //!   status update, an entry that needs a completion, a timer, ...) gets the held rows prepended to
-//!   its batch; every read the core submits and every barrier follow a flush of all holds (a read sees
-//!   every write decided before it); a hold older than `hold` or larger than `max_bytes`
+//!   its batch; a read of its journal, or of its instance's state, follows a flush of it (a read
+//!   sees every write decided before it; no other table ever has held rows); a hold older than
+//!   `hold` or larger than `max_bytes`
 //!   (`worker.storage_rocksdb.transient_hold` / `transient_hold_bytes`) is flushed by itself; a
 //!   graceful shutdown flushes them all; so does a one-way call that repeats a held invocation's
 //!   idempotency key (its sender is acknowledged once the invocation's start is durable).
@@ -45,9 +48,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
+
 use super::state_machine::{Command, Effect};
 use super::InvocationId;
-use crate::protocol::types;
+use crate::protocol::{kind, types, Kind};
 
 /// About how many bytes of memory a held row costs besides its payload.
 const ROW_OVERHEAD: usize = 64;
@@ -65,6 +70,8 @@ pub struct Holds {
 #[derive(Debug)]
 struct Held {
     since_ms: u64,
+    /// The keyed instance (service, key) whose state rows it may hold; `None`: unkeyed.
+    instance: Option<(String, Bytes)>,
     writes: Vec<Effect>,
     /// Journal entries held: entries `0..entries`, all of the invocation's journal.
     entries: u32,
@@ -155,8 +162,15 @@ impl Holds {
         // The held invocations this transition writes rows of, in order of first appearance.
         let mut touched: Vec<InvocationId> = Vec::new();
         for write in &writes {
-            if let Some(id) = invocation_of(write) {
-                if self.held.contains_key(&id) && !touched.contains(&id) {
+            let id = match write {
+                // A state row of an instance a held invocation wrote (whatever writes it).
+                Effect::PutState(_, service, ..) | Effect::DeleteState(_, service, _) => {
+                    self.holder_of(service)
+                }
+                other => invocation_of(other).filter(|id| self.held.contains_key(id)),
+            };
+            if let Some(id) = id {
+                if !touched.contains(&id) {
                     touched.push(id);
                 }
             }
@@ -168,10 +182,9 @@ impl Holds {
         let mut elided = 0;
         for id in touched {
             let held = self.held.remove(&id).expect("touched ids are held");
-            if let Some(cancelled) = cancel(&held, id, &mut writes) {
-                elided += cancelled;
-            } else {
-                flushed.extend(held.writes);
+            match cancel(held, id, &mut writes) {
+                Ok(cancelled) => elided += cancelled,
+                Err(held) => flushed.extend(held.writes),
             }
         }
         flushed.append(&mut writes);
@@ -179,6 +192,16 @@ impl Holds {
             writes: flushed,
             elided,
         }
+    }
+
+    /// The held invocation of keyed instance `service`, if one is held.
+    fn holder_of(&self, service: &super::ServiceId) -> Option<InvocationId> {
+        self.held.iter().find_map(|(id, held)| {
+            held.instance
+                .as_ref()
+                .is_some_and(|(s, k)| *s == service.service && *k == service.key)
+                .then_some(*id)
+        })
     }
 
     /// Holds `writes` (a fresh start, or completed entries of a held invocation) if they qualify.
@@ -190,13 +213,17 @@ impl Holds {
     ) -> bool {
         let bytes: usize = writes.iter().map(row_bytes).sum();
         match (start_now, writes.as_slice()) {
-            ([id], [Effect::PutStatus(_, s, _), Effect::PutEntry(_, e, 0, _)])
+            ([id], [Effect::PutStatus(_, s, status), Effect::PutEntry(_, e, 0, _)])
                 if s == id && e == id && !self.held.contains_key(id) && bytes <= self.max_bytes =>
             {
+                let instance = status
+                    .keyed
+                    .then(|| (status.service.clone(), status.key.clone()));
                 self.held.insert(
                     *id,
                     Held {
                         since_ms: now_ms,
+                        instance,
                         writes: std::mem::take(writes),
                         entries: 1,
                         bytes,
@@ -210,15 +237,20 @@ impl Holds {
                     return false;
                 };
                 let mut next = held.entries;
+                let own = |service: &super::ServiceId| {
+                    held.instance
+                        .as_ref()
+                        .is_some_and(|(s, k)| *s == service.service && *k == service.key)
+                };
                 let joins = writes.iter().all(|w| match w {
                     Effect::PutEntry(_, e, index, entry)
-                        if e == id
-                            && *index == next
-                            && entry.completed
-                            && entry.ty != types::POLL_INPUT_STREAM =>
+                        if e == id && *index == next && waits_for_nothing(entry) =>
                     {
                         next += 1;
                         true
+                    }
+                    Effect::PutState(_, service, ..) | Effect::DeleteState(_, service, _) => {
+                        own(service)
                     }
                     _ => false,
                 });
@@ -243,12 +275,22 @@ impl Holds {
                 invocation,
                 ack: Some(_),
                 ..
-            } => self
-                .held
-                .remove(&invocation.id)
-                .map(|h| h.writes)
-                .unwrap_or_default(),
+            } => self.take(&invocation.id),
             _ => Vec::new(),
+        }
+    }
+
+    /// `id`'s held rows, if any (a read of its rows is submitted next).
+    pub fn take(&mut self, id: &InvocationId) -> Vec<Effect> {
+        self.held.remove(id).map(|h| h.writes).unwrap_or_default()
+    }
+
+    /// The rows held by the invocation holding keyed instance `service`, if any (a read of its
+    /// state is submitted next).
+    pub fn take_instance(&mut self, service: &super::ServiceId) -> Vec<Effect> {
+        match self.holder_of(service) {
+            Some(id) => self.take(&id),
+            None => Vec::new(),
         }
     }
 
@@ -282,25 +324,37 @@ impl Holds {
     }
 }
 
+/// An entry the invocation may append while held: complete as sent (a completable entry with its
+/// result, or one that is never completed), not the input.
+fn waits_for_nothing(entry: &crate::partition::rows::Entry) -> bool {
+    entry.ty != types::POLL_INPUT_STREAM
+        && (entry.completed || kind(entry.ty).is_some_and(|k| k != Kind::Completable))
+}
+
 /// If `writes` end `id` (they delete its status row and write no row of it but deletes), removes the
-/// deletes of the rows `held` holds and returns how many rows never reach storage.
-fn cancel(held: &Held, id: InvocationId, writes: &mut Vec<Effect>) -> Option<usize> {
+/// deletes of the rows `held` holds and returns how many rows never reach storage; the held rows
+/// that are not the invocation's own (state) are moved to the front of `writes`.
+fn cancel(held: Held, id: InvocationId, writes: &mut Vec<Effect>) -> Result<usize, Held> {
     let mut ends = false;
     for write in writes.iter() {
         match write {
             Effect::DeleteStatus(_, i) if *i == id => ends = true,
             Effect::DeleteJournal(_, i, length) if *i == id && *length != held.entries => {
-                return None
+                return Err(held)
             }
             Effect::DeleteJournal(..) | Effect::DeleteStatus(..) => {}
-            other if invocation_of(other) == Some(id) => return None,
+            other if invocation_of(other) == Some(id) => return Err(held),
             _ => {}
         }
     }
     if !ends {
-        return None;
+        return Err(held);
     }
-    let mut elided = held.writes.len();
+    let (own, mut kept): (Vec<Effect>, Vec<Effect>) = held
+        .writes
+        .into_iter()
+        .partition(|w| invocation_of(w) == Some(id));
+    let mut elided = own.len();
     writes.retain(|w| {
         let deletes_held =
             matches!(w, Effect::DeleteStatus(_, i) | Effect::DeleteJournal(_, i, _) if *i == id);
@@ -312,7 +366,9 @@ fn cancel(held: &Held, id: InvocationId, writes: &mut Vec<Effect>) -> Option<usi
         }
         !deletes_held
     });
-    Some(elided)
+    kept.append(writes);
+    *writes = kept;
+    Ok(elided)
 }
 
 #[cfg(test)]
@@ -363,6 +419,72 @@ mod tests {
             }
         );
         assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn a_keyed_invocations_own_state_rows_are_held_and_written_with_its_end() {
+        let mut holds = Holds::new(10, 4096);
+        let mut writes = start(1);
+        let Effect::PutStatus(_, _, status) = &mut writes[0] else {
+            unreachable!()
+        };
+        status.keyed = true;
+        status.service = "counter".into();
+        status.key = Bytes::from_static(b"k");
+        assert_eq!(holds.route(writes, &[id(1)], true, 0), Routed::Held);
+        let instance = crate::partition::ServiceId {
+            service: "counter".into(),
+            key: Bytes::from_static(b"k"),
+        };
+        let put = Effect::PutState(0, instance.clone(), Bytes::from_static(b"n"), Bytes::new());
+        let set = vec![
+            Effect::PutEntry(0, id(1), 1, entry(types::SET_STATE, false)),
+            put.clone(),
+        ];
+        assert_eq!(holds.route(set, &[], true, 1), Routed::Held);
+        // Another instance's state is not its own: not held.
+        let other = crate::partition::ServiceId {
+            key: Bytes::from_static(b"j"),
+            ..instance.clone()
+        };
+        let foreign = vec![
+            Effect::PutEntry(0, id(1), 2, entry(types::SET_STATE, false)),
+            Effect::PutState(0, other, Bytes::from_static(b"n"), Bytes::new()),
+        ];
+        let Routed::Submit { writes, elided: 0 } = holds.route(foreign.clone(), &[], true, 2)
+        else {
+            panic!("held another instance's state");
+        };
+        assert_eq!(writes.len(), 4 + foreign.len(), "the hold went first");
+        // Held again (a new start), then ended: only its state row is written.
+        let mut holds = Holds::new(10, 4096);
+        let Effect::PutStatus(_, _, status) = &start_keyed()[0] else {
+            unreachable!()
+        };
+        assert!(status.keyed);
+        assert_eq!(holds.route(start_keyed(), &[id(1)], true, 0), Routed::Held);
+        let set = vec![
+            Effect::PutEntry(0, id(1), 1, entry(types::SET_STATE, false)),
+            put.clone(),
+        ];
+        assert_eq!(holds.route(set, &[], true, 1), Routed::Held);
+        assert_eq!(
+            holds.route(end(1, 2), &[], false, 2),
+            Routed::Submit {
+                writes: vec![put],
+                elided: 6
+            }
+        );
+    }
+
+    fn start_keyed() -> Vec<Effect> {
+        let mut writes = start(1);
+        if let Effect::PutStatus(_, _, status) = &mut writes[0] {
+            status.keyed = true;
+            status.service = "counter".into();
+            status.key = Bytes::from_static(b"k");
+        }
+        writes
     }
 
     #[test]
