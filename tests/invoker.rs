@@ -448,3 +448,34 @@ fn a_graceful_shutdown_writes_held_invocations_which_run_again_after_the_restart
         (endpoint_stats(&endpoint).0 == 2).then_some(())
     });
 }
+
+/// A caller whose deadline passes is told the invocation carries on (504 with its id): that
+/// statement waits until the invocation's start is durable, even while its rows would still be held
+/// (`transient_hold`), so a `kill -9` right after it does not lose the invocation. Without that wait
+/// the held start dies with the process and the invocation never runs again.
+#[test]
+fn a_caller_told_its_invocation_carries_on_has_it_run_again_after_kill_9() {
+    let endpoint = Endpoint::start("hang", &[]);
+    let mut server = Server::start(&env(&[(
+        "RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD",
+        "1s",
+    )]));
+    register(&server, &endpoint.uri());
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/restate.test.Echo/Echo",
+        &json!({ "text": "carries on" }),
+        &[("connect-timeout-ms", "200")],
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert_eq!(endpoint_stats(&endpoint).0, 1);
+    server.kill();
+    server.restart();
+    common::eventually(Duration::from_secs(20), || {
+        (endpoint_stats(&endpoint).0 == 2).then_some(())
+    });
+}

@@ -235,9 +235,10 @@ async fn call(
         .map(str::to_owned);
     let invocation = new_invocation(&service, &method, argument, idempotency_key)?;
     let sid = sid(&invocation);
+    let id = invocation.id;
     let (reply, outcome) = oneshot::channel();
     submit(ctx, invocation, Some(reply), None).await?;
-    let answer = await_outcome(outcome, timeout, protocol, &method).await;
+    let answer = await_outcome(ctx, id, outcome, timeout, protocol, &method).await;
     Ok(with_invocation_id(
         answer.unwrap_or_else(|e| error_response(protocol, e)),
         &sid,
@@ -265,8 +266,12 @@ fn error_response(protocol: Protocol, e: CallError) -> http::Response<Body> {
     response
 }
 
-/// Waits (up to the caller's timeout) for an invocation's outcome and answers it.
+/// Waits (up to the caller's timeout) for an invocation's outcome and answers it. Past the timeout
+/// the caller is told the invocation carries on, once its start is durable (its rows may still be
+/// held in memory: see [`crate::partition::transient`]).
 async fn await_outcome(
+    ctx: &Context,
+    id: crate::partition::InvocationId,
     outcome: oneshot::Receiver<Outcome>,
     timeout: Option<std::time::Duration>,
     protocol: Protocol,
@@ -276,10 +281,11 @@ async fn await_outcome(
         Some(limit) => match select(outcome, glommio::timer::sleep(limit).boxed_local()).await {
             Either::Left((outcome, _)) => outcome,
             Either::Right(_) => {
+                persist(ctx, id).await;
                 return Err(CallError::new(
                     Code::DeadlineExceeded,
                     format!("no response within {limit:?}; the invocation carries on"),
-                ))
+                ));
             }
         },
         None => outcome.await,
@@ -289,6 +295,20 @@ async fn await_outcome(
         Ok(output) => respond(protocol, &method.output, output),
         Err(Failure { code, message }) => Err(CallError::new(code_of(code), message)),
     }
+}
+
+/// Asks `id`'s core to write its held rows and waits until they are durable. If the core is gone
+/// (shutting down) the caller is answered all the same: a graceful shutdown writes them too.
+async fn persist(ctx: &Context, id: crate::partition::InvocationId) {
+    let (reply, persisted) = oneshot::channel();
+    let command = Command::Persist { id, reply };
+    let partition = id.partition(ctx.router.partitions());
+    if ctx.router.owner(partition) == ctx.core {
+        ctx.local.handle(command);
+    } else if ctx.router.send(partition, command).await.is_err() {
+        return;
+    }
+    let _ = persisted.await;
 }
 
 /// The request body, at most `max_message_size` (plus the gRPC frame header). A gRPC frame declaring

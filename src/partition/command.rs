@@ -30,4 +30,10 @@ pub enum Command {
         id: InvocationId,
         reply: oneshot::Sender<bool>,
     },
+    /// Write `id`'s held rows, if any (see [`super::transient`]), and answer once every write
+    /// decided so far, its start included, is durable: before a caller is told it carries on.
+    Persist {
+        id: InvocationId,
+        reply: oneshot::Sender<()>,
+    },
 }

@@ -732,6 +732,17 @@ impl Processor {
                 })
                 .detach();
             }
+            Command::Persist { id, reply } => {
+                let held = self.inner.holds.borrow_mut().take(&id);
+                self.submit_held(held);
+                let durable = self.storage().write(WriteBatch::new());
+                glommio::spawn_local(async move {
+                    if durable.await.is_ok() {
+                        let _ = reply.send(());
+                    }
+                })
+                .detach();
+            }
         }
     }
 
