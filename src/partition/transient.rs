@@ -11,6 +11,11 @@
 //!   and input entry and has nothing visible to run (it only attaches callers): an ingress call
 //!   without an acknowledgement. A one-way send (its sender is acknowledged) and a call delivered
 //!   from an outbox (its producer is acknowledged) are visible, so their starts are written at once.
+//!   A hold also opens with the start of a keyed invocation that waited in its key's inbox (started
+//!   by its predecessor's end, or once its inbox row was read): it holds the inbox row's delete with
+//!   the status row and input. That invocation was accepted (its callers attached, its sender
+//!   acknowledged) once its inbox row was durable, and the row stays until the held delete is
+//!   written: a crash that loses the hold runs it again from its inbox.
 //!   Its callers are attached at once (after the actions of the transitions submitted before it):
 //!   attaching is not visible, and they are answered only by the invocation's end.
 //! - **It grows** with later transitions of the invocation that have nothing visible to run and write
@@ -156,6 +161,16 @@ impl Holds {
         if quiet && self.try_hold(&mut writes, start_now, now_ms) {
             return Routed::Held;
         }
+        let mut routed = self.flush_touched(writes);
+        if let Routed::Submit { writes, .. } = &mut routed {
+            self.hold_inbox_start(writes, start_now, now_ms);
+        }
+        routed
+    }
+
+    /// The transition's writes with the rows of the held invocations they touch: prepended, or
+    /// cancelled by their end.
+    fn flush_touched(&mut self, mut writes: Vec<Effect>) -> Routed {
         if self.held.is_empty() {
             return Routed::Submit { writes, elided: 0 };
         }
@@ -192,6 +207,49 @@ impl Holds {
             writes: flushed,
             elided,
         }
+    }
+
+    /// Holds the start of a queued invocation that ends `writes` (its inbox row's delete, its status
+    /// row and input: the key's next invocation, started by its predecessor's end or once its inbox
+    /// row was read). It was accepted when its inbox row became durable; that row stays until the
+    /// held delete is written, so a crash that loses the hold runs it again from its inbox.
+    fn hold_inbox_start(
+        &mut self,
+        writes: &mut Vec<Effect>,
+        start_now: &[InvocationId],
+        now_ms: u64,
+    ) {
+        let [id] = start_now else { return };
+        let n = writes.len();
+        if n < 3 || self.held.contains_key(id) {
+            return;
+        }
+        let (
+            Effect::DeleteInbox(_, queue, _),
+            Effect::PutStatus(_, s, status),
+            Effect::PutEntry(_, e, 0, _),
+        ) = (&writes[n - 3], &writes[n - 2], &writes[n - 1])
+        else {
+            return;
+        };
+        let own_queue = status.keyed && queue.service == status.service && queue.key == status.key;
+        let bytes: usize = writes[n - 3..].iter().map(row_bytes).sum();
+        if s != id || e != id || !own_queue || bytes > self.max_bytes {
+            return;
+        }
+        let instance = Some((status.service.clone(), status.key.clone()));
+        let rows = writes.split_off(n - 3);
+        self.held.insert(
+            *id,
+            Held {
+                since_ms: now_ms,
+                instance,
+                writes: rows,
+                entries: 1,
+                bytes,
+            },
+        );
+        self.ages.push_back((now_ms, *id));
     }
 
     /// The held invocation of keyed instance `service`, if one is held.
@@ -485,6 +543,47 @@ mod tests {
             status.key = Bytes::from_static(b"k");
         }
         writes
+    }
+
+    #[test]
+    fn a_start_from_the_inbox_is_held_with_its_inbox_delete_which_its_end_writes() {
+        let mut holds = Holds::new(10, 4096);
+        let instance = crate::partition::ServiceId {
+            service: "counter".into(),
+            key: Bytes::from_static(b"k"),
+        };
+        // The predecessor's end starts it: the end's own rows go now, the start is held.
+        let predecessor = end(2, 1);
+        let mut writes = predecessor.clone();
+        writes.push(Effect::DeleteInbox(0, instance.clone(), 7));
+        writes.extend(start_keyed());
+        let Routed::Submit { writes, elided: 0 } = holds.route(writes, &[id(1)], false, 0) else {
+            panic!("held the predecessor's end");
+        };
+        assert_eq!(writes, predecessor);
+        assert!(holds.holds(&id(1)));
+        let Routed::Submit { writes, elided } = holds.route(end(1, 1), &[], false, 1) else {
+            panic!()
+        };
+        assert_eq!(
+            (writes, elided),
+            (vec![Effect::DeleteInbox(0, instance.clone(), 7)], 4)
+        );
+        // Another key's queue, or an unkeyed start, is not one: written at once.
+        let mut writes = vec![Effect::DeleteInbox(
+            0,
+            crate::partition::ServiceId {
+                key: Bytes::from_static(b"j"),
+                ..instance
+            },
+            8,
+        )];
+        writes.extend(start_keyed());
+        let Routed::Submit { writes, .. } = holds.route(writes, &[id(1)], false, 2) else {
+            panic!()
+        };
+        assert_eq!(writes.len(), 3);
+        assert!(holds.is_empty());
     }
 
     #[test]
