@@ -420,32 +420,46 @@ fn short_invocations_write_no_rows_while_held_and_all_of_them_with_the_hold_off(
 /// A graceful shutdown writes the rows it still holds: an invocation running then was accepted
 /// by a caller the shutdown cut off, and runs again after the restart as a written one would. (A
 /// `kill -9` loses it, as it loses any start not yet durable; its caller saw no answer.) The endpoint
-/// hangs, so the invocation is still running, and its rows still held, when the SIGTERM comes.
+/// hangs, so the invocation is still running, and its rows still held, when the SIGTERM comes; its
+/// caller waits without a deadline (a deadline's answer would write them itself, see below).
 #[test]
 fn a_graceful_shutdown_writes_held_invocations_which_run_again_after_the_restart() {
-    let endpoint = Endpoint::start("hang", &[]);
-    let mut server = Server::start(&env(&[
-        ("RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD", "1s"),
-        ("RESTATE_SHUTDOWN_GRACE_PERIOD", "2s"),
-    ]));
-    register(&server, &endpoint.uri());
-    let (status, body) = common::request_json_with(
-        server.ingress,
-        "/restate.test.Echo/Echo",
-        &json!({ "text": "held" }),
-        &[("connect-timeout-ms", "200")],
-    );
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (504, Some("deadline_exceeded")),
-        "{body}"
-    );
-    assert_eq!(endpoint_stats(&endpoint).0, 1);
+    let (endpoint, mut server) = hanging_echo_server(&[("RESTATE_SHUTDOWN_GRACE_PERIOD", "1s")]);
+    let port = server.ingress;
+    let caller = std::thread::spawn(move || {
+        // Cut off by the shutdown: whatever it gets is not an answer of the invocation.
+        let _ = common::http1_request(
+            port,
+            "POST",
+            "/restate.test.Echo/Echo",
+            &[("content-type", "application/json")],
+            br#"{"text": "held"}"#,
+        );
+    });
+    common::eventually(Duration::from_secs(20), || {
+        (endpoint_stats(&endpoint).0 == 1).then_some(())
+    });
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    caller.join().unwrap();
     server.restart();
+    runs_again(&endpoint);
+}
+
+/// The in-repo endpoint in `hang` mode, registered with a server that holds rows for 1 s.
+fn hanging_echo_server(extra: &[(&'static str, &'static str)]) -> (Endpoint, Server) {
+    let endpoint = Endpoint::start("hang", &[]);
+    let mut all = vec![("RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD", "1s")];
+    all.extend_from_slice(extra);
+    let server = Server::start(&env(&all));
+    register(&server, &endpoint.uri());
+    (endpoint, server)
+}
+
+/// The one invocation the hanging endpoint saw gets a second attempt (after a restart).
+fn runs_again(endpoint: &Endpoint) {
     common::eventually(Duration::from_secs(20), || {
-        (endpoint_stats(&endpoint).0 == 2).then_some(())
+        (endpoint_stats(endpoint).0 == 2).then_some(())
     });
 }
 
@@ -455,12 +469,7 @@ fn a_graceful_shutdown_writes_held_invocations_which_run_again_after_the_restart
 /// the held start dies with the process and the invocation never runs again.
 #[test]
 fn a_caller_told_its_invocation_carries_on_has_it_run_again_after_kill_9() {
-    let endpoint = Endpoint::start("hang", &[]);
-    let mut server = Server::start(&env(&[(
-        "RESTATE_WORKER__STORAGE_ROCKSDB__TRANSIENT_HOLD",
-        "1s",
-    )]));
-    register(&server, &endpoint.uri());
+    let (endpoint, mut server) = hanging_echo_server(&[]);
     let (status, body) = common::request_json_with(
         server.ingress,
         "/restate.test.Echo/Echo",
@@ -475,7 +484,5 @@ fn a_caller_told_its_invocation_carries_on_has_it_run_again_after_kill_9() {
     assert_eq!(endpoint_stats(&endpoint).0, 1);
     server.kill();
     server.restart();
-    common::eventually(Duration::from_secs(20), || {
-        (endpoint_stats(&endpoint).0 == 2).then_some(())
-    });
+    runs_again(&endpoint);
 }
