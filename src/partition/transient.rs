@@ -28,25 +28,28 @@
 //!   invocation), and its callers are answered once that batch, empty or not, is durable together
 //!   with everything decided before it.
 //! - **Anything else flushes it first**: a transition that writes any other row of the invocation (a
-//!   status update, an entry that needs a completion, a timer, ...) gets the held rows prepended to
-//!   its batch; a read of its journal, or of its instance's state, follows a flush of it (a read
-//!   sees every write decided before it; no other table ever has held rows); a hold older than
-//!   `hold` or larger than `max_bytes`
-//!   (`worker.storage_rocksdb.transient_hold` / `transient_hold_bytes`) is flushed by itself; a
-//!   graceful shutdown flushes them all; so does a one-way call that repeats a held invocation's
-//!   idempotency key (its sender is acknowledged once the invocation's start is durable).
+//!   status update, an entry that needs a completion, a timer, ...) or its instance's state gets the
+//!   held rows prepended to its batch. A read of its journal, or of its instance's state, follows a
+//!   flush of it (a read sees every write decided before it; no other table ever has held rows). So
+//!   do a one-way call that repeats its idempotency key (its sender is acknowledged once its start
+//!   is durable) and a caller's deadline (the caller is told it carries on, once that is true of a
+//!   crash too). A hold older than `worker.storage_rocksdb.transient_hold`, or larger than
+//!   `transient_hold_bytes`, is written by itself; a graceful shutdown writes them all.
 //!
 //! Why the rules of [`crate::partition`] ("Deciding before durability") still hold: the durable rows
 //! are the rows of a prefix of the decisions, less the rows of open holds. Those are rows of one
-//! invocation each, and every later write of that invocation is submitted after them, so no durable
-//! row of it exists without them (rule 1 for everything that reads them back: recovery, a replay).
-//! Nothing visible was produced from held rows: a held transition has nothing visible to run, and an
-//! end that cancels a hold runs its actions only once its batch (by rule 1, every batch decided
-//! before it) is durable (rule 2). A crash loses the open holds, like the batches not yet written:
-//! their invocations were acknowledged to nobody, and their callers see their connections fail
-//! (rule 3). What changes is only how long an unacknowledged start can be lost: a process crash
-//! (`kill -9`) can now lose a start up to `hold` after it was decided, where a written start survived
-//! the process once applied.
+//! invocation each (its status and journal, its key's state, which nothing else writes while it
+//! holds the key, its inbox row's delete), and every later write of them is submitted after them, so
+//! no durable row of the invocation exists without them (rule 1 for everything that reads them back:
+//! recovery, a replay, the key's next invocation, whose own rows are decided after the end that
+//! writes them). Nothing visible was produced from held rows: a held transition has nothing visible
+//! to run, and an end that cancels a hold runs its actions only once its batch (by rule 1, every
+//! batch decided before it) is durable (rule 2). A crash loses the open holds, like the batches not
+//! yet written: a fresh invocation was acknowledged to nobody and its callers see their connections
+//! fail; one started from its inbox runs again from its inbox row, which the lost hold would have
+//! deleted (rule 3). What changes is only how long an unacknowledged start can be lost: a process
+//! crash (`kill -9`) can now lose one up to `transient_hold` after it was decided, where a written
+//! start survived the process once applied.
 //!
 //! Pure data in, data out: the seeded simulation (`tests/simulation.rs`) runs the same holds between
 //! its state machine and its store.
