@@ -1445,7 +1445,7 @@ impl Processor {
     /// the read sees every result written before it. A result written after it (an idempotency key
     /// used again after its old result expired, its new invocation ended meanwhile) is newer than
     /// what the chunk shows: its id is noted while the chunk's read is in flight
-    /// ([`Self::note_kept_results`]) and its row is not deleted, or a retry within the retention
+    /// (`note_kept_results`) and its row is not deleted, or a retry within the retention
     /// would run the call again. The notes start afresh with each chunk's read (a later chunk's read
     /// sees what was written before it), so they hold about one read's worth of results, not all
     /// those written during a purge of a large table.
