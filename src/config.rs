@@ -515,12 +515,14 @@ pub struct StorageRocksdb {
     /// 60 s.
     #[serde(with = "humantime_serde")]
     pub deferred_sync_delay: Duration,
-    /// How long the rows of a fresh invocation that nobody was told is accepted (an ingress call
-    /// waiting for its response: its status row, its input and completed entries it appends) may stay
-    /// in the core's memory instead of storage, so that one that ends sooner never writes them (see
-    /// `partition::transient`). Anything else it writes, any read, and a graceful shutdown write them
-    /// first. A process crash (`kill -9`) loses an invocation still held, as any crash loses starts
-    /// not yet durable: its caller sees the connection fail. Zero: written at once. At most 1 s.
+    /// How long the rows of an ingress call's invocation (its status row and input, entries that
+    /// wait for nothing, its key's state writes; for one that waited in its key's inbox, that row's
+    /// delete) may stay in the core's memory instead of storage, so that one that ends sooner never
+    /// writes them (see `partition::transient`). Anything else it writes, a read of its journal or
+    /// state, a deadline answer to its caller and a graceful shutdown write them first. A process
+    /// crash (`kill -9`) loses an invocation still held, as any crash loses starts not yet durable:
+    /// its caller sees the connection fail (one from an inbox runs again from there). Zero: written
+    /// at once. At most 1 s.
     #[serde(with = "humantime_serde")]
     pub transient_hold: Duration,
     /// About the most bytes of rows held per invocation under `transient_hold` (its input included);
