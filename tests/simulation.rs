@@ -653,21 +653,18 @@ impl World {
 
     /// A row as every write decided so far leaves it: the store's visible rows and the held ones.
     fn decided(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
+        self.decided_rows()
+            .get(&(table as u8, key.to_vec()))
+            .cloned()
+    }
+
+    /// Every row as the decisions so far leave it: the store's visible rows, the held ones applied.
+    fn decided_rows(&self) -> BTreeMap<(u8, Vec<u8>), Vec<u8>> {
+        let mut rows = self.store.visible.clone();
         let mut held = WriteBatch::new();
         effects::to_batch(&self.holds.rows().cloned().collect::<Vec<_>>(), &mut held);
-        let mut row = self.store.get(table, key);
-        for op in held.ops() {
-            match op {
-                Op::Put {
-                    table: t,
-                    key: k,
-                    value,
-                } if *t == table && k == key => row = Some(value.clone()),
-                Op::Delete { table: t, key: k } if *t == table && k == key => row = None,
-                _ => {}
-            }
-        }
-        row
+        apply_batch(&mut rows, &held);
+        rows
     }
 
     /// Every held row goes to the store (the shell's graceful shutdown; here, the expiry task once
@@ -1764,10 +1761,7 @@ impl World {
     fn check(&self) {
         let state = &self.state;
         // What reads would see: the store, and the held rows (written before any read).
-        let mut view = self.store.visible.clone();
-        let mut held = WriteBatch::new();
-        effects::to_batch(&self.holds.rows().cloned().collect::<Vec<_>>(), &mut held);
-        apply_batch(&mut view, &held);
+        let view = self.decided_rows();
         for (id, invocation) in &state.invocations {
             if invocation.keyed {
                 assert_eq!(

@@ -242,17 +242,27 @@ impl Holds {
         }
         let instance = Some((status.service.clone(), status.key.clone()));
         let rows = writes.split_off(n - 3);
-        self.held.insert(
-            *id,
-            Held {
-                since_ms: now_ms,
-                instance,
-                writes: rows,
-                entries: 1,
-                bytes,
-            },
-        );
-        self.ages.push_back((now_ms, *id));
+        self.open(*id, instance, rows, bytes, now_ms);
+    }
+
+    /// Opens `id`'s hold with `rows`, which end with its input (entry 0).
+    fn open(
+        &mut self,
+        id: InvocationId,
+        instance: Option<(String, Bytes)>,
+        rows: Vec<Effect>,
+        bytes: usize,
+        now_ms: u64,
+    ) {
+        let held = Held {
+            since_ms: now_ms,
+            instance,
+            writes: rows,
+            entries: 1,
+            bytes,
+        };
+        self.held.insert(id, held);
+        self.ages.push_back((now_ms, id));
     }
 
     /// The held invocation of keyed instance `service`, if one is held.
@@ -280,17 +290,7 @@ impl Holds {
                 let instance = status
                     .keyed
                     .then(|| (status.service.clone(), status.key.clone()));
-                self.held.insert(
-                    *id,
-                    Held {
-                        since_ms: now_ms,
-                        instance,
-                        writes: std::mem::take(writes),
-                        entries: 1,
-                        bytes,
-                    },
-                );
-                self.ages.push_back((now_ms, *id));
+                self.open(*id, instance, std::mem::take(writes), bytes, now_ms);
                 true
             }
             ([], [Effect::PutEntry(_, id, ..), ..]) => {
