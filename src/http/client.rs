@@ -137,10 +137,11 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
         uri: uri.to_owned(),
         reason: reason.to_owned(),
     };
-    let shown = redact_userinfo(&uri.to_string());
-    let host = uri.host().ok_or_else(|| bad(&shown, "no host"))?;
+    // Rendered only for an error: this runs for every attempt.
+    let shown = || redact_userinfo(&uri.to_string());
+    let host = uri.host().ok_or_else(|| bad(&shown(), "no host"))?;
     let port = match uri.authority() {
-        Some(authority) => explicit_port(authority).map_err(|reason| bad(&shown, &reason))?,
+        Some(authority) => explicit_port(authority).map_err(|reason| bad(&shown(), &reason))?,
         None => None,
     };
     let tls_name = match uri.scheme_str() {
@@ -155,7 +156,7 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
                 .trim_end_matches(']')
                 .to_owned(),
         ),
-        _ => return Err(bad(&shown, "the scheme must be http or https")),
+        _ => return Err(bad(&shown(), "the scheme must be http or https")),
     };
     let default_port = if tls_name.is_some() { 443 } else { 80 };
     let endpoint_host = host

@@ -38,6 +38,11 @@ mod slots;
 
 use slots::Slots;
 
+/// Start and the replayed journal are sent in chunks: a chunk ends once it holds this many bytes (so
+/// it exceeds this by at most one message). hyper writes a chunk as few HTTP/2 DATA frames as the
+/// peer's frame size allows, instead of one frame per message.
+const START_CHUNK_BYTES: usize = 16 * 1024;
+
 /// Why an attempt failed.
 #[derive(Debug, Clone)]
 pub struct AttemptError {
@@ -596,14 +601,21 @@ impl Attempt<'_> {
         } else {
             0
         };
-        self.send(Frame::message(types::START, flags, &start));
+        // Start and the journal go out as few HTTP/2 DATA frames as their size allows (one for
+        // most invocations) instead of one per message.
+        let mut chunk = bytes::BytesMut::new();
+        Frame::message(types::START, flags, &start).encode_into(&mut chunk);
         for (index, entry) in context.journal.iter().enumerate() {
             let flags = if entry.completed { FLAG_COMPLETED } else { 0 };
             if entry.completed {
                 self.completed.insert(index as EntryIndex);
             }
-            self.send(Frame::new(entry.ty, flags, entry.payload.clone()));
+            if chunk.len() >= START_CHUNK_BYTES {
+                let _ = self.out.unbounded_send(chunk.split().freeze());
+            }
+            Frame::new(entry.ty, flags, entry.payload.clone()).encode_into(&mut chunk);
         }
+        let _ = self.out.unbounded_send(chunk.freeze());
         if !self.request_open {
             self.out.close_channel();
         }
