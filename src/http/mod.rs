@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-pub use io::{Activity, Io};
+pub use io::{coalesce_writes, Activity, Io};
 
 /// Boxed error of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
