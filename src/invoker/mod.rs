@@ -253,7 +253,8 @@ impl Invoker {
         let invoker = self.clone();
         processor.set_driver(Rc::new(move |processor, id| {
             let invoker = invoker.clone();
-            glommio::spawn_local(async move { invoker.drive(processor, id).await }).detach();
+            // Boxed: the attempt loop's future is ~8 KB, which glommio would move several times.
+            glommio::spawn_local(Box::pin(invoker.drive(processor, id))).detach();
         }));
     }
 
