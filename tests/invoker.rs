@@ -486,3 +486,57 @@ fn a_caller_told_its_invocation_carries_on_has_it_run_again_after_kill_9() {
     server.restart();
     runs_again(&endpoint);
 }
+
+/// A connection to an endpoint that stops answering (a stopped process, a crashed host: nothing
+/// closes the connection) is found dead by the HTTP/2 keep-alive PING within its interval and timeout:
+/// the attempt stuck on it fails, instead of waiting for the abort timeout (60 s here), and the retry
+/// finishes the invocation once the endpoint answers again.
+#[test]
+fn a_silent_endpoint_connection_is_dropped_by_keep_alive_and_the_invocation_finishes_on_a_new_one()
+{
+    let endpoint = Endpoint::start("ok", &["--services", "Echo,Flow"]);
+    let server = Server::start(&env(&[
+        (
+            "RESTATE_WORKER__INVOKER__HTTP2_KEEP_ALIVE_INTERVAL",
+            "200ms",
+        ),
+        ("RESTATE_WORKER__INVOKER__HTTP2_KEEP_ALIVE_TIMEOUT", "300ms"),
+        ("RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT", "60s"),
+        ("RESTATE_WORKER__INVOKER__ABORT_TIMEOUT", "60s"),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS",
+            "1000",
+        ),
+    ]));
+    register(&server, &endpoint.uri());
+    let ingress = server.ingress;
+    let call = std::thread::spawn(move || {
+        common::request_json(
+            ingress,
+            "POST",
+            "/restate.test.Flow/Sleep",
+            Some(&json!({ "text": "zz", "number": "300" })),
+        )
+    });
+    // The attempt is on its stream, waiting for the timer's completion, when the endpoint stops.
+    std::thread::sleep(Duration::from_millis(150));
+    endpoint.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let failed = common::eventually(Duration::from_secs(10), || {
+        server
+            .log()
+            .lines()
+            .find(|l| l.contains("attempt 1 of restate.test.Flow/Sleep failed"))
+            .map(str::to_owned)
+    });
+    let noticed = stopped.elapsed();
+    endpoint.signal(libc::SIGCONT);
+    assert!(failed.contains("stream broke"), "{failed}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "keep-alive noticed the stopped endpoint after {noticed:?}"
+    );
+    let (status, body) = call.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], "zz");
+}

@@ -323,6 +323,11 @@ impl Endpoint {
     pub fn uri(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Sends `signal` to the endpoint process (SIGSTOP: it stops answering, its connections stay open).
+    pub fn signal(&self, signal: libc::c_int) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
 }
 
 impl Drop for Endpoint {
@@ -418,6 +423,11 @@ impl SdkEndpoint {
     /// `http://127.0.0.1:{port}`.
     pub fn uri(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` to the endpoint process (SIGSTOP: it stops answering, its connections stay open).
+    pub fn signal(&self, signal: libc::c_int) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
     }
 }
 
