@@ -376,10 +376,21 @@ fn https_endpoints_are_reached_over_tls_with_alpn_h2() {
 
     let mut env = FAST_RETRIES.to_vec();
     env.push(("RESTATE_META__TLS_CA_FILE", cert.to_str().unwrap()));
+    env.push((
+        "RESTATE_WORKER__INVOKER__TLS_CA_FILE",
+        cert.to_str().unwrap(),
+    ));
     let trusting = Server::start(&env);
     let (status, body) = post_json(trusting.meta, "/endpoints", &json!({ "uri": uri }));
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["services"].as_array().unwrap().len(), 3);
+    // Invocations reach it over TLS too (the invoker's own connections).
+    let (status, body) = common::connect_call(
+        &trusting,
+        "/restate.test.Echo/Echo",
+        &json!({ "text": "tls" }),
+    );
+    assert_eq!((status, &body["text"]), (200, &json!("tls")), "{body}");
 }
 
 #[test]

@@ -1,11 +1,16 @@
-//! Outbound HTTP/2 on glommio: hyper's HTTP/2 client (h2 underneath) over a glommio `TcpStream`.
+//! Outbound HTTP/2 on glommio over a glommio `TcpStream`: [`Streams`] drives h2 itself (the invoker's
+//! attempts: one stream each, no task per request), [`Connection`] is hyper's client (discovery and
+//! other one-off requests that read a whole response).
 //!
 //! `http://` endpoints are reached with prior knowledge (h2c), `https://` ones over TLS (rustls) with ALPN
 //! `h2`. Through an HTTP proxy the connection goes to the proxy and the request keeps the endpoint's
 //! authority, which is what an Envoy-style sidecar routes on.
 
+use std::cell::Cell;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ClientConfig;
@@ -13,7 +18,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::future::{select, Either};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use http_body_util::BodyExt;
 
@@ -182,7 +188,7 @@ pub fn target(uri: &http::Uri, proxy: Option<&str>) -> Result<Target, Error> {
     })
 }
 
-/// An HTTP/2 connection to one address; requests are multiplexed on it.
+/// A hyper HTTP/2 client connection to one address, for requests answered with a whole body.
 pub struct Connection {
     sender: hyper::client::conn::http2::SendRequest<Body>,
 }
@@ -195,66 +201,15 @@ impl Connection {
         tls: &Arc<ClientConfig>,
         allow: &AllowList,
     ) -> Result<Connection, Error> {
-        Self::open_with(target, tls, None, allow).await
-    }
-
-    /// Like [`open`](Self::open), with HTTP/2 keep-alive pings every `keep_alive.0` (dropping the
-    /// connection when a ping gets no answer within `keep_alive.1`).
-    pub async fn open_with(
-        target: &Target,
-        tls: &Arc<ClientConfig>,
-        keep_alive: Option<(Duration, Duration)>,
-        allow: &AllowList,
-    ) -> Result<Connection, Error> {
-        let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
-        if let Some((interval, timeout)) = keep_alive {
-            builder
-                .timer(super::timer::ThreadTimer)
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(timeout)
-                .keep_alive_while_idle(true);
-        }
-        let address = target.address.as_str();
-        let connect_error = |message: String| Error::Connect {
-            address: address.to_owned(),
-            message,
-        };
-        let resolved = resolve(address)
+        let io = Io::new(connect(target, tls, allow).await?, Activity::new());
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(LocalExec)
+            .handshake(io)
             .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        check_allowed(target, resolved, allow).await?;
-        let stream = TcpStream::connect(resolved)
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let handshake_error = |e: hyper::Error| Error::Handshake {
-            address: address.to_owned(),
-            message: e.to_string(),
-        };
-        let (sender, connection) = match &target.tls_name {
-            None => {
-                let io = Io::new(stream, Activity::new());
-                let (sender, connection) = builder.handshake(io).await.map_err(handshake_error)?;
-                (sender, connection.boxed_local())
-            }
-            Some(name) => {
-                let server_name = ServerName::try_from(name.clone())
-                    .map_err(|e| Error::Tls(format!("bad server name {name}: {e}")))?;
-                let stream = futures_rustls::TlsConnector::from(tls.clone())
-                    .connect(server_name, stream)
-                    .await
-                    .map_err(|e| Error::Tls(format!("handshake with {address}: {e}")))?;
-                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    return Err(Error::Tls(format!(
-                        "{address} did not negotiate HTTP/2 (ALPN h2)"
-                    )));
-                }
-                let io = Io::new(stream, Activity::new());
-                let (sender, connection) = builder.handshake(io).await.map_err(handshake_error)?;
-                (sender, connection.boxed_local())
-            }
-        };
-        let address = Rc::new(address.to_owned());
+            .map_err(|e| Error::Handshake {
+                address: target.address.clone(),
+                message: e.to_string(),
+            })?;
+        let address = Rc::new(target.address.clone());
         glommio::spawn_local(async move {
             if let Err(e) = connection.await {
                 log::debug!(address = address.as_str(); "HTTP/2 client connection ended: {e}");
@@ -262,11 +217,6 @@ impl Connection {
         })
         .detach();
         Ok(Connection { sender })
-    }
-
-    /// The request sender (cloneable: many streams on one connection).
-    pub fn into_sender(self) -> hyper::client::conn::http2::SendRequest<Body> {
-        self.sender
     }
 
     /// Sends a request and reads the whole response body, at most `limit` bytes: an announced
@@ -312,6 +262,185 @@ impl Connection {
             })?
             .to_bytes();
         Ok(http::Response::from_parts(parts, body))
+    }
+}
+
+/// A connected socket to a target: plain TCP (h2c) or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// Resolves and checks the target, connects, and for `https` completes TLS with ALPN `h2`.
+async fn connect(
+    target: &Target,
+    tls: &Arc<ClientConfig>,
+    allow: &AllowList,
+) -> Result<Transport, Error> {
+    let address = target.address.as_str();
+    let connect_error = |message: String| Error::Connect {
+        address: address.to_owned(),
+        message,
+    };
+    let resolved = resolve(address)
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    check_allowed(target, resolved, allow).await?;
+    let stream = TcpStream::connect(resolved)
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let Some(name) = &target.tls_name else {
+        return Ok(Transport::Plain(stream));
+    };
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| Error::Tls(format!("bad server name {name}: {e}")))?;
+    let stream = futures_rustls::TlsConnector::from(tls.clone())
+        .connect(server_name, stream)
+        .await
+        .map_err(|e| Error::Tls(format!("handshake with {address}: {e}")))?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(Error::Tls(format!(
+            "{address} did not negotiate HTTP/2 (ALPN h2)"
+        )));
+    }
+    Ok(Transport::Tls(Box::new(stream)))
+}
+
+/// Settings of [`Streams`] connections, hyper's client defaults: a stream may receive 2 MiB and the
+/// connection 5 MiB before we release capacity (which we do as we read), response header blocks up to
+/// 16 KiB, and at most 100 streams until the endpoint's SETTINGS say how many it takes.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 5 << 20;
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+const INITIAL_MAX_STREAMS: usize = 100;
+
+/// An HTTP/2 connection used through h2 itself (the invoker's streams): a request is opened, its body
+/// written and its response read on the caller's task, with no task or channel per request (hyper's
+/// client spawns two tasks per request and hands each one through a channel). The connection's own
+/// task answers PINGs and, with a keep-alive, drops the connection once a PING of ours goes unanswered.
+#[derive(Clone)]
+pub struct Streams {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set by the connection's task when it ends.
+    closed: Rc<Cell<bool>>,
+}
+
+impl Streams {
+    /// Connects like [`Connection::open`] and performs the HTTP/2 handshake; `keep_alive`: PING
+    /// every `.0`, drop the connection when one is not answered within `.1`.
+    pub async fn open(
+        target: &Target,
+        tls: &Arc<ClientConfig>,
+        keep_alive: Option<(Duration, Duration)>,
+        allow: &AllowList,
+    ) -> Result<Streams, Error> {
+        let io = Io::new(connect(target, tls, allow).await?, Activity::new());
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .enable_push(false)
+            .handshake::<_, Bytes>(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| Error::Handshake {
+                address: target.address.clone(),
+                message: e.to_string(),
+            })?;
+        let pings = connection.ping_pong();
+        let closed = Rc::new(Cell::new(false));
+        let ended = closed.clone();
+        let address = target.address.clone();
+        glommio::spawn_local(async move {
+            let pinged = std::pin::pin!(ping_until_unanswered(pings, keep_alive));
+            let why = match select(connection, pinged).await {
+                Either::Left((Ok(()), _)) => "closed".to_owned(),
+                Either::Left((Err(e), _)) => e.to_string(),
+                Either::Right((why, _)) => why,
+            };
+            ended.set(true);
+            log::debug!(address = address.as_str(); "HTTP/2 client connection ended: {why}");
+        })
+        .detach();
+        Ok(Streams { sender, closed })
+    }
+
+    /// The connection ended (its requests fail).
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Opens a stream with `request`'s head once the connection takes one more (the endpoint's limit on
+    /// concurrent streams); the body is written to the returned stream.
+    pub async fn open_stream(
+        &self,
+        request: http::Request<()>,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Error> {
+        let failed = |e: h2::Error| Error::Request(e.to_string());
+        let mut sender = self.sender.clone().ready().await.map_err(failed)?;
+        sender.send_request(request, false).map_err(failed)
+    }
+}
+
+/// PINGs every `keep_alive.0` while answered within `keep_alive.1`; returns why it stopped. Without a
+/// keep-alive it never returns.
+async fn ping_until_unanswered(
+    pings: Option<h2::PingPong>,
+    keep_alive: Option<(Duration, Duration)>,
+) -> String {
+    let (Some(mut pings), Some((interval, timeout))) = (pings, keep_alive) else {
+        return std::future::pending().await;
+    };
+    loop {
+        glommio::timer::sleep(interval).await;
+        let ping = std::pin::pin!(pings.ping(h2::Ping::opaque()));
+        let late = std::pin::pin!(glommio::timer::sleep(timeout));
+        match select(ping, late).await {
+            Either::Left((Ok(_), _)) => {}
+            Either::Left((Err(e), _)) => return format!("PING failed: {e}"),
+            Either::Right(_) => return format!("no PING answer within {timeout:?}"),
+        }
     }
 }
 

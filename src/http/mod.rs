@@ -12,7 +12,6 @@ pub mod client;
 mod io;
 pub mod limits;
 pub mod server;
-pub mod timer;
 
 use std::convert::Infallible;
 

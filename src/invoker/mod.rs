@@ -15,14 +15,12 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{select, Either};
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use prost::Message;
 
 use crate::config;
 use crate::grpc::Code;
 use crate::http::allow::AllowList;
-use crate::http::client::{self, Connection};
-use crate::http::{Body, BoxError};
+use crate::http::client;
 use crate::partition::processor::{
     AppendError, AttemptContext, Failure, Processor, SuspendOutcome,
 };
@@ -332,19 +330,19 @@ impl Invoker {
     async fn connection(
         &self,
         target: &client::Target,
-    ) -> Result<(hyper::client::conn::http2::SendRequest<Body>, StreamSlot), client::Error> {
+    ) -> Result<(client::Streams, StreamSlot), client::Error> {
         let key = pool_key(target);
         let reuse = {
             let mut pool = self.connections.borrow_mut();
             let open = pool.entry(key.clone()).or_default();
-            open.retain(|c| !c.sender.is_closed());
+            open.retain(|c| !c.connection.is_closed());
             let least = open.iter().min_by_key(|c| c.streams.get());
             match least {
                 Some(c)
                     if c.streams.get() < self.config.max_streams_per_connection
                         || open.len() >= self.config.max_connections_per_endpoint =>
                 {
-                    Some((c.sender.clone(), StreamSlot::new(c.streams.clone())))
+                    Some((c.connection.clone(), StreamSlot::new(c.streams.clone())))
                 }
                 _ => None,
             }
@@ -356,13 +354,13 @@ impl Invoker {
             self.config.http2_keep_alive_interval,
             self.config.http2_keep_alive_timeout,
         ));
-        let connection = Connection::open_with(target, &self.tls, keep_alive, &self.allow).await?;
+        let connection = client::Streams::open(target, &self.tls, keep_alive, &self.allow).await?;
         let pooled = Pooled {
-            sender: connection.into_sender(),
+            connection,
             streams: Rc::new(Cell::new(0)),
         };
         let result = (
-            pooled.sender.clone(),
+            pooled.connection.clone(),
             StreamSlot::new(pooled.streams.clone()),
         );
         self.connections
@@ -375,7 +373,7 @@ impl Invoker {
 
     fn forget_closed_connections(&self, target: &client::Target) {
         if let Some(open) = self.connections.borrow_mut().get_mut(&pool_key(target)) {
-            open.retain(|c| !c.sender.is_closed());
+            open.retain(|c| !c.connection.is_closed());
         }
     }
 
@@ -417,16 +415,14 @@ impl Invoker {
         }
         let _detach = Detach(processor, id);
         let endpoint = self.endpoint(processor, id, &context)?;
-        // The request body: frames pushed into a channel; dropping the sender ends our side.
-        let (out, out_rx) = mpsc::unbounded::<Bytes>();
-        let (request, target) = self.request(&endpoint, &context, out_rx)?;
+        let (request, target) = self.request(&endpoint, &context)?;
         let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
             && !self.config.inactivity_timeout.is_zero();
         let mut attempt = Attempt {
             invoker: self,
             processor,
             id,
-            out,
+            out: None,
             request_open: bidi,
             completed: HashSet::new(),
             next_index: context.journal.len() as u32,
@@ -439,14 +435,15 @@ impl Invoker {
             preempted: None,
             pending: Default::default(),
         };
-        attempt.start(&context);
-        let (mut sender, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
+        let (connection, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
             client::Error::NotAllowed { .. } => {
                 AttemptError::terminal(Code::PermissionDenied, e.to_string())
             }
             e => AttemptError::transient(Code::Unavailable, e.to_string()),
         })?;
-        let response = attempt.response(&mut sender, request, &target).await?;
+        let response = attempt
+            .response(&connection, request, &target, &context)
+            .await?;
         check_response(&response)?;
         attempt
             .run(response.into_body(), &mut context.completions)
@@ -486,13 +483,13 @@ impl Invoker {
         Ok(current.clone())
     }
 
-    /// The `invoke` request to `endpoint` with its body read from `out_rx`, and where it goes.
+    /// The head of the `invoke` request to `endpoint` (its body is written to the stream), and where
+    /// it goes.
     fn request(
         &self,
         endpoint: &Endpoint,
         context: &AttemptContext,
-        out_rx: mpsc::UnboundedReceiver<Bytes>,
-    ) -> Result<(http::Request<Body>, client::Target), AttemptError> {
+    ) -> Result<(http::Request<()>, client::Target), AttemptError> {
         let uri: http::Uri = format!(
             "{}/invoke/{}/{}",
             endpoint.uri, context.service.service, context.method
@@ -501,13 +498,10 @@ impl Invoker {
         .map_err(|e| AttemptError::terminal(Code::Internal, format!("bad invoke uri: {e}")))?;
         let target = client::target(&uri, self.proxy.as_deref())
             .map_err(|e| AttemptError::terminal(Code::Internal, e.to_string()))?;
-        let body = http_body_util::StreamBody::new(
-            out_rx.map(|bytes| Ok::<_, BoxError>(hyper::body::Frame::data(bytes))),
-        );
         let mut request = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/restate")
             .header(http::header::ACCEPT, "application/restate")
-            .body(Body::new(body))
+            .body(())
             .expect("valid request");
         for (name, value) in &endpoint.additional_headers {
             if let (Ok(name), Ok(value)) = (
@@ -527,8 +521,8 @@ struct Attempt<'a> {
     invoker: &'a Invoker,
     processor: &'a Processor,
     id: InvocationId,
-    /// Our side of the request body; closing it ends the request.
-    out: mpsc::UnboundedSender<Bytes>,
+    /// Our side of the request's stream, from its opening until our side ends.
+    out: Option<h2::SendStream<Bytes>>,
     /// Bidi and not closed yet: completions are still sent to the endpoint.
     request_open: bool,
     /// Entries the endpoint knows to be completed (replayed so, or sent their completion): their
@@ -559,15 +553,30 @@ enum Step {
 }
 
 impl Attempt<'_> {
-    fn send(&self, frame: Frame) {
-        let _ = self.out.unbounded_send(frame.encode());
+    fn send(&mut self, frame: Frame) {
+        self.send_bytes(frame.encode());
+    }
+
+    /// Queues `bytes` on our side of the stream (h2 sends them as the endpoint's window allows; a
+    /// stream the endpoint reset takes nothing, and the attempt learns why from the response side).
+    fn send_bytes(&mut self, bytes: Bytes) {
+        if let Some(out) = self.out.as_mut() {
+            let _ = out.send_data(bytes, false);
+        }
+    }
+
+    /// Ends our side of the stream (END_STREAM), once.
+    fn end_body(&mut self) {
+        if let Some(mut out) = self.out.take() {
+            let _ = out.send_data(Bytes::new(), true);
+        }
     }
 
     /// Ends our side of the request: the endpoint gets no more completions (and suspends once it
     /// needs one).
     fn close_request(&mut self) {
         self.request_open = false;
-        self.out.close_channel();
+        self.end_body();
     }
 
     /// How long the endpoint may stay silent: while our side is open (bidi), the inactivity timeout
@@ -612,53 +621,66 @@ impl Attempt<'_> {
                 self.completed.insert(index as EntryIndex);
             }
             if chunk.len() >= START_CHUNK_BYTES {
-                let _ = self.out.unbounded_send(chunk.split().freeze());
+                self.send_bytes(chunk.split().freeze());
             }
             Frame::new(entry.ty, flags, entry.payload.clone()).encode_into(&mut chunk);
         }
-        let _ = self.out.unbounded_send(chunk.freeze());
+        self.send_bytes(chunk.freeze());
         if !self.request_open {
-            self.out.close_channel();
+            self.end_body();
         }
     }
 
-    /// Sends the request and waits for the response headers.
+    /// Opens the stream, sends Start and the journal, and waits for the response headers.
     async fn response(
         &mut self,
-        sender: &mut hyper::client::conn::http2::SendRequest<Body>,
-        request: http::Request<Body>,
+        connection: &client::Streams,
+        request: http::Request<()>,
         target: &client::Target,
-    ) -> Result<http::Response<hyper::body::Incoming>, AttemptError> {
-        // Response headers are bounded like any silence: first the inactivity timeout (then our side
-        // closes, as an endpoint that answers only after the whole request needs), then the abort timeout.
-        let sent = sender.send_request(request);
-        futures::pin_mut!(sent);
-        let response = loop {
-            let waited = self.silence_limit();
-            let timeout = glommio::timer::sleep(waited);
+        context: &AttemptContext,
+    ) -> Result<http::Response<h2::RecvStream>, AttemptError> {
+        let broke = |invoker: &Invoker, e: &dyn std::fmt::Display| {
+            invoker.forget_closed_connections(target);
+            AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
+        };
+        let opened = self.within_silence(connection.open_stream(request)).await?;
+        let (response, out) = opened.map_err(|e| broke(self.invoker, &e))?;
+        self.out = Some(out);
+        self.start(context);
+        let response = self.within_silence(response).await?;
+        response.map_err(|e| broke(self.invoker, &e))
+    }
+
+    /// Waits for `waited` bounded like any silence of the endpoint: first the inactivity timeout (then
+    /// our side closes, as an endpoint that answers only after the whole request needs), then the abort
+    /// timeout.
+    async fn within_silence<F: std::future::Future>(
+        &mut self,
+        waited: F,
+    ) -> Result<F::Output, AttemptError> {
+        futures::pin_mut!(waited);
+        loop {
+            let limit = self.silence_limit();
+            let timeout = glommio::timer::sleep(limit);
             futures::pin_mut!(timeout);
-            match select(sent.as_mut(), timeout).await {
-                Either::Left((response, _)) => break response,
+            match select(waited.as_mut(), timeout).await {
+                Either::Left((output, _)) => return Ok(output),
                 Either::Right(_) if self.request_open => self.close_request(),
                 Either::Right(_) => {
                     return Err(AttemptError::transient(
                         Code::DeadlineExceeded,
-                        format!("no response from the endpoint within {waited:?} (abort timeout)"),
+                        format!("no response from the endpoint within {limit:?} (abort timeout)"),
                     ))
                 }
             }
-        };
-        response.map_err(|e| {
-            self.invoker.forget_closed_connections(target);
-            AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
-        })
+        }
     }
 
     /// Runs the stream until the endpoint ends the attempt: decodes its frames, and (bidi) passes it
     /// completions while our side is open.
     async fn run(
         &mut self,
-        mut body: hyper::body::Incoming,
+        mut body: h2::RecvStream,
         completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
     ) -> Result<AttemptEnd, AttemptError> {
         let mut decoder = Decoder::new(self.invoker.config.message_size_limit);
@@ -673,6 +695,10 @@ impl Attempt<'_> {
             // Bidi: inactivity closes our side (the SDK then suspends); after that, silence aborts.
             let wait = self.silence_limit();
             let event = self.next_event(&mut body, completions, wait).await;
+            if let Event::Frame(Some(Ok(data))) = &event {
+                // Read: the endpoint may send as much again.
+                let _ = body.flow_control().release_capacity(data.len());
+            }
             let data = match self.on_event(event, wait)? {
                 Step::Wait => continue,
                 Step::Data(data) => data,
@@ -691,11 +717,11 @@ impl Attempt<'_> {
     /// preemption.
     async fn next_event(
         &mut self,
-        body: &mut hyper::body::Incoming,
+        body: &mut h2::RecvStream,
         completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
         wait: std::time::Duration,
     ) -> Event {
-        let frame = body.frame();
+        let frame = body.data();
         let completions_open = self.completions_open;
         let completion = async {
             if completions_open {
@@ -788,7 +814,7 @@ impl Attempt<'_> {
             }),
             None => Ok(Bytes::new()),
         };
-        self.out.close_channel();
+        self.end_body();
         self.processor.finish(self.id, outcome);
         Ok(AttemptEnd::Done)
     }
@@ -809,7 +835,7 @@ impl Attempt<'_> {
                 ),
             ));
         }
-        self.out.close_channel();
+        self.end_body();
         let outcome = self
             .processor
             .suspend(self.id, suspension.entry_indexes, &self.completed)
@@ -871,7 +897,7 @@ impl Attempt<'_> {
 
 /// Fails the attempt unless the endpoint answered with a success status and the protocol's
 /// content type.
-fn check_response(response: &http::Response<hyper::body::Incoming>) -> Result<(), AttemptError> {
+fn check_response<B>(response: &http::Response<B>) -> Result<(), AttemptError> {
     if !response.status().is_success() {
         return Err(AttemptError::transient(
             Code::Internal,
@@ -894,10 +920,8 @@ fn check_response(response: &http::Response<hyper::body::Incoming>) -> Result<()
     Ok(())
 }
 
-/// The bytes of one frame of the response body: `None` for trailers.
-fn body_data(
-    frame: Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>,
-) -> Result<Option<Bytes>, AttemptError> {
+/// The bytes of one DATA frame of the response body (`None`: it ended, trailers or not).
+fn body_data(frame: Option<Result<Bytes, h2::Error>>) -> Result<Option<Bytes>, AttemptError> {
     match frame {
         None => Err(AttemptError::transient(
             Code::Internal,
@@ -907,7 +931,7 @@ fn body_data(
             Code::Unavailable,
             format!("stream broke: {e}"),
         )),
-        Some(Ok(frame)) => Ok(frame.into_data().ok()),
+        Some(Ok(data)) => Ok(Some(data)),
     }
 }
 
@@ -960,7 +984,7 @@ impl FailureLog {
 
 /// One pooled HTTP/2 connection.
 struct Pooled {
-    sender: hyper::client::conn::http2::SendRequest<Body>,
+    connection: client::Streams,
     /// Attempts streaming on it now.
     streams: Rc<Cell<usize>>,
 }
@@ -991,7 +1015,7 @@ fn pool_key(target: &client::Target) -> String {
 
 /// What woke the attempt loop.
 enum Event {
-    Frame(Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>),
+    Frame(Option<Result<Bytes, h2::Error>>),
     Completion(Option<CompletionMessage>),
     Timeout,
     /// Told to suspend (true), or the preemption channel closed (false).

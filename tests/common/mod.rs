@@ -326,7 +326,10 @@ impl Endpoint {
 
     /// Sends `signal` to the endpoint process (SIGSTOP: it stops answering, its connections stay open).
     pub fn signal(&self, signal: libc::c_int) {
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
     }
 }
 
@@ -423,11 +426,6 @@ impl SdkEndpoint {
     /// `http://127.0.0.1:{port}`.
     pub fn uri(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Sends `signal` to the endpoint process (SIGSTOP: it stops answering, its connections stay open).
-    pub fn signal(&self, signal: libc::c_int) {
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
     }
 }
 
