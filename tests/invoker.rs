@@ -540,3 +540,20 @@ fn a_silent_endpoint_connection_is_dropped_by_keep_alive_and_the_invocation_fini
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["text"], "zz");
 }
+
+/// A Sleep's timer completes the entry: when it fires, the runtime reads that entry (to store it
+/// completed) and nothing else; the timer's row holds nothing the runtime does not know from memory.
+#[test]
+fn a_fired_sleep_timer_reads_its_entry_and_not_its_row() {
+    let endpoint = Endpoint::start("ok", &["--services", "Echo,Flow"]);
+    let server = Server::start(&env(&[]));
+    register(&server, &endpoint.uri());
+    let reads = || common::metric(&server, "restate_storage_reads_total").unwrap_or(0.0);
+    let before = reads();
+    for _ in 0..5 {
+        let sleep = json!({ "text": "zz", "number": "20" });
+        let (status, body) = connect_call(&server, "/restate.test.Flow/Sleep", &sleep);
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(reads() - before, 5.0, "one read per sleep");
+}

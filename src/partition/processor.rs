@@ -1308,21 +1308,28 @@ impl Processor {
         }
     }
 
-    /// Submits the reads a due timer's firing needs, at once: its row, and the Sleep entry it
-    /// completes (known from memory; a delayed call's timer needs its row only).
+    /// Submits the reads a due timer's firing needs, at once: the Sleep entry it completes, or the row
+    /// of a delayed call's timer (the invocation it starts). A Sleep's timer row holds nothing but
+    /// its key: while the invocation has a Sleep entry at the timer's index (known from memory), the
+    /// row the state machine wrote with that entry is there, so it is not read.
     fn read_timer(
         &self,
         key: TimerKey,
     ) -> impl Future<Output = (TimerKey, Option<Timer>, Option<Entry>)> {
-        let row_key = keys::timer(key.partition, key.wake_ms, &key.id, key.index);
-        let row = self.storage().get(Table::Timers, row_key);
         let sleeps = self.inner.state.borrow().sleeps_at(&key.id, key.index);
+        let row = (!sleeps).then(|| {
+            let row_key = keys::timer(key.partition, key.wake_ms, &key.id, key.index);
+            self.storage().get(Table::Timers, row_key)
+        });
         let entry = sleeps.then(|| self.read_entry(key.id, key.index));
         async move {
-            let row = row
-                .await
-                .unwrap_or_else(|e| fatal("reading a timer", e))
-                .and_then(|r| Timer::decode(r.as_slice()).ok());
+            let row = match row {
+                None => Some(Timer::default()),
+                Some(row) => row
+                    .await
+                    .unwrap_or_else(|e| fatal("reading a timer", e))
+                    .and_then(|r| Timer::decode(r.as_slice()).ok()),
+            };
             let entry = match entry {
                 Some(entry) => entry.await,
                 None => None,
