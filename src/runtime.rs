@@ -265,7 +265,7 @@ async fn serve_core(
     config: Arc<Config>,
 ) -> Result<(), Error> {
     let schemas = registry.attach_core();
-    crate::http::coalesce_writes().map_err(|e| Error::Executor(format!("core {core}: {e}")))?;
+    crate::http::coalesce_writes();
     crate::metrics::install(node.core_metrics.core(core));
     let processor = Processor::new(
         core,

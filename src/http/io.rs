@@ -223,8 +223,8 @@ impl<T> Io<T> {
     }
 }
 
-/// Writes put off until the core has run every task that was ready: each connection then sends what
-/// all of them queued in one `send` instead of one per response.
+/// Writes put off until the core has run every task that was ready when the first of them was put
+/// off: each connection then sends what all of them queued in one `send` instead of one per response.
 struct WriteBehind {
     /// The connections waiting for the end of the round.
     waiting: std::cell::RefCell<Vec<Waker>>,
@@ -251,42 +251,40 @@ fn defer_write(waker: &Waker) -> bool {
     })
 }
 
-/// Starts this core's flusher in a task queue of its own, which glommio runs once the main queue has
-/// no task ready (or its time slice ended): connections' writes are coalesced per round from then on.
-pub fn coalesce_writes() -> Result<(), glommio::GlommioError<()>> {
+/// Starts this core's flusher in the task queue of the caller (the core's only one): connections'
+/// writes are coalesced per round from then on.
+///
+/// The flusher shares the connections' queue on purpose. Woken by the first write put off, it runs
+/// after the tasks ready at that moment (glommio runs a queue's tasks in the order they were woken),
+/// so a write waits for at most one pass over them. In a queue of its own it would run only once the
+/// connections' queue had no task ready or was preempted (100 ms by default): a task that keeps
+/// yielding (hyper's HTTP/1.1 dispatcher does after 16 pipelined requests) would hold every other
+/// connection's response back that long.
+pub fn coalesce_writes() {
     let behind = Rc::new(WriteBehind {
         waiting: std::cell::RefCell::new(Vec::new()),
         flusher: Cell::new(None),
     });
-    let queue = glommio::executor().create_task_queue(
-        glommio::Shares::Static(1000),
-        glommio::Latency::NotImportant,
-        "write-behind",
-    );
     let flusher = behind.clone();
-    glommio::spawn_local_into(
-        async move {
-            loop {
-                std::future::poll_fn(|cx| {
-                    if flusher.waiting.borrow().is_empty() {
-                        flusher.flusher.set(Some(cx.waker().clone()));
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-                .await;
-                let waiting = std::mem::take(&mut *flusher.waiting.borrow_mut());
-                for waker in waiting {
-                    waker.wake();
+    glommio::spawn_local(async move {
+        loop {
+            std::future::poll_fn(|cx| {
+                if flusher.waiting.borrow().is_empty() {
+                    flusher.flusher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
                 }
+            })
+            .await;
+            let waiting = std::mem::take(&mut *flusher.waiting.borrow_mut());
+            for waker in waiting {
+                waker.wake();
             }
-        },
-        queue,
-    )?
+        }
+    })
     .detach();
     WRITE_BEHIND.with(|cell| *cell.borrow_mut() = Some(behind));
-    Ok(())
 }
 
 thread_local! {
@@ -365,6 +363,7 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Records each write into `log` as it reaches the socket.
     struct Recorder(Rc<std::cell::RefCell<Vec<&'static str>>>);
@@ -391,7 +390,7 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 if coalesce {
-                    coalesce_writes().expect("flusher");
+                    coalesce_writes();
                 }
                 let log = Rc::new(std::cell::RefCell::new(Vec::new()));
                 let mut io = Io::new(Recorder(log.clone()), Activity::new());
@@ -418,5 +417,69 @@ mod tests {
     fn a_write_waits_for_the_tasks_ready_before_it_where_writes_are_coalesced() {
         assert_eq!(order(true), ["other task", "write"]);
         assert_eq!(order(false), ["write", "other task"]);
+    }
+
+    /// Notes when the first write reaches the socket.
+    struct Stamp(Rc<Cell<Option<Instant>>>);
+
+    impl AsyncWrite for Stamp {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.0.get().is_none() {
+                self.0.set(Some(Instant::now()));
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// How long a write waits on a core where another task keeps yielding (hyper's HTTP/1.1
+    /// dispatcher yields so after 16 rounds of pipelined requests) for `busy`.
+    fn write_delay(busy: Duration) -> Duration {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                coalesce_writes();
+                let stop = Rc::new(Cell::new(false));
+                let spinning = stop.clone();
+                let spinner = glommio::spawn_local(async move {
+                    let started = Instant::now();
+                    while !spinning.get() && started.elapsed() < busy {
+                        futures_lite::future::yield_now().await;
+                    }
+                });
+                futures_lite::future::yield_now().await;
+                let written = Rc::new(Cell::new(None));
+                let mut io = Io::new(Stamp(written.clone()), Activity::new());
+                let asked = Instant::now();
+                {
+                    use hyper::rt::Write;
+                    std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, b"response"))
+                        .await
+                        .expect("written");
+                }
+                stop.set(true);
+                spinner.await;
+                written.get().expect("write reached the socket") - asked
+            })
+            .expect("executor")
+            .join()
+            .expect("joined")
+    }
+
+    #[test]
+    fn a_write_is_not_held_back_while_another_task_keeps_yielding() {
+        let delay = write_delay(Duration::from_secs(2));
+        assert!(
+            delay < Duration::from_millis(50),
+            "write held back {delay:?}"
+        );
     }
 }
