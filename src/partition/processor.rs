@@ -18,7 +18,7 @@
 //! the target partition, applied there together with a per-(target, producer) sequence number that
 //! de-duplicates replays, and deleted from the outbox once acknowledged.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -191,6 +191,8 @@ struct Inner {
     refusals: crate::logging::RateLimit,
     /// Rows of fresh invocations held back from storage (see [`super::transient`]).
     holds: RefCell<Holds>,
+    /// The hold expiry task, parked while no hold is open.
+    holds_opened: Cell<Option<std::task::Waker>>,
     /// Transitions whose actions wait for their batch, in submission order (see [`Processor::submit`]).
     /// Bounded by the work in flight on the core, as the ordered storage path's queue is.
     acting: mpsc::UnboundedSender<Submitted>,
@@ -274,6 +276,7 @@ impl Processor {
                 outbox_wake_rx: RefCell::new(Some(outbox_wake_rx)),
                 refusals: crate::logging::RateLimit::new(Duration::from_secs(1)),
                 holds: RefCell::new(holds),
+                holds_opened: Cell::new(None),
                 acting,
             }),
         };
@@ -456,6 +459,7 @@ impl Processor {
                     .holds
                     .borrow_mut()
                     .route(writes, &start_now, invisible, rows::now_ms());
+            self.wake_hold_expiry();
             let durable: Pin<Box<dyn Future<Output = Result<(), crate::storage::Error>>>> =
                 match routed {
                     // Nothing to write now: the actions (callers to attach) still run after those
@@ -544,7 +548,8 @@ impl Processor {
     }
 
     /// Writes the holds open for `worker.storage_rocksdb.transient_hold` or longer, every half of
-    /// it, forever (not started when holding is off).
+    /// it while any is open, forever (not started when holding is off). Parked while none is open: an
+    /// idle core does not wake up for it.
     pub async fn expire_holds(self) {
         let hold = self.inner.config.worker.storage_rocksdb.transient_hold;
         if hold.is_zero() {
@@ -552,9 +557,27 @@ impl Processor {
         }
         let every = (hold / 2).max(Duration::from_millis(1));
         loop {
+            std::future::poll_fn(|cx| {
+                if self.inner.holds.borrow().is_empty() {
+                    self.inner.holds_opened.set(Some(cx.waker().clone()));
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
             glommio::timer::sleep(every).await;
             let expired = self.inner.holds.borrow_mut().take_expired(rows::now_ms());
             self.submit_held(expired);
+        }
+    }
+
+    /// Wakes the parked hold expiry task once a hold is open.
+    fn wake_hold_expiry(&self) {
+        if !self.inner.holds.borrow().is_empty() {
+            if let Some(waker) = self.inner.holds_opened.take() {
+                waker.wake();
+            }
         }
     }
 

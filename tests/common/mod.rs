@@ -123,6 +123,17 @@ impl Server {
         panic!("server not healthy within 30 s; log:\n{}", self.log());
     }
 
+    /// CPU time (user + system) the server process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.as_ref().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command (which may hold spaces) start after its closing parenthesis.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     /// Sends a signal to the server.
     pub fn signal(&self, signal: libc::c_int) {
         let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
