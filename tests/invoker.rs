@@ -557,3 +557,90 @@ fn a_fired_sleep_timer_reads_its_entry_and_not_its_row() {
     }
     assert_eq!(reads() - before, 5.0, "one read per sleep");
 }
+
+/// A TCP proxy to `port` that, once `armed`, sends a GOAWAY (last stream: the one just answered)
+/// right after the first response HEADERS frame it forwards, and otherwise passes bytes through.
+fn go_away_proxy(port: u16, armed: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let mut client = client.unwrap();
+            let mut endpoint = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut up_from, mut up_to) =
+                (client.try_clone().unwrap(), endpoint.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut up_from, &mut up_to));
+            let armed = armed.clone();
+            std::thread::spawn(move || loop {
+                let mut head = [0u8; 9];
+                if endpoint.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut frame = head.to_vec();
+                frame.resize(9 + length, 0);
+                if endpoint.read_exact(&mut frame[9..]).is_err()
+                    || client.write_all(&frame).is_err()
+                {
+                    return;
+                }
+                let stream = &head[5..9];
+                if head[3] == 1 && armed.swap(false, Ordering::SeqCst) {
+                    let mut go_away = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+                    go_away.extend_from_slice(stream);
+                    go_away.extend_from_slice(&[0, 0, 0, 0]);
+                    let _ = client.write_all(&go_away);
+                }
+            });
+        }
+    });
+    proxy
+}
+
+/// An endpoint that sends GOAWAY while a stream is active keeps that stream (it completes), and
+/// takes no new one on that connection: the next invocation goes to a new connection right away,
+/// instead of failing on the old one (and retrying onto it) until its last stream ends.
+#[test]
+fn an_endpoint_going_away_keeps_its_active_stream_and_new_invocations_use_a_new_connection() {
+    let endpoint = Endpoint::start("ok", &["--services", "Echo,Flow"]);
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = go_away_proxy(endpoint.port, armed.clone());
+    // One core: both invocations share its connection pool.
+    let server = Server::start(&env(&[
+        ("RESTATE_RUNTIME__CORES", "1"),
+        (
+            "RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS",
+            "1000",
+        ),
+    ]));
+    register(&server, &format!("http://127.0.0.1:{proxy}"));
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ingress = server.ingress;
+    let sleep = std::thread::spawn(move || {
+        common::request_json(
+            ingress,
+            "POST",
+            "/restate.test.Flow/Sleep",
+            Some(&json!({ "text": "zz", "number": "3000" })),
+        )
+    });
+    common::eventually(Duration::from_secs(10), || {
+        (!armed.load(std::sync::atomic::Ordering::SeqCst)).then_some(())
+    });
+    let started = Instant::now();
+    let echo = json!({ "text": "after goaway" });
+    let (status, body) = connect_call(&server, "/restate.test.Echo/Echo", &echo);
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], "after goaway");
+    assert!(
+        took < Duration::from_millis(1500),
+        "Echo took {took:?} behind a connection going away"
+    );
+    let (status, body) = sleep.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], "zz");
+}
