@@ -644,3 +644,23 @@ fn an_endpoint_going_away_keeps_its_active_stream_and_new_invocations_use_a_new_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["text"], "zz");
 }
+
+/// HTTP/2 has no connection-specific headers (RFC 9113 8.2.2): an endpoint registered with one in its
+/// additional headers (`connection`, `keep-alive`, `te: gzip`...) still gets its invocations, without
+/// it, as with discovery; h2 refuses to send a request that carries one.
+#[test]
+fn connection_specific_additional_headers_are_left_out_of_invocations() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[]));
+    let headers = json!({ "connection": "keep-alive", "keep-alive": "timeout=5", "te": "gzip" });
+    let (status, body) = common::post_json(
+        server.meta,
+        "/endpoints",
+        &json!({ "uri": endpoint.uri(), "additional_headers": headers }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let echo = json!({ "text": "no connection headers" });
+    let (status, body) = connect_call(&server, "/restate.test.Echo/Echo", &echo);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], "no connection headers");
+}

@@ -508,11 +508,24 @@ impl Invoker {
                 http::HeaderName::try_from(name.as_str()),
                 http::HeaderValue::try_from(value.as_str()),
             ) {
-                request.headers_mut().insert(name, value);
+                if !connection_specific(&name, &value) {
+                    request.headers_mut().insert(name, value);
+                }
             }
         }
         Ok((request, target))
     }
+}
+
+/// HTTP/2 has no connection-specific header fields (RFC 9113 8.2.2) and h2 refuses to send a
+/// request with one, so an endpoint's additional headers are sent without them (as hyper's client,
+/// which discovery uses, strips them).
+fn connection_specific(name: &http::HeaderName, value: &http::HeaderValue) -> bool {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    [CONNECTION, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
+        || (name == TE && value != "trailers")
 }
 
 /// One attempt's stream once its request is built: what it sends, what the endpoint knows, and what
@@ -644,7 +657,11 @@ impl Attempt<'_> {
             AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
         };
         let opened = self.within_silence(connection.open_stream(request)).await?;
-        let (response, out) = opened.map_err(|e| broke(self.invoker, &e))?;
+        // client::Error::Request says "request failed" itself.
+        let (response, out) = opened.map_err(|e| match e {
+            client::Error::Request(message) => broke(self.invoker, &message),
+            e => broke(self.invoker, &e),
+        })?;
         self.out = Some(out);
         self.start(context);
         let response = self.within_silence(response).await?;
