@@ -7,10 +7,8 @@
 //! authority, which is what an Envoy-style sidecar routes on.
 
 use std::cell::Cell;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ClientConfig;
@@ -19,7 +17,6 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use bytes::Bytes;
 use futures::future::{select, Either};
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use http_body_util::BodyExt;
 
@@ -265,51 +262,9 @@ impl Connection {
     }
 }
 
-/// A connected socket to a target: plain TCP (h2c) or TLS over it.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_close(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
+/// A connected socket to a target: plain TCP (h2c) or TLS over it (`futures`' `Either` reads and
+/// writes through whichever it holds).
+type Transport = Either<TcpStream, Box<futures_rustls::client::TlsStream<TcpStream>>>;
 
 /// Resolves and checks the target, connects, and for `https` completes TLS with ALPN `h2`.
 async fn connect(
@@ -331,7 +286,7 @@ async fn connect(
         .map_err(|e| connect_error(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let Some(name) = &target.tls_name else {
-        return Ok(Transport::Plain(stream));
+        return Ok(Either::Left(stream));
     };
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| Error::Tls(format!("bad server name {name}: {e}")))?;
@@ -344,7 +299,7 @@ async fn connect(
             "{address} did not negotiate HTTP/2 (ALPN h2)"
         )));
     }
-    Ok(Transport::Tls(Box::new(stream)))
+    Ok(Either::Right(Box::new(stream)))
 }
 
 /// Settings of [`Streams`] connections, hyper's client defaults: a stream may receive 2 MiB and the
