@@ -585,6 +585,11 @@ pub struct Runtime {
     /// meta 408, and the stream (HTTP/2) or connection (HTTP/1.1) is closed.
     #[serde(with = "humantime_serde")]
     pub http_body_stall_timeout: Duration,
+    /// How long start-up waits for a port that no other `restate` claims but that is still bound: a
+    /// process killed a moment ago keeps its listeners until the kernel has torn down its io_uring (a
+    /// few ms). Past it, start-up fails with "port in use".
+    #[serde(with = "humantime_serde")]
+    pub port_release_wait: Duration,
 }
 
 impl Default for Runtime {
@@ -598,6 +603,7 @@ impl Default for Runtime {
             http_idle_timeout: Duration::from_secs(60),
             http_header_read_timeout: Duration::from_secs(10),
             http_body_stall_timeout: Duration::from_secs(30),
+            port_release_wait: Duration::from_secs(2),
         }
     }
 }

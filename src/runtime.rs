@@ -205,7 +205,11 @@ fn preflight(config: &Config, cores: usize) -> Result<PortClaims, Error> {
             key: "worker.storage_grpc.bind_address",
         },
     ];
-    Ok(PortClaims::acquire(&ports, cores)?)
+    Ok(PortClaims::acquire(
+        &ports,
+        cores,
+        config.runtime.port_release_wait,
+    )?)
 }
 
 /// The configured connection limits of the three ports, fitted to `RLIMIT_NOFILE` (see [`limits`]).

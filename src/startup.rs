@@ -6,7 +6,10 @@
 //!   would silently get half of the connections. So before the executors start, each port is bound once
 //!   *without* `SO_REUSEPORT` (std's listener), which fails with `EADDRINUSE` while anyone listens there,
 //!   `SO_REUSEPORT` or not (and, because our own listeners set `SO_REUSEADDR` as the probe does, not on
-//!   the TIME_WAIT connections a previous run left behind). Those probe listeners must be released before the executors bind (a socket
+//!   the TIME_WAIT connections a previous run left behind). A previous run killed a moment ago still
+//!   listens for a few ms after it is reaped (until the kernel has torn down its io_uring, whose pending
+//!   accepts and reads hold the sockets), so a port that no other `restate` claims (below) is probed
+//!   again for up to `runtime.port_release_wait`. Those probe listeners must be released before the executors bind (a socket
 //!   without `SO_REUSEPORT` blocks theirs), which leaves a window between release and bind. Another
 //!   `restate` cannot use that window: each port is also claimed, for the life of the process, by an
 //!   abstract Unix socket named after the port (`@restate-port-<port>`; abstract names belong to the network
@@ -24,6 +27,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// glommio's own floor for `RLIMIT_MEMLOCK` (`MIN_MEMLOCK_LIMIT` in its reactor): below it no executor
 /// starts.
@@ -103,8 +107,12 @@ pub struct PortClaims {
 
 impl PortClaims {
     /// Claims every port (see the module docs), or names the first one another process holds.
-    /// `cores` call [`PortClaims::core_bound`] once their listeners are bound.
-    pub fn acquire(ports: &[Port], cores: usize) -> Result<PortClaims, Error> {
+    /// `cores` call [`PortClaims::core_bound`] once their listeners are bound. A port that no other
+    /// `restate` claims but that is still bound is probed again for up to `wait`: a process killed a
+    /// moment ago keeps its listeners until the kernel has torn down its io_uring (a few ms after it
+    /// was reaped, longer on a busy host).
+    pub fn acquire(ports: &[Port], cores: usize, wait: Duration) -> Result<PortClaims, Error> {
+        let deadline = Instant::now() + wait;
         let mut claims = Vec::new();
         let mut probes = Vec::new();
         for port in ports {
@@ -113,7 +121,7 @@ impl PortClaims {
                 continue;
             }
             claims.push(claim(port)?);
-            probes.push(probe(port)?);
+            probes.push(probe_until(port, deadline)?);
         }
         Ok(PortClaims {
             claims: Mutex::new(claims),
@@ -152,6 +160,28 @@ fn claim(port: &Port) -> Result<UnixListener, Error> {
             source,
         },
     })
+}
+
+/// [`probe`], again every 10 ms while the port is in use, until `deadline`.
+fn probe_until(port: &Port, deadline: Instant) -> Result<std::net::TcpListener, Error> {
+    let mut logged = false;
+    loop {
+        match probe(port) {
+            Err(Error::PortInUse { .. }) if Instant::now() < deadline => {
+                if !logged {
+                    log::info!(
+                        port = port.address.port();
+                        "port {} ({} server) is still bound, waiting for it (runtime.port_release_wait)",
+                        port.address.port(),
+                        port.server
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn probe(port: &Port) -> Result<std::net::TcpListener, Error> {
@@ -288,21 +318,41 @@ mod tests {
     }
 
     #[test]
+    fn a_port_released_within_the_wait_is_acquired_and_one_held_past_it_is_not() {
+        let (held, address) = reuseport_listener();
+        let started = Instant::now();
+        let error = PortClaims::acquire(&[port(address)], 1, Duration::from_millis(100))
+            .expect_err("still held after the wait");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(error.to_string().contains("another process"), "{error}");
+        // Released while start-up waits (as a killed process's listeners are, a moment later).
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        PortClaims::acquire(&[port(address)], 1, Duration::from_secs(10))
+            .expect("acquired once released");
+        release.join().unwrap();
+    }
+
+    #[test]
     fn a_second_claim_on_the_same_port_fails_and_names_it() {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = free.local_addr().unwrap();
         drop(free);
-        let mut first = PortClaims::acquire(&[port(address)], 2).unwrap();
+        let mut first = PortClaims::acquire(&[port(address)], 2, Duration::ZERO).unwrap();
         first.release_probes();
-        let error = PortClaims::acquire(&[port(address)], 1).unwrap_err();
+        let error = PortClaims::acquire(&[port(address)], 1, Duration::ZERO).unwrap_err();
         let message = error.to_string();
         assert!(message.contains(&address.port().to_string()), "{message}");
         assert!(message.contains("another restate process"), "{message}");
         assert!(message.contains("meta"), "{message}");
         first.core_bound();
-        PortClaims::acquire(&[port(address)], 1).expect_err("one core has not bound yet");
+        PortClaims::acquire(&[port(address)], 1, Duration::ZERO)
+            .expect_err("one core has not bound yet");
         first.core_bound();
-        PortClaims::acquire(&[port(address)], 1).expect("free again once every core has bound");
+        PortClaims::acquire(&[port(address)], 1, Duration::ZERO)
+            .expect("free again once every core has bound");
     }
 
     #[test]
