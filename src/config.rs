@@ -431,6 +431,11 @@ pub struct IngressGrpc {
     /// else exact origins such as `https://app.example.com`; empty: preflights get 403. In the
     /// environment: comma-separated.
     pub cors_allowed_origins: Vec<String>,
+    /// Where a fresh unkeyed invocation runs: on the core whose ingress received it (no hop to another
+    /// core and back) unless that core drives more than this many invocations beyond one other core
+    /// picked at random; then on that one. 0 balances strictly by load (two random choices); a large
+    /// value keeps every unkeyed invocation on the core of its client's connection.
+    pub local_placement_slack: u64,
 }
 
 impl Default for IngressGrpc {
@@ -445,6 +450,7 @@ impl Default for IngressGrpc {
             max_request_timeout: Duration::from_secs(24 * 3600),
             max_attached_callers: 1000,
             cors_allowed_origins: vec!["*".to_owned()],
+            local_placement_slack: 16,
         }
     }
 }

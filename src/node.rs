@@ -42,6 +42,10 @@ pub struct CoreGauges {
     pub attempts_running: AtomicU64,
     /// Attempts waiting for a slot.
     pub attempts_waiting_for_slot: AtomicU64,
+    /// Invocations whose attempts the core's invoker drives now (connecting, waiting for a slot or
+    /// running; not those backing off before a retry): the core's load, by which the ingress places
+    /// fresh unkeyed invocations (`worker.ingress_grpc.local_placement_slack`).
+    pub invocations_driven: AtomicU64,
     /// How long the longest current wait for a slot has lasted, in milliseconds (sampled).
     pub longest_slot_wait_ms: AtomicU64,
     /// Attempts told to suspend because others waited for a slot (a counter).

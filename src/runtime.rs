@@ -316,6 +316,7 @@ async fn serve_core(
         core,
         shutdown: node.shutdown.clone(),
         metrics: node.ingress_metrics.clone(),
+        gauges: node.gauges.clone(),
     };
     let meta_context = meta::Context {
         router: router.clone(),

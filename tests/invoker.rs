@@ -664,3 +664,63 @@ fn connection_specific_additional_headers_are_left_out_of_invocations() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["text"], "no connection headers");
 }
+
+/// The core that owns the partition of the invocation named by a sid (`<service>-<key>-<id hex>`): the
+/// id starts with the 8-byte partition key; partitions (64 by default) are dealt to cores round-robin.
+fn owner_core(sid: &str, cores: u64) -> u64 {
+    let id = sid.rsplit('-').next().expect("a sid");
+    let partition_key = u64::from_str_radix(&id[..16], 16).expect("hex");
+    partition_key % 64 % cores
+}
+
+#[test]
+fn unkeyed_calls_run_on_their_connections_core_until_it_is_busier_than_another_by_the_slack() {
+    // Every invocation hangs, so each one placed on a core keeps counting in that core's load.
+    let endpoint = Endpoint::start("hang", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_RUNTIME__CORES", "2"),
+        ("RESTATE_WORKER__INGRESS_GRPC__LOCAL_PLACEMENT_SLACK", "8"),
+    ]));
+    register(&server, &endpoint.uri());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One connection, hence one ingress core; one call at a time, each given up after 200 ms.
+    let cores: Vec<u64> = rt.block_on(async {
+        let mut sender = common::h2_connect(server.ingress).await;
+        let mut cores = Vec::new();
+        for i in 0..14 {
+            let request = http::Request::post(format!(
+                "http://127.0.0.1:{}/restate.test.Echo/Echo",
+                server.ingress
+            ))
+            .header("content-type", "application/json")
+            .header("connect-timeout-ms", "200")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({ "text": format!("call {i}") }).to_string(),
+            )))
+            .unwrap();
+            sender.ready().await.unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+                    .await
+                    .expect("an answer within 30 s")
+                    .unwrap();
+            assert_eq!(response.status(), 504);
+            let sid = response.headers()["x-restate-invocation-id"]
+                .to_str()
+                .unwrap();
+            cores.push(owner_core(sid, 2));
+        }
+        cores
+    });
+    // Loads 0..=8 are within the slack of the idle other core: the first nine stay on the
+    // connection's core; the tenth (load 9 > 0 + 8) goes to the other, and from then on they alternate.
+    let local = cores[0];
+    assert!(cores[..9].iter().all(|&c| c == local), "{cores:?}");
+    let expected: Vec<u64> = (9..14)
+        .map(|i| if i % 2 == 1 { 1 - local } else { local })
+        .collect();
+    assert_eq!(cores[9..], expected[..], "{cores:?}");
+}

@@ -3,6 +3,11 @@
 //! A call is decoded (gRPC frame, Connect JSON through the service's descriptors, or Connect proto),
 //! its key extracted with the service's key rules, and an invocation sent to the core owning its
 //! partition; the caller gets the response once the invocation's output is durable.
+//!
+//! An unkeyed call gets a fresh key, chosen so that its partition is one of this core's unless this
+//! core drives more invocations than another (picked at random) by more than
+//! `worker.ingress_grpc.local_placement_slack`: most calls then run where their connection is, with no
+//! hop to another core and back, while a core that many connections hash to sheds work to the others.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -72,6 +77,8 @@ pub struct Context {
     pub shutdown: crate::shutdown::Shutdown,
     /// Requests by protocol and code, latencies (node-wide, for /metrics).
     pub metrics: std::sync::Arc<metrics::IngressMetrics>,
+    /// Every core's gauges (index = core): their loads place fresh unkeyed invocations.
+    pub gauges: std::sync::Arc<Vec<std::sync::Arc<crate::node::CoreGauges>>>,
 }
 
 /// An error answered in the caller's protocol: status code and message.
@@ -233,7 +240,7 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
-    let invocation = new_invocation(&service, &method, argument, idempotency_key)?;
+    let invocation = new_invocation(ctx, &service, &method, argument, idempotency_key)?;
     let sid = sid(&invocation);
     let id = invocation.id;
     let (reply, outcome) = oneshot::channel();
@@ -359,9 +366,11 @@ fn body_error(e: BodyError) -> CallError {
     CallError::new(code, format!("cannot read the request: {e}"))
 }
 
-/// The invocation for a call: key from the service's key rules (random for unkeyed services), id
-/// derived from the idempotency key when there is one (so repeated calls meet the same invocation).
+/// The invocation for a call: key from the service's key rules (fresh for unkeyed services, placed
+/// by [`unkeyed_key`]), id derived from the idempotency key when there is one (so repeated calls meet
+/// the same invocation).
 fn new_invocation(
+    ctx: &Context,
     service: &crate::schema::Service,
     method: &crate::schema::Method,
     argument: Bytes,
@@ -396,7 +405,7 @@ fn new_invocation(
     let key = key.unwrap_or_else(|| match &idempotency_key {
         // The same idempotency key must land on the same instance, hence the same partition.
         Some(_) => InvocationId::derived(0, &seed).as_bytes()[8..].to_vec(),
-        None => uuid::Uuid::now_v7().as_bytes().to_vec(),
+        None => unkeyed_key(ctx, &service.name).to_vec(),
     });
     let target = ServiceId {
         service: service.name.clone(),
@@ -415,6 +424,42 @@ fn new_invocation(
         response_sink: None,
         idempotency_key,
     })
+}
+
+/// A fresh key for an unkeyed invocation of `service`, in a partition of the core chosen by
+/// [`placement`]: this one unless it is busier by more than `local_placement_slack`.
+fn unkeyed_key(ctx: &Context, service: &str) -> [u8; 16] {
+    use std::sync::atomic::Ordering::Relaxed;
+    let unique = *uuid::Uuid::now_v7().as_bytes();
+    let cores = ctx.gauges.len();
+    if cores < 2 {
+        return unique;
+    }
+    // The other candidate, from the UUID's random tail (not its timestamp).
+    let other = (ctx.core + 1 + usize::from(unique[12]) % (cores - 1)) % cores;
+    let load = |core: usize| ctx.gauges[core].invocations_driven.load(Relaxed);
+    let core = placement(
+        ctx.core,
+        load(ctx.core),
+        other,
+        load(other),
+        ctx.config.local_placement_slack,
+    );
+    let router = &ctx.router;
+    crate::partition::unkeyed_key_where(service, unique, router.partitions(), |p| {
+        router.owner(p) == core
+    })
+    .unwrap_or(unique)
+}
+
+/// The core a fresh unkeyed invocation runs on: `local` (no hop to another core and back) unless it
+/// drives more than `slack` invocations beyond `other`.
+fn placement(local: usize, local_load: u64, other: usize, other_load: u64, slack: u64) -> usize {
+    if local_load <= other_load.saturating_add(slack) {
+        local
+    } else {
+        other
+    }
 }
 
 /// Sends an invocation to the core owning its partition.
@@ -530,7 +575,7 @@ async fn one_way(
             format!("service {} is not public", service.name),
         ));
     }
-    let invocation = new_invocation(&service, &method, argument, None)?;
+    let invocation = new_invocation(ctx, &service, &method, argument, None)?;
     let sid = sid(&invocation);
     let (ack, acked) = oneshot::channel();
     submit(ctx, invocation, None, Some(ack)).await?;
@@ -621,6 +666,21 @@ fn respond_bytes(protocol: Protocol, bytes: Bytes) -> Result<http::Response<Body
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unkeyed_invocation_stays_on_its_core_unless_it_is_busier_by_more_than_the_slack() {
+        assert_eq!(placement(0, 0, 1, 0, 16), 0, "idle: local");
+        assert_eq!(placement(0, 16, 1, 0, 16), 0, "within the slack: local");
+        assert_eq!(placement(0, 17, 1, 0, 16), 1, "beyond it: the other core");
+        assert_eq!(placement(0, 40, 1, 30, 16), 0);
+        assert_eq!(placement(0, 1, 1, 0, 0), 1, "slack 0: the less loaded core");
+        assert_eq!(placement(0, 5, 1, 5, 0), 0, "ties stay local");
+        assert_eq!(
+            placement(3, 9, 1, 0, u64::MAX),
+            3,
+            "an unbounded slack: always local"
+        );
+    }
 
     #[test]
     fn content_types_select_the_protocol() {

@@ -121,6 +121,24 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Counts an invocation in [`CoreGauges::invocations_driven`](crate::node::CoreGauges) while held.
+struct Driven(Arc<crate::node::CoreGauges>);
+
+impl Driven {
+    fn new(gauges: &Arc<crate::node::CoreGauges>) -> Driven {
+        use std::sync::atomic::Ordering;
+        gauges.invocations_driven.fetch_add(1, Ordering::Relaxed);
+        Driven(gauges.clone())
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.invocations_driven.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An attempt's place in [`Invoker::idle`], removed when the attempt's request side closes or it ends.
 struct IdleEntry<'a> {
     idle: &'a RefCell<BTreeMap<(Instant, u64), oneshot::Sender<()>>>,
@@ -251,12 +269,14 @@ impl Invoker {
         let invoker = self.clone();
         processor.set_driver(Rc::new(move |processor, id| {
             let invoker = invoker.clone();
+            // Counted at once: the ingress places the next invocations by it.
+            let driven = Driven::new(&invoker.gauges);
             // Boxed: the attempt loop's future is ~8 KB, which glommio would move several times.
-            glommio::spawn_local(Box::pin(invoker.drive(processor, id))).detach();
+            glommio::spawn_local(Box::pin(invoker.drive(processor, id, driven))).detach();
         }));
     }
 
-    async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId) {
+    async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId, mut driven: Driven) {
         let mut target = String::new();
         let mut warned = FailureLog::default();
         // Delays before the next retries; afresh after an attempt that made progress.
@@ -302,7 +322,9 @@ impl Invoker {
                                 );
                             }
                             let _backing_off = crate::metrics::backing_off();
+                            drop(driven);
                             glommio::timer::sleep(delay).await;
+                            driven = Driven::new(&self.gauges);
                         }
                         None => {
                             log::warn!(

@@ -113,6 +113,33 @@ pub fn partition_key(service: &str, key: &[u8]) -> u64 {
     fnv1a(&[service.as_bytes(), key])
 }
 
+/// A fresh 16-byte key for an unkeyed instance of `service` whose partition (of `partitions`)
+/// satisfies `wanted`: `unique` itself or `unique` with its last byte changed, the first of those 256
+/// that fits; `None` when none does (the caller then keeps `unique`). Unkeyed keys only need to be
+/// unique: a UUIDv7 keeps 66 random bits besides its timestamp with one byte chosen here.
+pub fn unkeyed_key_where(
+    service: &str,
+    unique: [u8; 16],
+    partitions: u32,
+    wanted: impl Fn(PartitionId) -> bool,
+) -> Option<[u8; 16]> {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // FNV-1a is sequential: hash everything but the last byte once, then finish with each candidate.
+    let prefix = fnv1a(&[service.as_bytes()]);
+    let prefix = (16u32.to_be_bytes().iter().chain(&unique[..15])).fold(prefix, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    });
+    (0..=255u8).find_map(|offset| {
+        let last = unique[15].wrapping_add(offset);
+        let hash = (prefix ^ u64::from(last)).wrapping_mul(PRIME);
+        wanted((hash % u64::from(partitions)) as PartitionId).then(|| {
+            let mut key = unique;
+            key[15] = last;
+            key
+        })
+    })
+}
+
 /// An invocation id: 8 bytes of partition key (big-endian) + 16 bytes of UUIDv7.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InvocationId([u8; 24]);
@@ -353,6 +380,34 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unkeyed_key_is_found_for_each_wanted_partition_and_hashes_to_it() {
+        let unique = *uuid::Uuid::now_v7().as_bytes();
+        for partitions in [1u32, 7, 64, 1024] {
+            for core in 0..8u32.min(partitions) {
+                let owned = |p: PartitionId| p % 8 == core;
+                let key = unkeyed_key_where("Greeter", unique, partitions, owned)
+                    .expect("256 candidates cover 8 cores");
+                assert_eq!(key[..15], unique[..15], "only the last byte may change");
+                let partition = (partition_key("Greeter", &key) % u64::from(partitions)) as u32;
+                assert!(
+                    owned(partition),
+                    "{partitions} partitions, core {core}: {partition}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_unkeyed_key_that_no_partition_fits_is_none() {
+        let unique = *uuid::Uuid::now_v7().as_bytes();
+        assert_eq!(unkeyed_key_where("Greeter", unique, 64, |_| false), None);
+        assert_eq!(
+            unkeyed_key_where("Greeter", unique, 64, |_| true),
+            Some(unique)
+        );
+    }
 
     #[test]
     fn ids_carry_their_partition_and_round_trip_as_hex() {
