@@ -521,6 +521,14 @@ pub struct StorageRocksdb {
     /// 60 s.
     #[serde(with = "humantime_serde")]
     pub deferred_sync_delay: Duration,
+    /// With `sync_writes`: the least time from the start of one WAL fsync to the start of the next.
+    /// A write that needs a sync this soon after the previous one waits for the rest of it, and the
+    /// writes applied meanwhile share that sync: under load fewer, larger group commits (less CPU per
+    /// write), at the cost of up to this much latency for a write that arrives right after a sync; at
+    /// low load (syncs further apart) nothing waits. Zero: sync as soon as a write needs one. At most
+    /// 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub group_commit_interval: Duration,
     /// How long the rows of an ingress call's invocation (its status row and input, entries that
     /// wait for nothing, its key's state writes; for one that waited in its key's inbox, that row's
     /// delete) may stay in the core's memory instead of storage, so that one that ends sooner never
@@ -553,6 +561,7 @@ impl Default for StorageRocksdb {
             max_batch_requests: 1024,
             short_lived_write_buffer_size: 1 << 20,
             deferred_sync_delay: Duration::from_millis(10),
+            group_commit_interval: Duration::from_millis(1),
             transient_hold: Duration::from_millis(10),
             transient_hold_bytes: 64 << 10,
             info_log_max_file_size: 16 << 20,
@@ -782,6 +791,13 @@ impl Config {
             return Err(Error::Invalid {
                 key: "worker.storage_rocksdb.deferred_sync_delay".to_owned(),
                 message: "must be at most 60s".to_owned(),
+            });
+        }
+        if self.worker.storage_rocksdb.group_commit_interval > Duration::from_millis(100) {
+            // Every answer under load may wait this long for its sync: longer is a typo.
+            return Err(Error::Invalid {
+                key: "worker.storage_rocksdb.group_commit_interval".to_owned(),
+                message: "must be at most 100ms".to_owned(),
             });
         }
         if self.worker.storage_rocksdb.transient_hold > Duration::from_secs(1) {

@@ -405,13 +405,16 @@ pub fn open(config: &StorageRocksdb, path: &Path, partitions: u32) -> Result<Sto
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let applied = Arc::new(AtomicU64::new(0));
         let (db, applied_seen, stats) = (db.clone(), applied.clone(), stats.clone());
-        let max_groups = config.queue_capacity.max(1);
-        let defer_limit = config.deferred_sync_delay;
+        let pacing = SyncPacing {
+            max_groups: config.queue_capacity.max(1),
+            defer_limit: config.deferred_sync_delay,
+            interval: config.group_commit_interval,
+        };
         let join = std::thread::Builder::new()
             .name("restate-wal-sync".into())
             .spawn(move || {
                 let sync = || db.flush_wal(true).map_err(Error::from);
-                sync_wal(sync, rx, applied_seen, stats, max_groups, defer_limit)
+                sync_wal(sync, rx, applied_seen, stats, pacing)
             })
             .map_err(spawn_error)?;
         Some(Syncer { tx, applied, join })
@@ -971,20 +974,41 @@ impl Worker {
     }
 }
 
+/// When the WAL sync thread may sync.
+#[derive(Debug, Clone, Copy)]
+struct SyncPacing {
+    /// Most groups held before a sync starts regardless.
+    max_groups: usize,
+    /// Longest a deferrable group waits for a sync (`deferred_sync_delay`).
+    defer_limit: Duration,
+    /// Least time from the start of one sync to the start of the next while writes arrive faster than
+    /// syncs finish (`group_commit_interval`).
+    interval: Duration,
+}
+
 /// The WAL sync thread: answers applied groups once an fsync of the WAL covers them. One sync serves
 /// every group applied before it starts, however many arrived while the previous one ran. A sync
-/// starts as soon as a group that is not deferrable waits; deferrable groups alone wait until one
-/// arrives, `max_groups` wait, or the oldest has waited `defer_limit`. After a failed sync every group
-/// is answered with its error (the processor then stops and recovers). When the storage thread
-/// closes the queue, what is still held is synced and answered.
+/// starts as soon as a group that is not deferrable waits; but while writes arrive faster than syncs
+/// finish (a group arrived during the previous sync), not sooner than `interval` after the previous
+/// one started, so that the groups arriving meanwhile share it. A writer that waits for each answer
+/// before its next write (one caller calling in a loop) thus never waits for the interval, and a
+/// stream of writes that do not wait (a hot key's invocations, many callers) gets fewer, larger
+/// syncs. Deferrable groups alone wait
+/// until one arrives, `max_groups` wait, or the oldest has waited `defer_limit`. After a failed sync
+/// every group is answered with its error (the processor then stops and recovers). When the storage
+/// thread closes the queue, what is still held is synced and answered.
 fn sync_wal(
     mut sync: impl FnMut() -> Result<(), Error>,
     rx: crossbeam_channel::Receiver<Applied>,
     applied: Arc<AtomicU64>,
     stats: Arc<Stats>,
-    max_groups: usize,
-    defer_limit: Duration,
+    pacing: SyncPacing,
 ) {
+    let SyncPacing {
+        max_groups,
+        defer_limit,
+        interval,
+    } = pacing;
     let mut durable = 0u64;
     // The first failed sync, for good: it may have lost the WAL's dirty pages (the kernel may drop
     // them and report the error once), so no later sync that succeeds makes the groups applied
@@ -993,12 +1017,20 @@ fn sync_wal(
     let mut groups: Vec<Applied> = Vec::new();
     // When the oldest held group that is deferrable arrived (all held groups are deferrable then).
     let mut deferred_since: Option<Instant> = None;
+    // When the last sync started if a group arrived while it ran (writes outran syncs), and until when
+    // a sync that is due waits for the interval to pass.
+    let mut last_sync: Option<Instant> = None;
+    let mut paced_until: Option<Instant> = None;
     let mut open = true;
     while open || !groups.is_empty() {
         if open {
-            let next = match deferred_since {
+            let wake = [deferred_since.map(|since| since + defer_limit), paced_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let next = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(since) => rx.recv_timeout(defer_limit.saturating_sub(since.elapsed())),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             match next {
                 Ok(group) => {
@@ -1011,17 +1043,24 @@ fn sync_wal(
             }
         }
         let needed = groups.iter().map(|g| g.seq).max().unwrap_or(0);
-        let must_sync = !open
+        // Answered at once: no sync needed, nothing more to wait for, or no room to wait.
+        let now = !open || failed.is_some() || needed <= durable || groups.len() >= max_groups;
+        let due = now
             || defer_limit.is_zero()
-            || failed.is_some()
-            || needed <= durable
-            || groups.len() >= max_groups
             || groups.iter().any(|g| !g.deferrable)
             || deferred_since.is_some_and(|since| since.elapsed() >= defer_limit);
-        if !must_sync {
+        if !due {
             deferred_since.get_or_insert_with(Instant::now);
             continue;
         }
+        if !now {
+            let next_allowed = last_sync.map(|at| at + interval);
+            if let Some(at) = next_allowed.filter(|at| *at > Instant::now()) {
+                paced_until = Some(at);
+                continue;
+            }
+        }
+        paced_until = None;
         deferred_since = None;
         let result = if let Some(e) = &failed {
             Err(e.clone())
@@ -1032,6 +1071,7 @@ fn sync_wal(
             let upto = applied.load(Ordering::Acquire);
             let started = Instant::now();
             let result = sync();
+            last_sync = (!rx.is_empty()).then_some(started);
             stats.sync_seconds.observe_duration(started.elapsed());
             stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
             match &result {
@@ -1063,7 +1103,7 @@ mod tests {
 
         use futures::channel::oneshot;
 
-        use super::super::{sync_wal, Applied, Error, Stats};
+        use super::super::{sync_wal, Applied, Error, Stats, SyncPacing};
 
         /// One group applied as `seq`, and the receiver of its answer.
         fn group(seq: u64) -> (Applied, oneshot::Receiver<Result<(), Error>>) {
@@ -1099,6 +1139,7 @@ mod tests {
         #[allow(clippy::type_complexity)]
         fn start(
             defer_limit: Duration,
+            interval: Duration,
         ) -> (
             crossbeam_channel::Sender<Applied>,
             Arc<AtomicU64>,
@@ -1115,14 +1156,19 @@ mod tests {
             };
             let seen = applied.clone();
             let join = std::thread::spawn(move || {
-                sync_wal(sync, rx, seen, Arc::new(Stats::default()), 16, defer_limit)
+                let pacing = SyncPacing {
+                    max_groups: 16,
+                    defer_limit,
+                    interval,
+                };
+                sync_wal(sync, rx, seen, Arc::new(Stats::default()), pacing)
             });
             (tx, applied, syncs, join)
         }
 
         #[test]
         fn deferrable_groups_wait_for_one_that_needs_a_sync_and_share_it() {
-            let (tx, applied, syncs, join) = start(Duration::from_secs(60));
+            let (tx, applied, syncs, join) = start(Duration::from_secs(60), Duration::ZERO);
             let mut deferred = Vec::new();
             for seq in 1..=3 {
                 let (group, answer) = deferrable_group(seq, true);
@@ -1159,8 +1205,81 @@ mod tests {
         }
 
         #[test]
+        fn a_writer_that_waits_for_each_answer_never_waits_for_the_interval() {
+            let interval = Duration::from_millis(300);
+            let (tx, applied, syncs, join) = start(Duration::from_secs(60), interval);
+            let started = std::time::Instant::now();
+            for seq in 1..=5 {
+                let (next, mut answer) = group(seq);
+                applied.store(seq, Ordering::Release);
+                tx.send(next).unwrap();
+                wait(&mut answer).unwrap();
+            }
+            assert!(started.elapsed() < interval, "{:?}", started.elapsed());
+            assert_eq!(syncs.load(Ordering::SeqCst), 5);
+            drop(tx);
+            join.join().unwrap();
+        }
+
+        #[test]
+        fn while_writes_outrun_syncs_the_next_waits_for_the_interval_and_they_share_it() {
+            let interval = Duration::from_millis(300);
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let applied = Arc::new(AtomicU64::new(1));
+            let syncs = Arc::new(AtomicU64::new(0));
+            // Group 2 is applied while the first sync runs: writes outrun syncs.
+            let (second, mut second_answer) = group(2);
+            let mut during_first = Some((tx.clone(), second, applied.clone()));
+            let counted = syncs.clone();
+            let sync = move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if let Some((tx, second, applied)) = during_first.take() {
+                    applied.store(2, Ordering::Release);
+                    tx.send(second).unwrap();
+                }
+                Ok(())
+            };
+            let seen = applied.clone();
+            let pacing = SyncPacing {
+                max_groups: 16,
+                defer_limit: Duration::from_secs(60),
+                interval,
+            };
+            let join = std::thread::spawn(move || {
+                sync_wal(sync, rx, seen, Arc::new(Stats::default()), pacing)
+            });
+            let started = std::time::Instant::now();
+            let (first, mut first_answer) = group(1);
+            tx.send(first).unwrap();
+            wait(&mut first_answer).unwrap();
+            assert!(started.elapsed() < interval, "the first sync waited");
+            let mut answers = Vec::new();
+            for seq in 3..=4 {
+                let (next, answer) = group(seq);
+                applied.store(seq, Ordering::Release);
+                tx.send(next).unwrap();
+                answers.push(answer);
+            }
+            wait(&mut second_answer).unwrap();
+            assert!(
+                started.elapsed() >= interval,
+                "a sync started within the interval while writes outran syncs"
+            );
+            for answer in &mut answers {
+                wait(answer).unwrap();
+            }
+            assert_eq!(
+                syncs.load(Ordering::SeqCst),
+                2,
+                "groups 2 to 4 share one sync"
+            );
+            drop(tx);
+            join.join().unwrap();
+        }
+
+        #[test]
         fn a_deferrable_group_is_synced_after_the_delay_or_when_the_queue_closes() {
-            let (tx, applied, syncs, join) = start(Duration::from_millis(30));
+            let (tx, applied, syncs, join) = start(Duration::from_millis(30), Duration::ZERO);
             let (group, mut answer) = deferrable_group(1, true);
             applied.store(1, Ordering::Release);
             tx.send(group).unwrap();
@@ -1169,7 +1288,7 @@ mod tests {
             drop(tx);
             join.join().unwrap();
 
-            let (tx, applied, syncs, join) = start(Duration::from_secs(60));
+            let (tx, applied, syncs, join) = start(Duration::from_secs(60), Duration::ZERO);
             let (group, mut answer) = deferrable_group(1, true);
             applied.store(1, Ordering::Release);
             tx.send(group).unwrap();
@@ -1203,14 +1322,12 @@ mod tests {
                 }
                 None => Ok(()),
             };
-            sync_wal(
-                sync,
-                rx,
-                applied,
-                Arc::new(Stats::default()),
-                4,
-                Duration::from_secs(60),
-            );
+            let pacing = SyncPacing {
+                max_groups: 4,
+                defer_limit: Duration::from_secs(60),
+                interval: Duration::ZERO,
+            };
+            sync_wal(sync, rx, applied, Arc::new(Stats::default()), pacing);
             let answer = |mut rx: oneshot::Receiver<Result<(), Error>>| {
                 rx.try_recv().ok().flatten().expect("answered")
             };
