@@ -1024,10 +1024,9 @@ fn sync_wal(
     let mut open = true;
     while open || !groups.is_empty() {
         if open {
-            let wake = [deferred_since.map(|since| since + defer_limit), paced_until]
-                .into_iter()
-                .flatten()
-                .min();
+            // A paced sync is due already: its deferrable groups' deadline (possibly past) no longer
+            // matters, and waiting for it would spin until the interval ends.
+            let wake = paced_until.or(deferred_since.map(|since| since + defer_limit));
             let next = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -1275,6 +1274,60 @@ mod tests {
             );
             drop(tx);
             join.join().unwrap();
+        }
+
+        /// CPU time the calling thread has used.
+        fn thread_cpu_time() -> Duration {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes only `now`.
+            assert_eq!(
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) },
+                0
+            );
+            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        }
+
+        #[test]
+        fn a_deferrable_group_past_its_delay_waits_for_the_interval_without_spinning() {
+            let interval = Duration::from_secs(1);
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let applied = Arc::new(AtomicU64::new(1));
+            // A deferrable group 2 is applied while the first sync runs: the next sync is paced, and
+            // group 2's delay (10 ms) ends long before the interval does.
+            let (second, mut second_answer) = deferrable_group(2, true);
+            let mut during_first = Some((tx.clone(), second, applied.clone()));
+            let sync = move || {
+                if let Some((tx, second, applied)) = during_first.take() {
+                    applied.store(2, Ordering::Release);
+                    tx.send(second).unwrap();
+                }
+                Ok(())
+            };
+            let seen = applied.clone();
+            let pacing = SyncPacing {
+                max_groups: 16,
+                defer_limit: Duration::from_millis(10),
+                interval,
+            };
+            let join = std::thread::spawn(move || {
+                sync_wal(sync, rx, seen, Arc::new(Stats::default()), pacing);
+                thread_cpu_time()
+            });
+            let started = std::time::Instant::now();
+            let (first, mut first_answer) = group(1);
+            tx.send(first).unwrap();
+            wait(&mut first_answer).unwrap();
+            wait(&mut second_answer).unwrap();
+            assert!(started.elapsed() >= interval, "{:?}", started.elapsed());
+            drop(tx);
+            let cpu = join.join().unwrap();
+            assert!(
+                cpu < Duration::from_millis(100),
+                "the sync thread used {cpu:?} of CPU waiting ~1 s for the interval"
+            );
         }
 
         #[test]
