@@ -529,6 +529,8 @@ impl World {
         };
         let limits = Limits {
             partitions: PARTITIONS,
+            // From the seed, not the generator: the seeds' scenarios stay as they were.
+            cores: 1 + (seed % 4) as usize,
             timers_in_memory: 1 + rng.below(4),
             idempotency_retention_ms: 60_000,
             idempotency_recent_ms: 1_000,

@@ -241,6 +241,7 @@ impl Processor {
         let (acting, acting_rx) = mpsc::unbounded();
         let limits = Limits {
             partitions: config.worker.partitions,
+            cores: config.runtime.cores,
             timers_in_memory: config.worker.timers.num_timers_in_memory_limit,
             idempotency_retention_ms: config.worker.ingress_grpc.idempotency_retention.as_millis()
                 as u64,

@@ -79,6 +79,9 @@ pub struct Resolved {
 pub struct Limits {
     /// `worker.partitions`.
     pub partitions: u32,
+    /// The executors (`runtime.cores`): partition `p` belongs to core `p % cores`. An unkeyed callee
+    /// gets a key in a partition of its caller's core, so the call and its answer never cross cores.
+    pub cores: usize,
     /// `worker.timers.num_timers_in_memory_limit`.
     pub timers_in_memory: usize,
     /// `worker.ingress_grpc.idempotency_retention`, in ms.

@@ -89,6 +89,7 @@ impl Harness {
             },
             limits: Limits {
                 partitions: PARTITIONS,
+                cores: 1,
                 timers_in_memory: 8,
                 idempotency_retention_ms: 60_000,
                 idempotency_recent_ms: 1_000,
@@ -829,6 +830,27 @@ fn a_call_is_written_to_the_outbox_with_its_entry_and_shipped_to_the_callee() {
         );
         assert_eq!(out.actions, vec![shipped(p, 0, &row)], "{service}");
         assert_eq!(appended(&out), Ok(None));
+    }
+}
+
+#[test]
+fn an_unkeyed_callee_is_placed_on_its_callers_core() {
+    for cores in [2usize, 3, 4] {
+        for caller in ["a", "b", "c", "d", "e"] {
+            let mut h = Harness::new();
+            h.limits.cores = cores;
+            let id = h.start(&keyed(1, caller));
+            let out = h.append(id, call("Greeter", "x"));
+            let Some(Effect::PutOutbox(_, _, row)) = out.writes.last() else {
+                panic!("no outbox row: {:?}", out.writes);
+            };
+            let target = codec::target_id(row).expect("a target");
+            assert_eq!(
+                target.partition(PARTITIONS) as usize % cores,
+                partition(&id) as usize % cores,
+                "{cores} cores, caller {caller}"
+            );
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::partition::invocation::{Failure, NewInvocation};
 use crate::partition::rows::{outbox_message, Entry, ResponseSink, Timer};
 use crate::partition::state_machine::codec::{outcome_result, result_bytes};
 use crate::partition::state_machine::{fresh_id, Env, TimerKey};
-use crate::partition::ServiceId;
+use crate::partition::{unkeyed_key_where, PartitionId, ServiceId};
 use crate::protocol::messages::{BackgroundInvokeEntryMessage, InvokeEntryMessage};
 use crate::protocol::Frame;
 
@@ -32,6 +32,7 @@ pub fn invoke(
     };
     match callee(
         context.env,
+        context.partition,
         &invoke.service_name,
         &invoke.method_name,
         invoke.parameter.into(),
@@ -59,6 +60,7 @@ pub fn background_invoke(
         .map_err(decode_error(context.index))?;
     let callee = match callee(
         context.env,
+        context.partition,
         &invoke.service_name,
         &invoke.method_name,
         invoke.parameter.into(),
@@ -92,10 +94,12 @@ pub fn background_invoke(
     Ok(())
 }
 
-/// The invocation a call starts: its target must be registered; the key comes from the parameter
-/// (an unkeyed target gets a fresh one).
+/// The invocation a call from `caller` (its partition) starts: its target must be registered; the
+/// key comes from the parameter (an unkeyed target gets a fresh one, in a partition of the caller's
+/// core: the call and its answer then stay on that core).
 pub fn callee(
     env: &Env<'_>,
+    caller: PartitionId,
     service: &str,
     method: &str,
     parameter: Bytes,
@@ -103,9 +107,16 @@ pub fn callee(
 ) -> Result<NewInvocation, Failure> {
     let resolved = env.resolver.resolve(service, method, &parameter)?;
     let keyed = resolved.key.is_some();
-    let key = resolved
-        .key
-        .unwrap_or_else(|| env.clock.fresh_uuid().to_vec());
+    let key = resolved.key.unwrap_or_else(|| {
+        let unique = env.clock.fresh_uuid();
+        let cores = env.limits.cores.max(1);
+        let core = caller as usize % cores;
+        unkeyed_key_where(service, unique, env.limits.partitions, |p| {
+            p as usize % cores == core
+        })
+        .unwrap_or(unique)
+        .to_vec()
+    });
     let service_id = ServiceId {
         service: service.to_owned(),
         key: key.into(),
