@@ -433,8 +433,8 @@ pub struct IngressGrpc {
     pub cors_allowed_origins: Vec<String>,
     /// Where a fresh unkeyed invocation runs: on the core whose ingress received it (no hop to another
     /// core and back) unless that core drives more than this many invocations beyond one other core
-    /// picked at random; then on that one. 0 balances strictly by load (two random choices); a large
-    /// value keeps every unkeyed invocation on the core of its client's connection.
+    /// picked at random; then on that one. 0 balances strictly by load (the less loaded of the two);
+    /// a large value keeps every unkeyed invocation on the core of its client's connection.
     pub local_placement_slack: u64,
 }
 
@@ -602,7 +602,7 @@ pub struct Runtime {
     pub http_body_stall_timeout: Duration,
     /// How long start-up waits for a port that no other `restate` claims but that is still bound: a
     /// process killed a moment ago keeps its listeners until the kernel has torn down its io_uring (a
-    /// few ms). Past it, start-up fails with "port in use".
+    /// few ms). Past it, start-up fails with "port in use". At most 60 s.
     #[serde(with = "humantime_serde")]
     pub port_release_wait: Duration,
 }
@@ -790,6 +790,13 @@ impl Config {
             // longer is a typo, not a setting.
             return Err(Error::Invalid {
                 key: "worker.storage_rocksdb.deferred_sync_delay".to_owned(),
+                message: "must be at most 60s".to_owned(),
+            });
+        }
+        if self.runtime.port_release_wait > Duration::from_secs(60) {
+            // A port held by another program fails start-up only after this long: longer is a typo.
+            return Err(Error::Invalid {
+                key: "runtime.port_release_wait".to_owned(),
                 message: "must be at most 60s".to_owned(),
             });
         }
@@ -1189,5 +1196,27 @@ mod tests {
         assert!(e.to_string().contains("tracing.log_format"), "{e}");
         let e = Config::load(None, env(&[("RESTATE_RUNTIME__CORES", "0")])).unwrap_err();
         assert!(e.to_string().contains("runtime.cores"), "{e}");
+    }
+
+    #[test]
+    fn waits_and_intervals_past_their_bounds_are_refused() {
+        for (key, value) in [
+            ("RESTATE_RUNTIME__PORT_RELEASE_WAIT", "61s"),
+            (
+                "RESTATE_WORKER__STORAGE_ROCKSDB__GROUP_COMMIT_INTERVAL",
+                "101ms",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(e.to_string().contains("must be at most"), "{key}: {e}");
+        }
+        let ok = [
+            ("RESTATE_RUNTIME__PORT_RELEASE_WAIT", "60s"),
+            (
+                "RESTATE_WORKER__STORAGE_ROCKSDB__GROUP_COMMIT_INTERVAL",
+                "0s",
+            ),
+        ];
+        Config::load(None, env(&ok)).unwrap();
     }
 }

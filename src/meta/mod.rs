@@ -640,6 +640,16 @@ fn core_gauges(node: &NodeState, text: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     }
+    // Per core: how fresh unkeyed invocations are spread (worker.ingress_grpc.local_placement_slack).
+    let name = "restate_core_invocations_driven";
+    text.push_str(&format!(
+        "# HELP {name} Invocations whose attempts the core's invoker drives now (its load, by which \
+         unkeyed invocations are placed).\n# TYPE {name} gauge\n"
+    ));
+    for (core, gauges) in node.gauges.iter().enumerate() {
+        let value = gauges.invocations_driven.load(Ordering::Relaxed);
+        text.push_str(&format!("{name}{{core=\"{core}\"}} {value}\n"));
+    }
 }
 
 /// The storage thread's group commits: size and write latency, operations per table; and the timers
