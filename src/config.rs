@@ -269,8 +269,13 @@ pub struct Invoker {
     pub http2_keep_alive_timeout: Duration,
     /// Attempts one HTTP/2 connection to an endpoint carries before the core opens another.
     pub max_streams_per_connection: usize,
-    /// Connections one core opens to one endpoint; past it streams queue on the least busy one.
+    /// Connections one core opens to one endpoint (those being opened count); past it streams queue
+    /// on the least busy one.
     pub max_connections_per_endpoint: usize,
+    /// Opening a connection to an endpoint (TCP, TLS, HTTP/2 handshake) that takes longer fails the
+    /// attempt (retried per the retry policy).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Entries of one attempt decided but not yet durable: the attempt reads the endpoint's next
     /// message without waiting for the previous entry's write (writes are ordered, and whatever the
     /// endpoint is sent back still waits for durability); past this many it waits for the oldest.
@@ -294,6 +299,7 @@ impl Default for Invoker {
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_streams_per_connection: 100,
             max_connections_per_endpoint: 32,
+            connect_timeout: Duration::from_secs(10),
             max_pending_appends: 64,
         }
     }

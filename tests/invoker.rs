@@ -724,3 +724,140 @@ fn unkeyed_calls_run_on_their_connections_core_until_it_is_busier_than_another_b
         .collect();
     assert_eq!(cores[9..], expected[..], "{cores:?}");
 }
+
+/// Established TCP connections from loopback to loopback `port` (the server's to an endpoint).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_of_first_calls_to_an_endpoint_shares_one_new_connection() {
+    // Every attempt hangs, so all seven are in flight at once on the only core.
+    let endpoint = Endpoint::start("hang", &[]);
+    let server = Server::start(&env(&[("RESTATE_RUNTIME__CORES", "1")]));
+    register(&server, &endpoint.uri());
+    let port: u16 = endpoint
+        .uri()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let before = connections_to(port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Seven calls in one burst on one HTTP/2 connection: their attempts all ask for a connection to
+    // the endpoint while the first one is being opened.
+    let statuses: Vec<u16> = rt.block_on(async {
+        let sender = common::h2_connect(server.ingress).await;
+        let calls = (0..7).map(|i| {
+            let mut sender = sender.clone();
+            let request = http::Request::post(format!(
+                "http://127.0.0.1:{}/restate.test.Echo/Echo",
+                server.ingress
+            ))
+            .header("content-type", "application/json")
+            .header("connect-timeout-ms", "500")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({ "text": format!("call {i}") }).to_string(),
+            )))
+            .unwrap();
+            async move {
+                sender
+                    .send_request(request)
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+            .await
+            .expect("answers within 30 s")
+    });
+    assert_eq!(statuses, vec![504; 7], "each call hangs until its deadline");
+    assert_eq!(
+        connections_to(port) - before,
+        1,
+        "one connection carries up to max_streams_per_connection attempts"
+    );
+}
+
+#[test]
+fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_timeout() {
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT", "300ms"),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "0"),
+    ]));
+    register(&server, &endpoint.uri());
+    let port: u16 = endpoint
+        .uri()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    drop(endpoint);
+    // A listener that never accepts, its queue filled: further SYNs are dropped, so a connect hangs.
+    let listener = {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        // The endpoint's listener outlives its process by a few ms (io_uring teardown).
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port)).into();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = socket.bind(&address) {
+            assert!(Instant::now() < deadline, "port {port} still bound: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        socket.listen(0).unwrap();
+        socket
+    };
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let _ = socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into());
+        fillers.push(socket);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/restate.test.Echo/Echo",
+        &json!({ "text": "x" }),
+        &[("connect-timeout-ms", "1500")],
+    );
+    assert_eq!(status, 504, "{body}");
+    let line = loop {
+        let log = server.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("worker.invoker.connect_timeout"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no attempt failed on the connect timeout:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("no connection within 300ms"), "{line}");
+    drop((listener, fillers));
+}

@@ -88,7 +88,7 @@ pub struct Invoker {
     proxy: Option<String>,
     tls: Arc<rustls::ClientConfig>,
     /// Open connections per endpoint address, each with the attempts streaming on it.
-    connections: RefCell<HashMap<String, Vec<Pooled>>>,
+    connections: RefCell<HashMap<String, EndpointPool>>,
     slots: Slots,
     /// `meta.allowed_endpoints`, checked on every new connection.
     allow: Arc<AllowList>,
@@ -346,56 +346,68 @@ impl Invoker {
         }
     }
 
-    /// A connection to `target` with room for one more stream: the least busy open one, or a new one
-    /// while every open one carries `max_streams_per_connection` attempts (up to
-    /// `max_connections_per_endpoint`; past that the least busy one queues the stream).
+    /// A connection to `target` with room for one more stream: the least busy open one; else a new
+    /// one while fewer than `max_connections_per_endpoint` are open or opening (an attempt waits for
+    /// one being opened while that one's `max_streams_per_connection` are not all promised to other
+    /// waiters, so a burst of first calls shares a connection); else the least busy one queues the
+    /// stream. Opening is bounded by `connect_timeout`.
     async fn connection(
         &self,
         target: &client::Target,
     ) -> Result<(client::Streams, StreamSlot), client::Error> {
         let key = pool_key(target);
-        let reuse = {
-            let mut pool = self.connections.borrow_mut();
-            let open = pool.entry(key.clone()).or_default();
-            open.retain(|c| !c.connection.is_closed());
-            let least = open.iter().min_by_key(|c| c.streams.get());
-            match least {
-                Some(c)
-                    if c.streams.get() < self.config.max_streams_per_connection
-                        || open.len() >= self.config.max_connections_per_endpoint =>
-                {
-                    Some((c.connection.clone(), StreamSlot::new(c.streams.clone())))
+        let opening = loop {
+            let next = {
+                let mut pool = self.connections.borrow_mut();
+                let endpoint = pool.entry(key.clone()).or_default();
+                endpoint.next(
+                    self.config.max_streams_per_connection,
+                    self.config.max_connections_per_endpoint,
+                )
+            };
+            match next {
+                Next::Use(connection, streams) => {
+                    return Ok((connection, StreamSlot::new(streams)))
                 }
-                _ => None,
+                Next::Wait(opened) => {
+                    // Fires when an opening ends, either way (its guard drops the sender).
+                    let _ = opened.await;
+                }
+                Next::Open => break Opening::new(&self.connections, key.clone()),
             }
         };
-        if let Some(reused) = reuse {
-            return Ok(reused);
-        }
         let keep_alive = (!self.config.http2_keep_alive_interval.is_zero()).then_some((
             self.config.http2_keep_alive_interval,
             self.config.http2_keep_alive_timeout,
         ));
-        let connection = client::Streams::open(target, &self.tls, keep_alive, &self.allow).await?;
-        let pooled = Pooled {
+        let open = client::Streams::open(target, &self.tls, keep_alive, &self.allow);
+        let connection =
+            match glommio::timer::timeout(self.config.connect_timeout, async { Ok(open.await) })
+                .await
+            {
+                Ok(opened) => opened?,
+                Err(_) => {
+                    return Err(client::Error::Connect {
+                        address: key,
+                        message: format!(
+                            "no connection within {:?} (worker.invoker.connect_timeout)",
+                            self.config.connect_timeout
+                        ),
+                    })
+                }
+            };
+        let streams = Rc::new(Cell::new(0));
+        let result = (connection.clone(), StreamSlot::new(streams.clone()));
+        opening.opened(Pooled {
             connection,
-            streams: Rc::new(Cell::new(0)),
-        };
-        let result = (
-            pooled.connection.clone(),
-            StreamSlot::new(pooled.streams.clone()),
-        );
-        self.connections
-            .borrow_mut()
-            .entry(key)
-            .or_default()
-            .push(pooled);
+            streams,
+        });
         Ok(result)
     }
 
     fn forget_closed_connections(&self, target: &client::Target) {
-        if let Some(open) = self.connections.borrow_mut().get_mut(&pool_key(target)) {
-            open.retain(|c| !c.connection.is_closed());
+        if let Some(endpoint) = self.connections.borrow_mut().get_mut(&pool_key(target)) {
+            endpoint.open.retain(|c| !c.connection.is_closed());
         }
     }
 
@@ -1026,6 +1038,78 @@ struct Pooled {
     connection: client::Streams,
     /// Attempts streaming on it now.
     streams: Rc<Cell<usize>>,
+}
+
+/// One endpoint address's connections on this core.
+#[derive(Default)]
+struct EndpointPool {
+    open: Vec<Pooled>,
+    /// Connections being opened now.
+    opening: usize,
+    /// Attempts waiting for one of those; each is told when an opening ends.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+/// What an attempt does for a connection.
+enum Next {
+    Use(client::Streams, Rc<Cell<usize>>),
+    Wait(oneshot::Receiver<()>),
+    Open,
+}
+
+impl EndpointPool {
+    fn next(&mut self, max_streams: usize, max_connections: usize) -> Next {
+        self.open.retain(|c| !c.connection.is_closed());
+        self.waiting.retain(|w| !w.is_canceled());
+        let least = self.open.iter().min_by_key(|c| c.streams.get());
+        let room_in_opening = self.opening * max_streams > self.waiting.len();
+        let use_least = |c: &Pooled| Next::Use(c.connection.clone(), c.streams.clone());
+        match least {
+            Some(c) if c.streams.get() < max_streams => use_least(c),
+            _ if room_in_opening => self.wait(),
+            _ if self.open.len() + self.opening < max_connections => {
+                self.opening += 1;
+                Next::Open
+            }
+            Some(c) => use_least(c),
+            None => self.wait(),
+        }
+    }
+
+    fn wait(&mut self) -> Next {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push(tx);
+        Next::Wait(rx)
+    }
+}
+
+/// A connection being opened: counted in its endpoint's `opening` until it is pooled or given up
+/// (the attempt failed or was dropped); either way the attempts waiting for it look again.
+struct Opening<'a> {
+    pool: &'a RefCell<HashMap<String, EndpointPool>>,
+    key: String,
+}
+
+impl<'a> Opening<'a> {
+    fn new(pool: &'a RefCell<HashMap<String, EndpointPool>>, key: String) -> Opening<'a> {
+        Opening { pool, key }
+    }
+
+    fn opened(self, pooled: Pooled) {
+        if let Some(endpoint) = self.pool.borrow_mut().get_mut(&self.key) {
+            endpoint.open.push(pooled);
+        }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.pool.borrow_mut().get_mut(&self.key) {
+            endpoint.opening -= 1;
+            // Dropping the senders wakes every waiter: they look again.
+            endpoint.waiting.clear();
+        }
+    }
 }
 
 /// An attempt's place on a pooled connection, released when the attempt ends.
