@@ -795,6 +795,46 @@ fn a_burst_of_first_calls_to_an_endpoint_shares_one_new_connection() {
     );
 }
 
+/// A listener on a port of its own (accept queue of one) that forwards the connections it accepts to
+/// `to` until `stop` is set; from then on it accepts nothing.
+fn forwarding_listener(
+    to: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, std::thread::JoinHandle<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    use std::sync::atomic::Ordering;
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    let accepting = std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match socket.accept() {
+                Ok((client, _)) => {
+                    client.set_nonblocking(false).unwrap();
+                    let client: std::net::TcpStream = client.into();
+                    let server = std::net::TcpStream::connect(("127.0.0.1", to)).unwrap();
+                    for (mut from, mut into) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut into);
+                            let _ = into.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        socket
+    });
+    (port, accepting)
+}
+
 #[test]
 fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_timeout() {
     let endpoint = Endpoint::start("ok", &[]);
@@ -802,8 +842,7 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         ("RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT", "300ms"),
         ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "0"),
     ]));
-    register(&server, &endpoint.uri());
-    let port: u16 = endpoint
+    let endpoint_port: u16 = endpoint
         .uri()
         .rsplit(':')
         .next()
@@ -811,22 +850,13 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    drop(endpoint);
-    // A listener that never accepts, its queue filled: further SYNs are dropped, so a connect hangs.
-    let listener = {
-        use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.set_reuse_address(true).unwrap();
-        // The endpoint's listener outlives its process by a few ms (io_uring teardown).
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port)).into();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = socket.bind(&address) {
-            assert!(Instant::now() < deadline, "port {port} still bound: {e}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        socket.listen(0).unwrap();
-        socket
-    };
+    // Registered through a forwarder, which then stops accepting: its queue filled, further SYNs
+    // to it are dropped, so the invoker's connect hangs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, accepting) = forwarding_listener(endpoint_port, stop.clone());
+    register(&server, &format!("http://127.0.0.1:{port}/"));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let listener = accepting.join().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
         let socket =
@@ -859,5 +889,5 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(line.contains("no connection within 300ms"), "{line}");
-    drop((listener, fillers));
+    drop((listener, fillers, endpoint));
 }
