@@ -665,6 +665,41 @@ fn connection_specific_additional_headers_are_left_out_of_invocations() {
     assert_eq!(body["text"], "no connection headers");
 }
 
+/// A Connect JSON call of `restate.test.Echo/Echo` to the ingress on `port`, given up after
+/// `timeout_ms`.
+fn echo_request(
+    port: u16,
+    text: &str,
+    timeout_ms: u32,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post(format!("http://127.0.0.1:{port}/restate.test.Echo/Echo"))
+        .header("content-type", "application/json")
+        .header("connect-timeout-ms", timeout_ms.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({ "text": text }).to_string(),
+        )))
+        .unwrap()
+}
+
+/// A current-thread tokio runtime for a test's HTTP/2 client.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The port of an endpoint's `http://127.0.0.1:PORT/` URI.
+fn endpoint_port(endpoint: &Endpoint) -> u16 {
+    let uri = endpoint.uri();
+    uri.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The core that owns the partition of the invocation named by a sid (`<service>-<key>-<id hex>`): the
 /// id starts with the 8-byte partition key; partitions (64 by default) are dealt to cores round-robin.
 fn owner_core(sid: &str, cores: u64) -> u64 {
@@ -682,25 +717,13 @@ fn unkeyed_calls_run_on_their_connections_core_until_it_is_busier_than_another_b
         ("RESTATE_WORKER__INGRESS_GRPC__LOCAL_PLACEMENT_SLACK", "8"),
     ]));
     register(&server, &endpoint.uri());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = client_runtime();
     // One connection, hence one ingress core; one call at a time, each given up after 200 ms.
     let cores: Vec<u64> = rt.block_on(async {
         let mut sender = common::h2_connect(server.ingress).await;
         let mut cores = Vec::new();
         for i in 0..14 {
-            let request = http::Request::post(format!(
-                "http://127.0.0.1:{}/restate.test.Echo/Echo",
-                server.ingress
-            ))
-            .header("content-type", "application/json")
-            .header("connect-timeout-ms", "200")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({ "text": format!("call {i}") }).to_string(),
-            )))
-            .unwrap();
+            let request = echo_request(server.ingress, &format!("call {i}"), 200);
             sender.ready().await.unwrap();
             let response =
                 tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
@@ -725,55 +748,22 @@ fn unkeyed_calls_run_on_their_connections_core_until_it_is_busier_than_another_b
     assert_eq!(cores[9..], expected[..], "{cores:?}");
 }
 
-/// Established TCP connections from loopback to loopback `port` (the server's to an endpoint).
-fn connections_to(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let remote = format!("0100007F:{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
-        })
-        .count()
-}
-
 #[test]
 fn a_burst_of_first_calls_to_an_endpoint_shares_one_new_connection() {
     // Every attempt hangs, so all seven are in flight at once on the only core.
     let endpoint = Endpoint::start("hang", &[]);
     let server = Server::start(&env(&[("RESTATE_RUNTIME__CORES", "1")]));
     register(&server, &endpoint.uri());
-    let port: u16 = endpoint
-        .uri()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let before = connections_to(port);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let port = endpoint_port(&endpoint);
+    let before = common::connections_to(port);
+    let rt = client_runtime();
     // Seven calls in one burst on one HTTP/2 connection: their attempts all ask for a connection to
     // the endpoint while the first one is being opened.
     let statuses: Vec<u16> = rt.block_on(async {
         let sender = common::h2_connect(server.ingress).await;
         let calls = (0..7).map(|i| {
             let mut sender = sender.clone();
-            let request = http::Request::post(format!(
-                "http://127.0.0.1:{}/restate.test.Echo/Echo",
-                server.ingress
-            ))
-            .header("content-type", "application/json")
-            .header("connect-timeout-ms", "500")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({ "text": format!("call {i}") }).to_string(),
-            )))
-            .unwrap();
+            let request = echo_request(server.ingress, &format!("call {i}"), 500);
             async move {
                 sender
                     .send_request(request)
@@ -789,7 +779,7 @@ fn a_burst_of_first_calls_to_an_endpoint_shares_one_new_connection() {
     });
     assert_eq!(statuses, vec![504; 7], "each call hangs until its deadline");
     assert_eq!(
-        connections_to(port) - before,
+        common::connections_to(port) - before,
         1,
         "one connection carries up to max_streams_per_connection attempts"
     );
@@ -842,14 +832,7 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         ("RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT", "300ms"),
         ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "0"),
     ]));
-    let endpoint_port: u16 = endpoint
-        .uri()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let endpoint_port = endpoint_port(&endpoint);
     // Registered through a forwarder, which then stops accepting: its queue filled, further SYNs
     // to it are dropped, so the invoker's connect hangs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

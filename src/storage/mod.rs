@@ -1165,6 +1165,26 @@ mod tests {
             (tx, applied, syncs, join)
         }
 
+        /// A fake sync counted in `syncs` that, while it runs the first time, applies `group` and
+        /// queues it (writes outrunning syncs).
+        fn applying_during_first(
+            tx: &crossbeam_channel::Sender<Applied>,
+            group: Applied,
+            applied: &Arc<AtomicU64>,
+            syncs: &Arc<AtomicU64>,
+        ) -> impl FnMut() -> Result<(), Error> {
+            let mut during_first = Some((tx.clone(), group, applied.clone()));
+            let syncs = syncs.clone();
+            move || {
+                syncs.fetch_add(1, Ordering::SeqCst);
+                if let Some((tx, group, applied)) = during_first.take() {
+                    applied.store(group.seq, Ordering::Release);
+                    tx.send(group).unwrap();
+                }
+                Ok(())
+            }
+        }
+
         #[test]
         fn deferrable_groups_wait_for_one_that_needs_a_sync_and_share_it() {
             let (tx, applied, syncs, join) = start(Duration::from_secs(60), Duration::ZERO);
@@ -1228,16 +1248,7 @@ mod tests {
             let syncs = Arc::new(AtomicU64::new(0));
             // Group 2 is applied while the first sync runs: writes outrun syncs.
             let (second, mut second_answer) = group(2);
-            let mut during_first = Some((tx.clone(), second, applied.clone()));
-            let counted = syncs.clone();
-            let sync = move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                if let Some((tx, second, applied)) = during_first.take() {
-                    applied.store(2, Ordering::Release);
-                    tx.send(second).unwrap();
-                }
-                Ok(())
-            };
+            let sync = applying_during_first(&tx, second, &applied, &syncs);
             let seen = applied.clone();
             let pacing = SyncPacing {
                 max_groups: 16,
@@ -1298,14 +1309,7 @@ mod tests {
             // A deferrable group 2 is applied while the first sync runs: the next sync is paced, and
             // group 2's delay (10 ms) ends long before the interval does.
             let (second, mut second_answer) = deferrable_group(2, true);
-            let mut during_first = Some((tx.clone(), second, applied.clone()));
-            let sync = move || {
-                if let Some((tx, second, applied)) = during_first.take() {
-                    applied.store(2, Ordering::Release);
-                    tx.send(second).unwrap();
-                }
-                Ok(())
-            };
+            let sync = applying_during_first(&tx, second, &applied, &Arc::default());
             let seen = applied.clone();
             let pacing = SyncPacing {
                 max_groups: 16,

@@ -280,14 +280,25 @@ pub fn h2_request(
 
 /// Listening TCP sockets on `127.0.0.1:port`, from /proc/net/tcp.
 pub fn listening_sockets(port: u16) -> usize {
+    tcp_sockets(1, port, "0A")
+}
+
+/// Established TCP connections from loopback to loopback `port`, from /proc/net/tcp.
+pub fn connections_to(port: u16) -> usize {
+    tcp_sockets(2, port, "01")
+}
+
+/// Rows of /proc/net/tcp whose address in `column` (1: local, 2: remote) is loopback `port` and
+/// whose state is `state` (hex, as the kernel prints it).
+fn tcp_sockets(column: usize, port: u16, state: &str) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!("0100007F:{port:04X}");
+    let address = format!("0100007F:{port:04X}");
     table
         .lines()
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+            fields.get(column) == Some(&address.as_str()) && fields.get(3) == Some(&state)
         })
         .count()
 }
