@@ -272,8 +272,8 @@ pub struct Invoker {
     /// Connections one core opens to one endpoint (those being opened count); past it streams queue
     /// on the least busy one.
     pub max_connections_per_endpoint: usize,
-    /// Opening a connection to an endpoint (TCP, TLS, HTTP/2 handshake) that takes longer fails the
-    /// attempt (retried per the retry policy).
+    /// Getting a connection to an endpoint (waiting for one being opened, then TCP, TLS, HTTP/2
+    /// handshake) that takes longer fails the attempt (retried per the retry policy).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Entries of one attempt decided but not yet durable: the attempt reads the endpoint's next

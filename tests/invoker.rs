@@ -785,6 +785,77 @@ fn a_burst_of_first_calls_to_an_endpoint_shares_one_new_connection() {
     );
 }
 
+/// Registers `endpoint` through a forwarder, which then stops accepting: its queue filled, further
+/// SYNs to it are dropped, so the invoker's connects to it hang. Drop the result to release it.
+fn register_then_stop_accepting(
+    server: &Server,
+    endpoint: &Endpoint,
+) -> (socket2::Socket, Vec<socket2::Socket>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, accepting) = forwarding_listener(endpoint_port(endpoint), stop.clone());
+    register(server, &format!("http://127.0.0.1:{port}/"));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let listener = accepting.join().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let _ = socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into());
+        fillers.push(socket);
+    }
+    (listener, fillers)
+}
+
+#[test]
+fn attempts_waiting_for_a_connection_that_never_completes_fail_within_connect_timeout() {
+    // One core, one attempt per call: the first call's attempt opens the connection, the others
+    // wait for it. None may wait longer than connect_timeout for a connection (they used to take
+    // turns opening one, each after the previous had timed out: 8 calls, 8 x 500 ms).
+    let endpoint = Endpoint::start("ok", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_RUNTIME__CORES", "1"),
+        ("RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT", "500ms"),
+        ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "1"),
+    ]));
+    let black_hole = register_then_stop_accepting(&server, &endpoint);
+    std::thread::sleep(Duration::from_millis(100));
+    let ingress = server.ingress;
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = common::http1_request(
+                    ingress,
+                    "POST",
+                    "/restate.test.Echo/Echo",
+                    &[
+                        ("content-type", "application/json"),
+                        ("connect-timeout-ms", "20000"),
+                    ],
+                    json!({ "text": format!("call {i}") })
+                        .to_string()
+                        .as_bytes(),
+                );
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for call in calls {
+        let (answer, took) = call.join().unwrap();
+        let (status, body) = answer.unwrap_or_else(|e| panic!("{e}:\n{}", server.log()));
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("worker.invoker.connect_timeout"), "{body}");
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "the slowest call took {slowest:?}: its attempt waited past connect_timeout"
+    );
+    drop((black_hole, endpoint));
+}
+
 /// A listener on a port of its own (accept queue of one) that forwards the connections it accepts to
 /// `to` until `stop` is set; from then on it accepts nothing.
 fn forwarding_listener(
@@ -832,22 +903,7 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         ("RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT", "300ms"),
         ("RESTATE_WORKER__INVOKER__RETRY_POLICY__MAX_ATTEMPTS", "0"),
     ]));
-    let endpoint_port = endpoint_port(&endpoint);
-    // Registered through a forwarder, which then stops accepting: its queue filled, further SYNs
-    // to it are dropped, so the invoker's connect hangs.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (port, accepting) = forwarding_listener(endpoint_port, stop.clone());
-    register(&server, &format!("http://127.0.0.1:{port}/"));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let listener = accepting.join().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let _ = socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into());
-        fillers.push(socket);
-    }
+    let black_hole = register_then_stop_accepting(&server, &endpoint);
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let (status, body) = common::request_json_with(
@@ -872,5 +928,5 @@ fn a_connection_the_endpoint_never_completes_fails_the_attempt_after_connect_tim
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(line.contains("no connection within 300ms"), "{line}");
-    drop((listener, fillers, endpoint));
+    drop((black_hole, endpoint));
 }

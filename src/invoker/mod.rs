@@ -350,21 +350,47 @@ impl Invoker {
     /// one while fewer than `max_connections_per_endpoint` are open or opening (an attempt waits for
     /// one being opened while that one's `max_streams_per_connection` are not all promised to other
     /// waiters, so a burst of first calls shares a connection); else the least busy one queues the
-    /// stream. Opening is bounded by `connect_timeout`.
+    /// stream. Waiting and opening together are bounded by `connect_timeout`: waiters whose opening
+    /// failed must not take turns opening one, each after the previous one timed out.
     async fn connection(
         &self,
         target: &client::Target,
     ) -> Result<(client::Streams, StreamSlot), client::Error> {
         let key = pool_key(target);
+        // The usual case (a pooled connection with room) arms no timer.
+        let next = match self.next_connection(&key) {
+            Next::Use(connection, streams) => return Ok((connection, StreamSlot::new(streams))),
+            next => next,
+        };
+        let timeout = self.config.connect_timeout;
+        let got = async { Ok(self.wait_or_open(target, &key, next).await) };
+        match glommio::timer::timeout(timeout, got).await {
+            Ok(got) => got,
+            Err(_) => Err(client::Error::Connect {
+                address: key,
+                message: format!(
+                    "no connection within {timeout:?} (worker.invoker.connect_timeout)"
+                ),
+            }),
+        }
+    }
+
+    fn next_connection(&self, key: &str) -> Next {
+        let mut pool = self.connections.borrow_mut();
+        pool.entry(key.to_owned()).or_default().next(
+            self.config.max_streams_per_connection,
+            self.config.max_connections_per_endpoint,
+        )
+    }
+
+    /// Waits for connections being opened until one has room or this attempt is to open one.
+    async fn wait_or_open(
+        &self,
+        target: &client::Target,
+        key: &str,
+        mut next: Next,
+    ) -> Result<(client::Streams, StreamSlot), client::Error> {
         let opening = loop {
-            let next = {
-                let mut pool = self.connections.borrow_mut();
-                let endpoint = pool.entry(key.clone()).or_default();
-                endpoint.next(
-                    self.config.max_streams_per_connection,
-                    self.config.max_connections_per_endpoint,
-                )
-            };
             match next {
                 Next::Use(connection, streams) => {
                     return Ok((connection, StreamSlot::new(streams)))
@@ -373,29 +399,15 @@ impl Invoker {
                     // Fires when an opening ends, either way (its guard drops the sender).
                     let _ = opened.await;
                 }
-                Next::Open => break Opening::new(&self.connections, key.clone()),
+                Next::Open => break Opening::new(&self.connections, key.to_owned()),
             }
+            next = self.next_connection(key);
         };
         let keep_alive = (!self.config.http2_keep_alive_interval.is_zero()).then_some((
             self.config.http2_keep_alive_interval,
             self.config.http2_keep_alive_timeout,
         ));
-        let open = client::Streams::open(target, &self.tls, keep_alive, &self.allow);
-        let connection =
-            match glommio::timer::timeout(self.config.connect_timeout, async { Ok(open.await) })
-                .await
-            {
-                Ok(opened) => opened?,
-                Err(_) => {
-                    return Err(client::Error::Connect {
-                        address: key,
-                        message: format!(
-                            "no connection within {:?} (worker.invoker.connect_timeout)",
-                            self.config.connect_timeout
-                        ),
-                    })
-                }
-            };
+        let connection = client::Streams::open(target, &self.tls, keep_alive, &self.allow).await?;
         let streams = Rc::new(Cell::new(0));
         let result = (connection.clone(), StreamSlot::new(streams.clone()));
         opening.opened(Pooled {
