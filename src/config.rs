@@ -273,7 +273,7 @@ pub struct Invoker {
     /// on the least busy one.
     pub max_connections_per_endpoint: usize,
     /// Getting a connection to an endpoint (waiting for one being opened, then TCP, TLS, HTTP/2
-    /// handshake) that takes longer fails the attempt (retried per the retry policy).
+    /// handshake) that takes longer fails the attempt (retried per the retry policy). At least 1ms.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Entries of one attempt decided but not yet durable: the attempt reads the endpoint's next
@@ -876,6 +876,11 @@ impl Config {
                 "runtime.http_body_stall_timeout",
                 self.runtime.http_body_stall_timeout,
             ),
+            // 0 would fail every new connection to an endpoint (it is no "off").
+            (
+                "worker.invoker.connect_timeout",
+                self.worker.invoker.connect_timeout,
+            ),
         ] {
             if value < Duration::from_millis(1) {
                 return Err(Error::Invalid {
@@ -1143,6 +1148,10 @@ mod tests {
             (
                 "RESTATE_RUNTIME__HTTP_BODY_STALL_TIMEOUT",
                 "runtime.http_body_stall_timeout",
+            ),
+            (
+                "RESTATE_WORKER__INVOKER__CONNECT_TIMEOUT",
+                "worker.invoker.connect_timeout",
             ),
         ] {
             let e = Config::load(None, env(&[(var, "0s")])).unwrap_err();
