@@ -363,6 +363,8 @@ impl Invoker {
             next => next,
         };
         let timeout = self.config.connect_timeout;
+        // No await before `got` is first polled (the timeout polls it before its timer): a
+        // `Next::Open` has counted an opening that only `wait_or_open`'s guard gives back.
         let got = async { Ok(self.wait_or_open(target, &key, next).await) };
         match glommio::timer::timeout(timeout, got).await {
             Ok(got) => got,
