@@ -993,10 +993,10 @@ struct SyncPacing {
 /// one started, so that the groups arriving meanwhile share it. A writer that waits for each answer
 /// before its next write (one caller calling in a loop) thus never waits for the interval, and a
 /// stream of writes that do not wait (a hot key's invocations, many callers) gets fewer, larger
-/// syncs. Deferrable groups alone wait
-/// until one arrives, `max_groups` wait, or the oldest has waited `defer_limit`. After a failed sync
-/// every group is answered with its error (the processor then stops and recovers). When the storage
-/// thread closes the queue, what is still held is synced and answered.
+/// syncs. Deferrable groups alone wait until one arrives, `max_groups` wait, or the oldest has waited
+/// `defer_limit`. After a failed sync every group is answered with its error (the processor then
+/// stops and recovers). When the storage thread closes the queue, what is still held is synced and
+/// answered.
 fn sync_wal(
     mut sync: impl FnMut() -> Result<(), Error>,
     rx: crossbeam_channel::Receiver<Applied>,
