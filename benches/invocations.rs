@@ -87,6 +87,27 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds (user + system) per thread name of the process (threads of one name summed: every
+/// executor is `restate-core`, RocksDB's own background threads are `rocksdb:*`).
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *by_name.entry(name).or_insert(0.0) += ticks / 100.0;
+    }
+    by_name
+}
+
 fn start_endpoint(threads: u64) -> (Process, u16) {
     let mut child = command(
         "RESTATE_ENDPOINT_BIN",
@@ -501,6 +522,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(250));
             let metrics_before = scrape(runtime.meta);
             let before = cpu_seconds(pid);
+            let threads_before = cpu_by_thread(pid);
             let load = drive(
                 runtime.ingress,
                 case.path,
@@ -510,6 +532,14 @@ fn main() {
                 seconds,
             );
             let cpu = cpu_seconds(pid) - before;
+            let threads: Vec<String> = cpu_by_thread(pid)
+                .into_iter()
+                .filter_map(|(name, after)| {
+                    let spent = after - threads_before.get(&name).copied().unwrap_or(0.0);
+                    (spent > 0.0)
+                        .then(|| format!("{name} {:.1}", spent * 1e6 / load.requests.max(1) as f64))
+                })
+                .collect();
             std::thread::sleep(Duration::from_millis(250));
             let w = writes(&metrics_before, &scrape(runtime.meta), case.service);
             report(
@@ -533,6 +563,7 @@ fn main() {
                 w.invocations,
                 tables.join(", ")
             );
+            println!("    CPU µs/inv by thread: {}", threads.join(", "));
         }
         drop(runtime);
     }
