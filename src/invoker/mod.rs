@@ -89,6 +89,12 @@ pub struct Invoker {
     tls: Arc<rustls::ClientConfig>,
     /// Open connections per endpoint address, each with the attempts streaming on it.
     connections: RefCell<HashMap<String, EndpointPool>>,
+    /// Request heads built once per endpoint and `service/method`, instead of formatting and parsing
+    /// a URI, resolving its target and building headers for every attempt. Keyed by the endpoint's
+    /// `Arc` (its address; the entry holds the `Arc`, so the address is not reused while cached). An
+    /// endpoint no schema snapshot holds any more is dropped when another is added, so this holds at
+    /// most the registered endpoints' methods (plus ones replaced since the last addition).
+    heads: RefCell<HashMap<usize, EndpointHeads>>,
     slots: Slots,
     /// `meta.allowed_endpoints`, checked on every new connection.
     allow: Arc<AllowList>,
@@ -186,6 +192,7 @@ impl Invoker {
             proxy: config::Config::effective_proxy(&config.proxy_uri),
             tls,
             connections: RefCell::new(HashMap::new()),
+            heads: RefCell::new(HashMap::new()),
             slots: Slots::new(config.concurrency_limit),
             allow,
             idle: RefCell::new(BTreeMap::new()),
@@ -354,22 +361,22 @@ impl Invoker {
     /// failed must not take turns opening one, each after the previous one timed out.
     async fn connection(
         &self,
-        target: &client::Target,
+        head: &Head,
     ) -> Result<(client::Streams, StreamSlot), client::Error> {
-        let key = pool_key(target);
+        let (target, key) = (&head.target, head.pool_key.as_str());
         // The usual case (a pooled connection with room) arms no timer.
-        let next = match self.next_connection(&key) {
+        let next = match self.next_connection(key) {
             Next::Use(connection, streams) => return Ok((connection, StreamSlot::new(streams))),
             next => next,
         };
         let timeout = self.config.connect_timeout;
         // No await before `got` is first polled (the timeout polls it before its timer): a
         // `Next::Open` has counted an opening that only `wait_or_open`'s guard gives back.
-        let got = async { Ok(self.wait_or_open(target, &key, next).await) };
+        let got = async { Ok(self.wait_or_open(target, key, next).await) };
         match glommio::timer::timeout(timeout, got).await {
             Ok(got) => got,
             Err(_) => Err(client::Error::Connect {
-                address: key,
+                address: key.to_owned(),
                 message: format!(
                     "no connection within {timeout:?} (worker.invoker.connect_timeout)"
                 ),
@@ -379,7 +386,11 @@ impl Invoker {
 
     fn next_connection(&self, key: &str) -> Next {
         let mut pool = self.connections.borrow_mut();
-        pool.entry(key.to_owned()).or_default().next(
+        let endpoint = match pool.get_mut(key) {
+            Some(endpoint) => endpoint,
+            None => pool.entry(key.to_owned()).or_default(),
+        };
+        endpoint.next(
             self.config.max_streams_per_connection,
             self.config.max_connections_per_endpoint,
         )
@@ -419,8 +430,8 @@ impl Invoker {
         Ok(result)
     }
 
-    fn forget_closed_connections(&self, target: &client::Target) {
-        if let Some(endpoint) = self.connections.borrow_mut().get_mut(&pool_key(target)) {
+    fn forget_closed_connections(&self, key: &str) {
+        if let Some(endpoint) = self.connections.borrow_mut().get_mut(key) {
             endpoint.open.retain(|c| !c.connection.is_closed());
         }
     }
@@ -453,7 +464,10 @@ impl Invoker {
         else {
             return Ok(AttemptEnd::Done);
         };
-        *target_name = format!("{}/{}", context.service.service, context.method);
+        target_name.clear();
+        target_name.push_str(&context.service.service);
+        target_name.push('/');
+        target_name.push_str(&context.method);
         // No completion reaches this attempt once it ends, however it ends.
         struct Detach<'a>(&'a Processor, InvocationId);
         impl Drop for Detach<'_> {
@@ -463,7 +477,7 @@ impl Invoker {
         }
         let _detach = Detach(processor, id);
         let endpoint = self.endpoint(processor, id, &context)?;
-        let (request, target) = self.request(&endpoint, &context)?;
+        let (request, head) = self.request(&endpoint, &context, target_name)?;
         let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
             && !self.config.inactivity_timeout.is_zero();
         let mut attempt = Attempt {
@@ -483,14 +497,14 @@ impl Invoker {
             preempted: None,
             pending: Default::default(),
         };
-        let (connection, _stream_slot) = self.connection(&target).await.map_err(|e| match e {
+        let (connection, _stream_slot) = self.connection(&head).await.map_err(|e| match e {
             client::Error::NotAllowed { .. } => {
                 AttemptError::terminal(Code::PermissionDenied, e.to_string())
             }
             e => AttemptError::transient(Code::Unavailable, e.to_string()),
         })?;
         let response = attempt
-            .response(&connection, request, &target, &context)
+            .response(&connection, request, &head, &context)
             .await?;
         check_response(&response)?;
         attempt
@@ -531,13 +545,46 @@ impl Invoker {
         Ok(current.clone())
     }
 
-    /// The head of the `invoke` request to `endpoint` (its body is written to the stream), and where
-    /// it goes.
+    /// The head of the `invoke` request of `service/method` (`target_name`) to `endpoint` (its body
+    /// is written to the stream), and where it goes: built on the first attempt, then cloned.
     fn request(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         context: &AttemptContext,
-    ) -> Result<(http::Request<()>, client::Target), AttemptError> {
+        target_name: &str,
+    ) -> Result<(http::Request<()>, Rc<Head>), AttemptError> {
+        let address = Arc::as_ptr(endpoint) as usize;
+        let cached = self
+            .heads
+            .borrow()
+            .get(&address)
+            .and_then(|(_, methods)| methods.get(target_name).cloned());
+        let head = match cached {
+            Some(head) => head,
+            None => {
+                let head = Rc::new(self.head(endpoint, context)?);
+                let mut heads = self.heads.borrow_mut();
+                if !heads.contains_key(&address) {
+                    // Endpoints that only this cache still holds are gone from every schema.
+                    heads.retain(|_, (cached, _)| Arc::strong_count(cached) > 1);
+                }
+                heads
+                    .entry(address)
+                    .or_insert_with(|| (endpoint.clone(), HashMap::new()))
+                    .1
+                    .insert(target_name.to_owned(), head.clone());
+                head
+            }
+        };
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = head.uri.clone();
+        *request.headers_mut() = head.headers.clone();
+        Ok((request, head))
+    }
+
+    /// Builds what [`request`](Self::request) caches.
+    fn head(&self, endpoint: &Endpoint, context: &AttemptContext) -> Result<Head, AttemptError> {
         let uri: http::Uri = format!(
             "{}/invoke/{}/{}",
             endpoint.uri, context.service.service, context.method
@@ -546,23 +593,44 @@ impl Invoker {
         .map_err(|e| AttemptError::terminal(Code::Internal, format!("bad invoke uri: {e}")))?;
         let target = client::target(&uri, self.proxy.as_deref())
             .map_err(|e| AttemptError::terminal(Code::Internal, e.to_string()))?;
-        let mut request = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/restate")
-            .header(http::header::ACCEPT, "application/restate")
-            .body(())
-            .expect("valid request");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/restate"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/restate"),
+        );
         for (name, value) in &endpoint.additional_headers {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::try_from(name.as_str()),
                 http::HeaderValue::try_from(value.as_str()),
             ) {
                 if !connection_specific(&name, &value) {
-                    request.headers_mut().insert(name, value);
+                    headers.insert(name, value);
                 }
             }
         }
-        Ok((request, target))
+        Ok(Head {
+            pool_key: pool_key(&target),
+            uri,
+            target,
+            headers,
+        })
     }
+}
+
+/// One endpoint's cached request heads by `service/method`, with the endpoint they were built for.
+type EndpointHeads = (Arc<Endpoint>, HashMap<String, Rc<Head>>);
+
+/// The parts of an `invoke` request that depend only on the endpoint and the method.
+struct Head {
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    target: client::Target,
+    /// The connection pool's key of `target`.
+    pool_key: String,
 }
 
 /// HTTP/2 has no connection-specific header fields (RFC 9113 8.2.2) and h2 refuses to send a
@@ -697,11 +765,11 @@ impl Attempt<'_> {
         &mut self,
         connection: &client::Streams,
         request: http::Request<()>,
-        target: &client::Target,
+        head: &Head,
         context: &AttemptContext,
     ) -> Result<http::Response<h2::RecvStream>, AttemptError> {
         let broke = |invoker: &Invoker, e: &dyn std::fmt::Display| {
-            invoker.forget_closed_connections(target);
+            invoker.forget_closed_connections(&head.pool_key);
             AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
         };
         let opened = self.within_silence(connection.open_stream(request)).await?;
