@@ -435,7 +435,7 @@ fn cancel(held: Held, id: InvocationId, writes: &mut Vec<Effect>) -> Result<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partition::rows::{Entry, Status};
+    use crate::partition::rows::Entry;
     use bytes::Bytes;
 
     fn id(n: u8) -> InvocationId {
@@ -444,7 +444,7 @@ mod tests {
 
     fn start(n: u8) -> Vec<Effect> {
         vec![
-            Effect::PutStatus(0, id(n), Status::default()),
+            Effect::PutStatus(0, id(n), Box::default()),
             Effect::PutEntry(0, id(n), 0, entry(types::POLL_INPUT_STREAM, true)),
         ]
     }

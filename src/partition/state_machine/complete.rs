@@ -73,7 +73,7 @@ impl State {
             out.write(Effect::PutStatus(
                 partition,
                 id,
-                invocation.status_row(env.clock.now_ms()),
+                Box::new(invocation.status_row(env.clock.now_ms())),
             ));
         }
         out.act(Action::Forward {
@@ -115,7 +115,7 @@ impl State {
         out.write(Effect::PutStatus(
             invocation.partition,
             id,
-            invocation.status_row(env.clock.now_ms()),
+            Box::new(invocation.status_row(env.clock.now_ms())),
         ));
         SuspendOutcome::Suspended
     }

@@ -137,7 +137,7 @@ impl State {
             partition,
             new.service.clone(),
             sequence,
-            inbox_row(&new, env.clock.now_ms()),
+            Box::new(inbox_row(&new, env.clock.now_ms())),
         ));
         self.inboxes.push(sequence, new);
         ack_ok(ack, out);
@@ -227,7 +227,7 @@ impl State {
         out.write(Effect::PutStatus(
             partition,
             new.id,
-            invocation.status_row(env.clock.now_ms()),
+            Box::new(invocation.status_row(env.clock.now_ms())),
         ));
         out.write(Effect::PutEntry(partition, new.id, 0, input));
         self.invocations.insert(new.id, invocation);

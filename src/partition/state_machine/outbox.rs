@@ -35,7 +35,11 @@ impl State {
             let next = self.outbox_sequence.entry(partition).or_insert(0);
             let sequence = *next;
             *next += 1;
-            out.write(Effect::PutOutbox(partition, sequence, row.clone()));
+            out.write(Effect::PutOutbox(
+                partition,
+                sequence,
+                Box::new(row.clone()),
+            ));
             shipped.push(Shipped {
                 producer: partition,
                 sequence,

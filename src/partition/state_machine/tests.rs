@@ -363,7 +363,7 @@ fn an_invocation_on_a_free_key_starts_with_its_status_and_input_entry() {
     assert_eq!(
         out.writes,
         vec![
-            Effect::PutStatus(p, new.id, running_status(&new)),
+            Effect::PutStatus(p, new.id, Box::new(running_status(&new))),
             Effect::PutEntry(p, new.id, 0, input_entry(b"1")),
         ]
     );
@@ -467,7 +467,7 @@ fn a_call_refused_at_an_inbox_bound_answers_its_calling_invocation_through_the_o
         out.writes,
         vec![
             dedup(&refused.id, 1),
-            Effect::PutOutbox(p, 0, response.clone())
+            Effect::PutOutbox(p, 0, Box::new(response.clone()))
         ]
     );
     assert_eq!(ship, &shipped(p, 0, &response));
@@ -739,7 +739,10 @@ fn sleep_arms_a_durable_timer_and_wakes_the_timers_only_when_it_is_the_nearest()
         let index = h.journal(&id).len() as EntryIndex;
         let frame = sleep(wake_ms);
         let out = h.append(id, frame.clone());
-        let timer = Effect::PutTimer(timer_key(id, index, wake_ms), Timer { invoke: None });
+        let timer = Effect::PutTimer(
+            timer_key(id, index, wake_ms),
+            Box::new(Timer { invoke: None }),
+        );
         let stored = Effect::PutEntry(partition(&id), id, index, entry(&frame, false));
         assert_eq!(out.writes, vec![stored, timer], "{wake_ms}");
         let wake = if nearest {
@@ -825,7 +828,7 @@ fn a_call_is_written_to_the_outbox_with_its_entry_and_shipped_to_the_callee() {
         let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
         assert_eq!(
             out.writes,
-            vec![stored, Effect::PutOutbox(p, 0, row.clone())],
+            vec![stored, Effect::PutOutbox(p, 0, Box::new(row.clone()))],
             "{service}"
         );
         assert_eq!(out.actions, vec![shipped(p, 0, &row)], "{service}");
@@ -885,11 +888,14 @@ fn a_one_way_call_ships_now_waits_in_a_timer_or_is_dropped() {
     let call = request(counter("b"), true, 0, "b", None);
     let row = outbox_row(outbox_message::Message::Invoke(call.clone()));
     let ship = (
-        vec![Effect::PutOutbox(p, 0, row.clone())],
+        vec![Effect::PutOutbox(p, 0, Box::new(row.clone()))],
         vec![shipped(p, 0, &row)],
     );
     let later = NOW_MS + 5_000;
-    let timer = Effect::PutTimer(timer_key(id, 1, later), Timer { invoke: Some(call) });
+    let timer = Effect::PutTimer(
+        timer_key(id, 1, later),
+        Box::new(Timer { invoke: Some(call) }),
+    );
     // (name, frame, (writes besides the entry, actions))
     let cases = [
         ("due now", one_way("Counter", "b", NOW_MS), ship.clone()),
@@ -959,7 +965,7 @@ fn completing_an_awakeable_ships_an_awakeable_completion_from_its_resolver() {
     let stored = Effect::PutEntry(p, id, 1, entry(&frame, false));
     assert_eq!(
         out.writes,
-        vec![stored, Effect::PutOutbox(p, 0, row.clone())]
+        vec![stored, Effect::PutOutbox(p, 0, Box::new(row.clone()))]
     );
     assert_eq!(out.actions, vec![shipped(p, 0, &row)]);
     assert_eq!(appended(&out), Ok(None));
@@ -1146,7 +1152,7 @@ fn a_completion_of_the_right_type_completes_forwards_and_resumes_a_suspended_inv
         let mut writes = vec![dedup(&id, 1), put];
         let mut actions = vec![forward(id, 1, b"v")];
         if suspended {
-            writes.push(Effect::PutStatus(p, id, running_status(&new)));
+            writes.push(Effect::PutStatus(p, id, Box::new(running_status(&new))));
             actions.push(Action::Drive(id));
         }
         actions.push(ack_ok());
@@ -1177,7 +1183,11 @@ fn a_sleep_timer_resumes_an_invocation_suspended_on_it() {
     });
     assert_eq!(
         out.writes.last(),
-        Some(&Effect::PutStatus(partition(&id), id, running_status(&new)))
+        Some(&Effect::PutStatus(
+            partition(&id),
+            id,
+            Box::new(running_status(&new))
+        ))
     );
     assert_eq!(out.actions.last(), Some(&Action::Drive(id)));
 }
@@ -1288,7 +1298,7 @@ fn a_delivered_call_starts_its_invocation_after_its_dedup_row() {
     let message = outbox_row(outbox_message::Message::Invoke(new.to_request()));
     let out = h.deliver(1, message, None);
     let p = partition(&new.id);
-    let status = Effect::PutStatus(p, new.id, running_status(&new));
+    let status = Effect::PutStatus(p, new.id, Box::new(running_status(&new)));
     let input = Effect::PutEntry(p, new.id, 0, input_entry(b"1"));
     assert_eq!(out.writes, vec![dedup(&new.id, 1), status, input]);
     assert_eq!(out.actions, vec![ack_ok()]);
@@ -1333,7 +1343,7 @@ fn a_suspension_resumes_at_once_when_an_awaited_entry_is_completed() {
                     waiting: vec![1, 2],
                     ..running_status(&new)
                 };
-                vec![Effect::PutStatus(partition(&id), id, status)]
+                vec![Effect::PutStatus(partition(&id), id, Box::new(status))]
             }
         };
         assert_eq!(out.writes, writes, "{name}");
@@ -1377,9 +1387,9 @@ fn finishing_deletes_the_invocation_answers_its_caller_and_starts_the_next_in_it
         Effect::DeleteStatus(p, id),
         Effect::PutIdempotent(p, id, kept),
         Effect::DeleteInbox(p, next.service.clone(), 0),
-        Effect::PutStatus(p, next.id, running_status(&next)),
+        Effect::PutStatus(p, next.id, Box::new(running_status(&next))),
         Effect::PutEntry(p, next.id, 0, input_entry(b"1")),
-        Effect::PutOutbox(p, 0, response.clone()),
+        Effect::PutOutbox(p, 0, Box::new(response.clone())),
     ];
     assert_eq!(out.writes, expected);
     let ended = Action::Ended {
@@ -1502,7 +1512,7 @@ fn an_invocation_starting_from_its_inbox_row_starts_when_the_row_is_read() {
     let p = partition(&big.id);
     let expected = vec![
         Effect::DeleteInbox(p, big.service.clone(), 0),
-        Effect::PutStatus(p, big.id, running_status(&big)),
+        Effect::PutStatus(p, big.id, Box::new(running_status(&big))),
         Effect::PutEntry(p, big.id, 0, input_entry(&[7; 100])),
     ];
     assert_eq!(out.writes, expected);
@@ -1598,7 +1608,7 @@ fn a_delayed_call_is_shipped_when_its_timer_fires() {
         out.writes,
         vec![
             Effect::DeleteTimer(key),
-            Effect::PutOutbox(p, 0, message.clone())
+            Effect::PutOutbox(p, 0, Box::new(message.clone()))
         ]
     );
     assert_eq!(out.actions, vec![shipped(p, 0, &message)]);
@@ -1661,7 +1671,7 @@ impl OutboxStore {
         for write in out.writes {
             match write {
                 Effect::PutOutbox(q, sequence, row) if q == p => {
-                    self.rows.insert(sequence, row);
+                    self.rows.insert(sequence, *row);
                 }
                 Effect::DeleteOutbox(q, sequence) if q == p => {
                     self.rows.remove(&sequence);
@@ -1810,7 +1820,7 @@ fn a_failed_attempt_is_recorded_in_the_status_row_clipped() {
     };
     assert_eq!(
         out.writes,
-        vec![Effect::PutStatus(partition(&id), id, status)]
+        vec![Effect::PutStatus(partition(&id), id, Box::new(status))]
     );
     let gone = h.apply(Command::RecordFailure {
         id: keyed(2, "b").id,
@@ -1855,7 +1865,7 @@ fn an_invocation_is_pinned_to_its_services_endpoint_in_its_first_status_row() {
     };
     assert_eq!(
         out.writes[0],
-        Effect::PutStatus(partition(&new.id), new.id, status)
+        Effect::PutStatus(partition(&new.id), new.id, Box::new(status))
     );
     // Its first attempt runs there: pinning it again writes nothing.
     let pin = h.apply(Command::PinEndpoint {
@@ -1888,7 +1898,7 @@ fn pinning_an_endpoint_writes_the_status_row_only_when_it_changes() {
         });
         let writes: Vec<Effect> = status
             .into_iter()
-            .map(|s| Effect::PutStatus(partition(&id), id, s))
+            .map(|s| Effect::PutStatus(partition(&id), id, Box::new(s)))
             .collect();
         assert_eq!(out.writes, writes, "{endpoint}");
     }
@@ -2044,7 +2054,7 @@ fn recovered_inbox_rows_are_queued_in_order_and_unreadable_ones_counted() {
     let out = h.run(|state, env, out| state.recover_orphaned_inboxes(env, out));
     let expected = vec![
         Effect::DeleteInbox(p, first.service.clone(), 3),
-        Effect::PutStatus(p, first.id, running_status(&first)),
+        Effect::PutStatus(p, first.id, Box::new(running_status(&first))),
         Effect::PutEntry(p, first.id, 0, input_entry(b"1")),
     ];
     assert_eq!(out.writes, expected);

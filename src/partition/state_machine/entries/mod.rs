@@ -178,7 +178,7 @@ impl State {
         out.writes.extend(decision.writes);
         self.queue_outbox(env, partition, decision.outbox, out);
         if let Some((key, row)) = decision.timer {
-            out.write(Effect::PutTimer(key, row));
+            out.write(Effect::PutTimer(key, Box::new(row)));
             if self.timers.add(key, env.limits.timers_in_memory) {
                 out.act(super::Action::WakeTimers);
             }
