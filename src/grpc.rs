@@ -93,6 +93,9 @@ impl Code {
     }
 }
 
+/// The `grpc-status` header or trailer (a constant: inserting by `&str` parses the name each time).
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// A gRPC Trailers-Only error response: HTTP 200 whose headers carry `grpc-status` and `grpc-message`.
 pub fn trailers_only(code: Code, message: &str) -> http::Response<Body> {
     let mut response = http::Response::new(empty());
@@ -101,7 +104,7 @@ pub fn trailers_only(code: Code, message: &str) -> http::Response<Body> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    headers.insert(GRPC_STATUS, HeaderValue::from(code as u16));
     if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert("grpc-message", value);
     }

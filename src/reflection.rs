@@ -330,7 +330,7 @@ impl<S: Source> Stream<S> {
 
 fn trailers(code: Code, message: Option<String>) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from(code as u16));
+    trailers.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(code as u16));
     if let Some(value) = message.and_then(|m| HeaderValue::from_str(&percent_encode(&m)).ok()) {
         trailers.insert("grpc-message", value);
     }

@@ -158,7 +158,7 @@ fn watch(ctx: &Context, service: String) -> http::Response<Body> {
             }
             if shutdown.is_triggered() {
                 let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                trailers.insert(crate::grpc::GRPC_STATUS, HeaderValue::from_static("0"));
                 let _ = tx.send(Ok(Frame::trailers(trailers))).await;
                 return;
             }

@@ -25,7 +25,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage};
 pub mod codec;
 
 use crate::config;
-use crate::grpc::{connect_error, trailers_only, Code};
+use crate::grpc::{connect_error, trailers_only, Code, GRPC_STATUS};
 use crate::http::body::BodyError;
 use crate::http::server::Handler;
 use crate::http::{full, Body, BoxError};
@@ -54,12 +54,16 @@ pub enum Protocol {
 impl Protocol {
     /// Classifies a content type (parameters such as `charset` are ignored).
     pub fn from_content_type(content_type: Option<&str>) -> Option<Protocol> {
-        let essence = content_type?.split(';').next()?.trim().to_ascii_lowercase();
-        match essence.as_str() {
-            "application/grpc" | "application/grpc+proto" => Some(Protocol::Grpc),
-            "application/json" => Some(Protocol::ConnectJson),
-            "application/proto" | "application/protobuf" => Some(Protocol::ConnectProto),
-            _ => None,
+        let essence = content_type?.split(';').next()?.trim();
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        if is("application/grpc") || is("application/grpc+proto") {
+            Some(Protocol::Grpc)
+        } else if is("application/json") {
+            Some(Protocol::ConnectJson)
+        } else if is("application/proto") || is("application/protobuf") {
+            Some(Protocol::ConnectProto)
+        } else {
+            None
         }
     }
 }
@@ -122,9 +126,8 @@ async fn serve(
     let content_type = request
         .headers()
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(protocol) = Protocol::from_content_type(content_type.as_deref()) else {
+        .and_then(|v| v.to_str().ok());
+    let Some(protocol) = Protocol::from_content_type(content_type) else {
         return crate::http::json_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &serde_json::json!({
@@ -187,12 +190,12 @@ async fn call(
         Protocol::Grpc => Code::Unimplemented,
         Protocol::ConnectJson | Protocol::ConnectProto => Code::NotFound,
     };
-    let path = request.uri().path().to_owned();
+    // A clone of the URI shares its bytes: the names below borrow from it, not from the request.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let (service_name, method_name) = match (segments.next(), segments.next()) {
-        (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() && !m.contains('/') => {
-            (s.to_owned(), m.to_owned())
-        }
+        (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() && !m.contains('/') => (s, m),
         _ => {
             return Err(CallError::new(
                 unknown,
@@ -202,26 +205,27 @@ async fn call(
     };
     let timeout = headers::request_timeout(request.headers(), ctx.config.max_request_timeout)
         .map_err(|e| CallError::new(Code::InvalidArgument, e.to_string()))?;
-    let headers = request.headers().clone();
     if service_name == "dev.restate.Ingress" {
-        return one_way(ctx, protocol, &method_name, request).await;
+        return one_way(ctx, protocol, method_name, request).await;
     }
+    let idempotency_key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
     let schemas = ctx.schemas.get();
     let service = schemas
         .services
-        .get(&service_name)
+        .get(service_name)
         .ok_or_else(|| CallError::new(unknown, format!("service {service_name} not found")))?
         .clone();
-    let method = service
-        .methods
-        .get(&method_name)
-        .ok_or_else(|| {
-            CallError::new(
-                unknown,
-                format!("method {service_name}/{method_name} not found"),
-            )
-        })?
-        .clone();
+    let method = service.methods.get(method_name).ok_or_else(|| {
+        CallError::new(
+            unknown,
+            format!("method {service_name}/{method_name} not found"),
+        )
+    })?;
     if !service.public {
         return Err(CallError::new(
             Code::PermissionDenied,
@@ -235,20 +239,15 @@ async fn call(
         Protocol::ConnectProto => codec::proto_request(&method.input, body)?,
         Protocol::ConnectJson => codec::json_request(&method.input, &body)?,
     };
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned);
-    let invocation = new_invocation(ctx, &service, &method, argument, idempotency_key)?;
+    let invocation = new_invocation(ctx, &service, method, argument, idempotency_key)?;
     let sid = sid(&invocation);
     let id = invocation.id;
     let (reply, outcome) = oneshot::channel();
     submit(ctx, invocation, Some(reply), None).await?;
-    let answer = await_outcome(ctx, id, outcome, timeout, protocol, &method).await;
+    let answer = await_outcome(ctx, id, outcome, timeout, protocol, method).await;
     Ok(with_invocation_id(
         answer.unwrap_or_else(|e| error_response(protocol, e)),
-        &sid,
+        sid,
     ))
 }
 
@@ -256,9 +255,14 @@ async fn call(
 pub const INVOCATION_ID_HEADER: &str = "x-restate-invocation-id";
 
 /// Adds the invocation id to the answer of a call, failed or not, so it can be looked up and cancelled.
-fn with_invocation_id(mut response: http::Response<Body>, sid: &str) -> http::Response<Body> {
-    if let Ok(value) = HeaderValue::from_str(sid) {
-        response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+fn with_invocation_id(mut response: http::Response<Body>, sid: String) -> http::Response<Body> {
+    const NAME: http::HeaderName = http::HeaderName::from_static(INVOCATION_ID_HEADER);
+    if let Ok(mut value) = HeaderValue::from_maybe_shared(Bytes::from(sid)) {
+        // Unique to the call: HTTP/2 sends it as a literal never indexed. Indexed, every response
+        // evicted a reusable entry from the connection's HPACK table and first compared its value
+        // with each earlier id still there.
+        value.set_sensitive(true);
+        response.headers_mut().insert(NAME, value);
     }
     response
 }
@@ -489,12 +493,17 @@ async fn submit(
 /// The service invocation id token: `<service>-<base64 key>-<invocation id>`.
 pub fn sid(invocation: &NewInvocation) -> String {
     use base64::Engine;
-    format!(
-        "{}-{}-{}",
-        invocation.service.service,
-        base64::engine::general_purpose::STANDARD.encode(&invocation.service.key),
-        invocation.id.to_hex()
-    )
+    let service = &invocation.service;
+    let key_len = base64::encoded_len(service.key.len(), true).unwrap_or(0);
+    // Built in place: this runs for every call.
+    let mut sid =
+        String::with_capacity(service.service.len() + key_len + 2 + 2 * InvocationId::LEN);
+    sid.push_str(&service.service);
+    sid.push('-');
+    base64::engine::general_purpose::STANDARD.encode_string(&service.key, &mut sid);
+    sid.push('-');
+    invocation.id.push_hex(&mut sid);
+    sid
 }
 
 /// The invocation id inside a sid (its last `-`-separated part).
@@ -645,7 +654,7 @@ fn respond_bytes(protocol: Protocol, bytes: Bytes) -> Result<http::Response<Body
             framed.put_u32(bytes.len() as u32);
             framed.put_slice(&bytes);
             let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
             let frames = futures::stream::iter([
                 Ok::<_, BoxError>(hyper::body::Frame::data(framed.freeze())),
                 Ok(hyper::body::Frame::trailers(trailers)),

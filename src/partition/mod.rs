@@ -194,13 +194,18 @@ impl InvocationId {
 
     /// Lowercase hex (48 characters).
     pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut hex = String::with_capacity(2 * Self::LEN);
-        for byte in self.0 {
-            hex.push(DIGITS[usize::from(byte >> 4)] as char);
-            hex.push(DIGITS[usize::from(byte & 0xf)] as char);
-        }
+        self.push_hex(&mut hex);
         hex
+    }
+
+    /// Appends [`to_hex`](Self::to_hex) to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in self.0 {
+            out.push(DIGITS[usize::from(byte >> 4)] as char);
+            out.push(DIGITS[usize::from(byte & 0xf)] as char);
+        }
     }
 
     /// Parses [`to_hex`](Self::to_hex).
