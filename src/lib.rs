@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingress;
 pub mod invoker;
+pub mod local_queue;
 pub mod logging;
 pub mod meta;
 pub mod metrics;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::StreamExt;
 use prost::Message;
@@ -814,7 +814,7 @@ impl Attempt<'_> {
     async fn run(
         &mut self,
         mut body: h2::RecvStream,
-        completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
+        completions: &mut crate::local_queue::Receiver<CompletionMessage>,
     ) -> Result<AttemptEnd, AttemptError> {
         let mut decoder = Decoder::new(self.invoker.config.message_size_limit);
         if self.request_open {
@@ -851,7 +851,7 @@ impl Attempt<'_> {
     async fn next_event(
         &mut self,
         body: &mut h2::RecvStream,
-        completions: &mut mpsc::UnboundedReceiver<CompletionMessage>,
+        completions: &mut crate::local_queue::Receiver<CompletionMessage>,
         wait: std::time::Duration,
     ) -> Event {
         let frame = body.data();

@@ -67,7 +67,7 @@ pub struct AttemptContext {
     pub state: Vec<(Bytes, Bytes)>,
     pub partial_state: bool,
     /// Completions for this attempt's stream, while it runs.
-    pub completions: mpsc::UnboundedReceiver<CompletionMessage>,
+    pub completions: crate::local_queue::Receiver<CompletionMessage>,
 }
 
 /// A failure of a storage write the processor depends on: its in-memory state can no longer be
@@ -195,7 +195,7 @@ struct Inner {
     holds_opened: Cell<Option<std::task::Waker>>,
     /// Transitions whose actions wait for their batch, in submission order (see [`Processor::submit`]).
     /// Bounded by the work in flight on the core, as the ordered storage path's queue is.
-    acting: mpsc::UnboundedSender<Submitted>,
+    acting: crate::local_queue::Sender<Submitted>,
 }
 
 /// The shell's half of the callers, senders and attempts the state machine refers to by id.
@@ -208,7 +208,7 @@ struct Channels {
     waiters: HashMap<InvocationId, Vec<oneshot::Sender<Outcome>>>,
     acks: HashMap<AckId, Ack>,
     /// The running attempt's completion stream, per invocation.
-    streams: HashMap<InvocationId, mpsc::UnboundedSender<CompletionMessage>>,
+    streams: HashMap<InvocationId, crate::local_queue::Sender<CompletionMessage>>,
 }
 
 impl Channels {
@@ -238,7 +238,7 @@ impl Processor {
     ) -> Processor {
         let (timer_wake, timer_wake_rx) = mpsc::unbounded();
         let (outbox_wake, outbox_wake_rx) = mpsc::channel(1);
-        let (acting, acting_rx) = mpsc::unbounded();
+        let (acting, acting_rx) = crate::local_queue::unbounded();
         let limits = Limits {
             partitions: config.worker.partitions,
             cores: config.runtime.cores,
@@ -486,7 +486,7 @@ impl Processor {
                 done,
             };
             // The runner lives as long as the processor: sending cannot fail.
-            let _ = self.inner.acting.unbounded_send(submitted);
+            let _ = self.inner.acting.send(submitted);
             (Some(answered), None)
         };
         // After the batch: the attempt's reads are submitted behind it.
@@ -545,7 +545,7 @@ impl Processor {
             reply: None,
             done,
         };
-        let _ = self.inner.acting.unbounded_send(submitted);
+        let _ = self.inner.acting.send(submitted);
     }
 
     /// Writes the holds open for `worker.storage_rocksdb.transient_hold` or longer, every half of
@@ -611,8 +611,8 @@ impl Processor {
 
     /// Runs submitted transitions' actions in submission order, each once its batch is durable
     /// (batches become durable in that order too, so none waits behind a later one).
-    async fn run_actions(self, mut queue: mpsc::UnboundedReceiver<Submitted>) {
-        while let Some(submitted) = queue.next().await {
+    async fn run_actions(self, mut queue: crate::local_queue::Receiver<Submitted>) {
+        while let Some(submitted) = queue.recv().await {
             if let Err(e) = submitted.durable.await {
                 fatal("writing a transition", e);
             }
@@ -890,7 +890,7 @@ impl Processor {
         };
         // The stream opens before the reads: a completion decided after them reaches the attempt this
         // way, one decided before is in the journal read (the attempt ignores a completion it has).
-        let (tx, completions) = mpsc::unbounded();
+        let (tx, completions) = crate::local_queue::unbounded();
         self.inner.channels.borrow_mut().streams.insert(id, tx);
         // A fresh unkeyed invocation has a new instance key: no state can exist for it yet.
         let read_state = plan.keyed || plan.fresh.is_none();
@@ -1080,7 +1080,7 @@ impl Processor {
     fn forward(&self, id: InvocationId, completion: CompletionMessage) {
         let channels = self.inner.channels.borrow();
         if let Some(stream) = channels.streams.get(&id) {
-            let _ = stream.unbounded_send(completion);
+            let _ = stream.send(completion);
         }
     }
 

@@ -16,8 +16,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use futures::channel::{mpsc, oneshot};
-use futures::{FutureExt, StreamExt};
+use futures::channel::oneshot;
+use futures::FutureExt;
+
+use crate::local_queue;
 
 use super::{Error, Row, Storage, Table, WriteBatch};
 
@@ -32,7 +34,7 @@ enum Queued {
 /// Submits storage requests in order. Cheap to clone; lives on one core.
 #[derive(Clone)]
 pub struct Ordered {
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: local_queue::Sender<Queued>,
     /// Writes submitted and not yet answered (durable or failed): while none is, a barrier (an
     /// empty write) has nothing to wait for and is answered at once, without a trip to storage.
     unanswered: Rc<Cell<u64>>,
@@ -42,7 +44,7 @@ impl Ordered {
     /// Starts the pump on the current core; at most `max_merged` writes share one request
     /// (`worker.storage_rocksdb.max_batch_requests`).
     pub fn new(storage: Storage, max_merged: usize) -> Ordered {
-        let (queue, rx) = mpsc::unbounded::<Queued>();
+        let (queue, rx) = local_queue::unbounded::<Queued>();
         let unanswered = Rc::new(Cell::new(0));
         glommio::spawn_local(pump(storage, rx, max_merged.max(1), unanswered.clone())).detach();
         Ordered { queue, unanswered }
@@ -61,7 +63,7 @@ impl Ordered {
             }
             .boxed_local()
         });
-        let queued = self.queue.unbounded_send(Queued::Other(dispatch));
+        let queued = self.queue.send(Queued::Other(dispatch));
         async move {
             queued.map_err(|_| Error::Closed)?;
             rx.await.map_err(|_| Error::Closed)?
@@ -77,7 +79,7 @@ impl Ordered {
         } else {
             let (tx, rx) = oneshot::channel();
             self.unanswered.set(self.unanswered.get() + 1);
-            let sent = self.queue.unbounded_send(Queued::Write(batch, tx));
+            let sent = self.queue.send(Queued::Write(batch, tx));
             if sent.is_err() {
                 self.unanswered.set(self.unanswered.get() - 1);
             }
@@ -153,11 +155,11 @@ impl Ordered {
 /// serves the reads drained with them.
 async fn pump(
     storage: Storage,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
+    mut rx: local_queue::Receiver<Queued>,
     max_merged: usize,
     unanswered: Rc<Cell<u64>>,
 ) {
-    let mut next = rx.next().await;
+    let mut next = rx.recv().await;
     while let Some(queued) = next.take() {
         let permit = storage.permit().await;
         match queued {
@@ -170,15 +172,15 @@ async fn pump(
                 let mut waiters = vec![waiter];
                 while waiters.len() < max_merged {
                     match rx.try_recv() {
-                        Ok(Queued::Write(more, waiter)) => {
+                        Some(Queued::Write(more, waiter)) => {
                             batch.extend(more);
                             waiters.push(waiter);
                         }
-                        Ok(other) => {
+                        Some(other) => {
                             next = Some(other);
                             break;
                         }
-                        Err(_) => break, // nothing queued now (or closed: the next wait ends)
+                        None => break, // nothing queued now (or closed: the next wait ends)
                     }
                 }
                 let durable = storage.send_write(permit, batch);
@@ -194,7 +196,7 @@ async fn pump(
             }
         }
         if next.is_none() {
-            next = rx.next().await;
+            next = rx.recv().await;
         }
     }
 }
