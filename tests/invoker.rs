@@ -665,6 +665,36 @@ fn connection_specific_additional_headers_are_left_out_of_invocations() {
     assert_eq!(body["text"], "no connection headers");
 }
 
+/// Request heads are built once per endpoint and method and reused: an endpoint registered again with
+/// other additional headers must get the new ones on its next invocation, not the cached ones.
+#[test]
+fn an_endpoint_registered_again_gets_its_new_additional_headers() {
+    let endpoint = Endpoint::start("ok", &[]);
+    // One core: each core's invoker has its own cache, and every call must meet the same one.
+    let server = Server::start(&env(&[("RESTATE_RUNTIME__CORES", "1")]));
+    let last_token = || {
+        let (status, body) =
+            common::http1_request(endpoint.port, "GET", "/stats", &[], b"").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["last_token"].clone()
+    };
+    for (round, token) in ["first", "second", "first"].iter().enumerate() {
+        let (status, body) = common::post_json(
+            server.meta,
+            "/endpoints",
+            &json!({ "uri": endpoint.uri(), "additional_headers": { "x-test-token": token } }),
+        );
+        assert_eq!(status, 201, "{body}");
+        // Twice each: the second attempt takes the cached head.
+        for call in 0..2 {
+            let echo = json!({ "text": format!("{round}.{call}") });
+            let (status, body) = connect_call(&server, "/restate.test.Echo/Echo", &echo);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(last_token(), json!(token), "round {round}, call {call}");
+        }
+    }
+}
+
 /// A Connect JSON call of `restate.test.Echo/Echo` to the ingress on `port`, given up after
 /// `timeout_ms`.
 fn echo_request(

@@ -32,7 +32,8 @@
 //! - `restate.test.Flow/Call(EchoMessage)`: Invoke(`restate.test.Echo/Echo`, the input), then Output(its
 //!   result). Flow is announced only when listed (`--services Counter,Echo,Config,Flow`).
 //!
-//! `GET /stats`: `{"attempts": <invocation attempts started>, "side_effects": <side effects executed>}`.
+//! `GET /stats`: `{"attempts": <invocation attempts started>, "side_effects": <side effects executed>,
+//! "last_token": <the x-test-token header of the last /invoke request, or null>}`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -202,6 +203,9 @@ struct Endpoint {
     attempts: Cell<u64>,
     /// Side effects actually executed, not replayed (`/stats`).
     side_effects: Cell<u64>,
+    /// The `x-test-token` header of the last `/invoke` request (`/stats`): what an endpoint's
+    /// additional headers delivered.
+    last_token: RefCell<Option<String>>,
     /// `Counter/Add` attempts seen per invocation id, for `--fail-attempts`.
     add_attempts: RefCell<HashMap<Vec<u8>, u32>>,
 }
@@ -236,6 +240,7 @@ fn handle(endpoint: &Rc<Endpoint>, request: http::Request<Incoming>) -> http::Re
             &serde_json::json!({
                 "attempts": endpoint.attempts.get(),
                 "side_effects": endpoint.side_effects.get(),
+                "last_token": endpoint.last_token.borrow().clone(),
             }),
         );
     }
@@ -300,6 +305,7 @@ fn spawn_executor(
                 options,
                 attempts: Cell::new(0),
                 side_effects: Cell::new(0),
+                last_token: RefCell::new(None),
                 add_attempts: RefCell::new(HashMap::new()),
             });
             let handler: server::Handler = Rc::new(move |request| {
@@ -418,6 +424,11 @@ fn invoke(
             .unwrap();
     }
     endpoint.attempts.set(endpoint.attempts.get() + 1);
+    *endpoint.last_token.borrow_mut() = request
+        .headers()
+        .get("x-test-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (sender, receiver) = mpsc::channel(RESPONSE_QUEUE_FRAMES);
     let attempt = Attempt::new(endpoint.clone(), request.into_body(), sender);
     glommio::spawn_local(attempt.run(method)).detach();
