@@ -210,31 +210,40 @@ impl Invoker {
     }
 
     /// A slot for one attempt of `service` (`worker.invoker.concurrency_limit` per core; waiters are
-    /// served round-robin by service). While none is free, the longest-idle attempt is told to
-    /// suspend, one per waiter.
-    async fn slot(&self, id: InvocationId, service: &str) -> Slot<'_> {
+    /// served round-robin by service, whose name is looked up only then). While none is free, the
+    /// longest-idle attempt is told to suspend, one per waiter.
+    async fn slot(&self, id: InvocationId, service: impl FnOnce() -> String) -> Slot<'_> {
         use std::sync::atomic::Ordering;
-        let mut granted = self.slots.acquire(service);
-        if !matches!(granted.try_recv(), Ok(Some(()))) {
-            let key = (Instant::now(), self.next_sequence());
-            self.slot_waiters.borrow_mut().insert(key);
-            self.gauges
-                .attempts_waiting_for_slot
-                .fetch_add(1, Ordering::Relaxed);
-            self.preempt_longest_idle();
-            // Never cancelled while the slots live: the sender is dropped only with them.
-            let _ = granted.await;
-            self.slot_waiters.borrow_mut().remove(&key);
-            self.gauges
-                .attempts_waiting_for_slot
-                .fetch_sub(1, Ordering::Relaxed);
-            self.warn_if_slow(id, key.0.elapsed());
+        if !self.slots.try_acquire() {
+            self.wait_for_slot(id, &service()).await;
         }
         self.gauges.attempts_running.fetch_add(1, Ordering::Relaxed);
         Slot {
             slots: &self.slots,
             gauges: &self.gauges,
         }
+    }
+
+    /// Queues for a slot (none was free, or others wait) until one is passed on.
+    async fn wait_for_slot(&self, id: InvocationId, service: &str) {
+        use std::sync::atomic::Ordering;
+        let mut granted = self.slots.acquire(service);
+        if matches!(granted.try_recv(), Ok(Some(()))) {
+            return;
+        }
+        let key = (Instant::now(), self.next_sequence());
+        self.slot_waiters.borrow_mut().insert(key);
+        self.gauges
+            .attempts_waiting_for_slot
+            .fetch_add(1, Ordering::Relaxed);
+        self.preempt_longest_idle();
+        // Never cancelled while the slots live: the sender is dropped only with them.
+        let _ = granted.await;
+        self.slot_waiters.borrow_mut().remove(&key);
+        self.gauges
+            .attempts_waiting_for_slot
+            .fetch_sub(1, Ordering::Relaxed);
+        self.warn_if_slow(id, key.0.elapsed());
     }
 
     /// Tells the attempt idle the longest to close its request side (it then suspends).
@@ -292,9 +301,10 @@ impl Invoker {
             if !processor.exists(id) {
                 return; // ended elsewhere (cancelled)
             }
-            let service = processor.service_name(id).unwrap_or_default();
             let end = {
-                let _slot = self.slot(id, &service).await;
+                let _slot = self
+                    .slot(id, || processor.service_name(id).unwrap_or_default())
+                    .await;
                 let mut progressed = false;
                 let started = std::time::Instant::now();
                 let end = self
@@ -318,6 +328,7 @@ impl Invoker {
                     let attempts = processor.attempts(id);
                     match retry {
                         Some(delay) => {
+                            let service = processor.service_name(id).unwrap_or_default();
                             crate::metrics::invocation_retried(&service);
                             processor.record_failure(id, &error.message, delay);
                             if warned.should_log(attempts, std::time::Instant::now()) {

@@ -36,6 +36,17 @@ impl Slots {
         }
     }
 
+    /// Takes a slot if one is free and nobody waits (the common case: no channel, no service name).
+    /// The holder must [`release`](Self::release) it.
+    pub fn try_acquire(&self) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.free > 0 && inner.ring.is_empty() {
+            inner.free -= 1;
+            return true;
+        }
+        false
+    }
+
     /// Asks for a slot for an attempt of `service`; the receiver fires once it holds one (at once when
     /// one is free and nobody waits). The holder must [`release`](Self::release) it.
     pub fn acquire(&self, service: &str) -> oneshot::Receiver<()> {
@@ -43,7 +54,7 @@ impl Slots {
         {
             let mut inner = self.inner.borrow_mut();
             if inner.free > 0 && inner.ring.is_empty() {
-                // Nobody waits: no queue to pass through (the common case, no allocation).
+                // Nobody waits: no queue to pass through (the channel still costs an allocation: see `try_acquire`).
                 inner.free -= 1;
                 let _ = tx.send(());
                 return rx;
@@ -113,6 +124,25 @@ mod tests {
         assert!(!granted(&mut c));
         slots.release();
         assert!(granted(&mut c));
+    }
+
+    #[test]
+    fn try_acquire_takes_a_free_slot_only_while_nobody_waits() {
+        let slots = Slots::new(2);
+        assert!(slots.try_acquire());
+        assert!(slots.try_acquire());
+        assert!(!slots.try_acquire(), "none free");
+        let mut waiter = slots.acquire("bank");
+        slots.release();
+        assert!(granted(&mut waiter), "the freed slot goes to the waiter");
+        assert!(!slots.try_acquire());
+        slots.release();
+        let mut blocked = slots.acquire("bank");
+        assert!(granted(&mut blocked));
+        let mut queued = slots.acquire("bank");
+        slots.inner.borrow_mut().free += 1; // a slot freed while `queued` still waits
+        assert!(!slots.try_acquire(), "no jumping the queue");
+        assert!(!granted(&mut queued));
     }
 
     #[test]
