@@ -54,7 +54,8 @@ impl Slots {
         {
             let mut inner = self.inner.borrow_mut();
             if inner.free > 0 && inner.ring.is_empty() {
-                // Nobody waits: no queue to pass through (the channel still costs an allocation: see `try_acquire`).
+                // Nobody waits: no queue to pass through (the channel still costs an allocation;
+                // the invoker calls `try_acquire` first).
                 inner.free -= 1;
                 let _ = tx.send(());
                 return rx;
