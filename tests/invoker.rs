@@ -224,6 +224,68 @@ fn calls_past_the_per_core_concurrency_limit_get_resource_exhausted() {
 }
 
 #[test]
+fn calls_their_clients_cancel_give_back_their_concurrency_slots() {
+    let endpoint = Endpoint::start("hang", &[]);
+    let server = Server::start(&env(&[
+        ("RESTATE_RUNTIME__CORES", "1"),
+        ("RESTATE_WORKER__INGRESS_GRPC__CONCURRENCY_LIMIT", "2"),
+    ]));
+    register(&server, &endpoint.uri());
+    let rt = client_runtime();
+    type Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+    // A call given up after 100 ms: 504 once admitted, 429 while both slots are taken.
+    let port = server.ingress;
+    let probe = |mut sender: Sender| async move {
+        sender.ready().await.unwrap();
+        let call = sender.send_request(echo_request(port, "probe", 100));
+        tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("an answer within 30 s")
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    rt.block_on(async {
+        let mut sender: Sender = common::h2_connect(server.ingress).await;
+        for round in 0..3 {
+            // Two calls that would hang for a minute take both slots of the only core...
+            // (Queued on the connection before any probe.)
+            let mut hanging = Vec::new();
+            for i in 0..2 {
+                let request = echo_request(port, &format!("{round}.{i}"), 60_000);
+                sender.ready().await.unwrap();
+                hanging.push(tokio::spawn(sender.send_request(request)));
+            }
+            let mut refused = false;
+            for _ in 0..100 {
+                if probe(sender.clone()).await == 429 {
+                    refused = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                refused,
+                "round {round}: the two calls never took both slots"
+            );
+            // ...until their client cancels them (RST_STREAM): the slots are free again.
+            for call in hanging {
+                call.abort();
+            }
+            let mut admitted = false;
+            for _ in 0..100 {
+                if probe(sender.clone()).await == 504 {
+                    admitted = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(admitted, "round {round}: cancelled calls kept their slots");
+        }
+    });
+}
+
+#[test]
 fn an_endpoint_that_never_answers_headers_is_aborted_too() {
     let endpoint = Endpoint::start("no-headers", &[]);
     let server = Server::start(&env(&[

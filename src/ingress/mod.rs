@@ -96,89 +96,158 @@ impl CallError {
 }
 
 /// Builds the ingress handler of one core.
+///
+/// A request's head is judged before any future is built: CORS preflight, content type, the core's
+/// in-flight limit, and (for a call) its path, headers, service and method. What is left to wait for
+/// (the body, the invocation's outcome) runs in one boxed future per request, kept small: under
+/// glibc's per-thread cache (about 1 KB), so it costs no trip to the shared heap, and with no second
+/// copy of the request head. Rarer paths (built-in services, one-way sends) box their own.
 pub fn handler(context: Context) -> Handler {
     let context = Rc::new(context);
     let in_flight = Rc::new(Cell::new(0usize));
     Rc::new(move |request| {
-        let context = context.clone();
-        let in_flight = in_flight.clone();
-        async move {
-            let origins = &context.config.cors_allowed_origins;
-            if let Some(answer) = cors::preflight(origins, &request) {
-                return answer;
-            }
-            let origin = request.headers().get(http::header::ORIGIN).cloned();
-            let mut response = serve(&context, &in_flight, request).await;
-            if let Some(origin) = origin {
-                cors::decorate(origins, &origin, &mut response);
-            }
-            response
+        let ctx = &context;
+        let origins = &ctx.config.cors_allowed_origins;
+        if let Some(answer) = cors::preflight(origins, &request) {
+            return std::future::ready(answer).boxed_local();
         }
-        .boxed_local()
+        let origin = request.headers().get(http::header::ORIGIN).cloned();
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let Some(protocol) = Protocol::from_content_type(content_type) else {
+            let mut answer = crate::http::json_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &serde_json::json!({
+                    "code": "unknown",
+                    "message": format!(
+                        "unsupported content-type {:?}: use application/grpc, application/json or application/proto",
+                        content_type.unwrap_or_default()
+                    ),
+                }),
+            );
+            if let Some(origin) = origin {
+                cors::decorate(origins, &origin, &mut answer);
+            }
+            return std::future::ready(answer).boxed_local();
+        };
+        let answer = Answer {
+            ctx: ctx.clone(),
+            origin,
+            protocol,
+            started: std::time::Instant::now(),
+        };
+        let Some(slot) = InFlight::enter(&in_flight, ctx.config.concurrency_limit) else {
+            let refused = CallError::new(
+                Code::ResourceExhausted,
+                "too many calls in flight on this core (worker.ingress_grpc.concurrency_limit)",
+            );
+            return std::future::ready(answer.finish(Err(refused))).boxed_local();
+        };
+        if builtin::handles(request.uri().path()) {
+            let ctx = ctx.clone();
+            let work = async move { builtin::serve(&ctx, protocol, request).await };
+            return answer.after(slot, work).boxed_local();
+        }
+        match prepare(ctx, protocol, request) {
+            Err(e) => std::future::ready(answer.finish(Err(e))).boxed_local(),
+            Ok(Prepared::Call(call)) => answer.after(slot, call.run(ctx.clone())).boxed_local(),
+            Ok(Prepared::OneWay(method, request)) => {
+                let ctx = ctx.clone();
+                let work = async move { one_way(&ctx, protocol, &method, request).await };
+                answer.after(slot, work).boxed_local()
+            }
+        }
     })
 }
 
-async fn serve(
-    ctx: &Context,
-    in_flight: &Rc<Cell<usize>>,
-    request: http::Request<Incoming>,
-) -> http::Response<Body> {
-    let content_type = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let Some(protocol) = Protocol::from_content_type(content_type) else {
-        return crate::http::json_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &serde_json::json!({
-                "code": "unknown",
-                "message": format!(
-                    "unsupported content-type {:?}: use application/grpc, application/json or application/proto",
-                    content_type.unwrap_or_default()
-                ),
-            }),
-        );
-    };
-    let started = std::time::Instant::now();
-    let response = serve_protocol(ctx, in_flight, protocol, request).await;
-    // Error answers carry their code as an extension (see error_response).
-    let code = response
-        .extensions()
-        .get::<Code>()
-        .copied()
-        .unwrap_or(Code::Ok);
-    ctx.metrics.record(protocol, code, started.elapsed());
-    response
-}
+/// One of a core's `concurrency_limit` places for calls in flight, given back when dropped: also
+/// when the caller goes away first (hyper drops the request's future on RST_STREAM or a closed
+/// connection).
+struct InFlight(Rc<Cell<usize>>);
 
-async fn serve_protocol(
-    ctx: &Context,
-    in_flight: &Rc<Cell<usize>>,
-    protocol: Protocol,
-    request: http::Request<Incoming>,
-) -> http::Response<Body> {
-    let error = |e: CallError| error_response(protocol, e);
-    if in_flight.get() >= ctx.config.concurrency_limit {
-        return error(CallError::new(
-            Code::ResourceExhausted,
-            "too many calls in flight on this core (worker.ingress_grpc.concurrency_limit)",
-        ));
+impl InFlight {
+    fn enter(in_flight: &Rc<Cell<usize>>, limit: usize) -> Option<InFlight> {
+        if in_flight.get() >= limit {
+            return None;
+        }
+        in_flight.set(in_flight.get() + 1);
+        Some(InFlight(in_flight.clone()))
     }
-    in_flight.set(in_flight.get() + 1);
-    let result = if builtin::handles(request.uri().path()) {
-        builtin::serve(ctx, protocol, request).await
-    } else {
-        call(ctx, protocol, request).await
-    };
-    in_flight.set(in_flight.get() - 1);
-    result.unwrap_or_else(error)
 }
 
-async fn call(
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// How a request in a known protocol is answered: errors in that protocol, counted in the metrics,
+/// with CORS headers for an allowed origin.
+struct Answer {
+    ctx: Rc<Context>,
+    origin: Option<HeaderValue>,
+    protocol: Protocol,
+    started: std::time::Instant,
+}
+
+impl Answer {
+    fn finish(self, result: Result<http::Response<Body>, CallError>) -> http::Response<Body> {
+        let mut response = result.unwrap_or_else(|e| error_response(self.protocol, e));
+        // Error answers carry their code as an extension (see error_response).
+        let code = response
+            .extensions()
+            .get::<Code>()
+            .copied()
+            .unwrap_or(Code::Ok);
+        self.ctx
+            .metrics
+            .record(self.protocol, code, self.started.elapsed());
+        if let Some(origin) = &self.origin {
+            cors::decorate(&self.ctx.config.cors_allowed_origins, origin, &mut response);
+        }
+        response
+    }
+
+    /// Answers what `work` gives, holding `slot` until then. (A combinator, not an `async fn`,
+    /// which would hold `work` twice: as its argument and as the local it awaits.)
+    fn after(
+        self,
+        slot: InFlight,
+        work: impl std::future::Future<Output = Result<http::Response<Body>, CallError>>,
+    ) -> impl std::future::Future<Output = http::Response<Body>> {
+        work.map(move |result| {
+            drop(slot);
+            self.finish(result)
+        })
+    }
+}
+
+/// What a request's head asks for, judged before its body is read.
+enum Prepared {
+    /// A call of a registered service's method.
+    Call(Call),
+    /// `dev.restate.Ingress/{method}`: a one-way send.
+    OneWay(String, http::Request<Incoming>),
+}
+
+/// A call whose head is judged: what is left is its body and the invocation's outcome.
+struct Call {
+    protocol: Protocol,
+    body: crate::http::body::StallTimeout<Incoming>,
+    service: std::sync::Arc<crate::schema::Service>,
+    method: String,
+    idempotency_key: Option<String>,
+    timeout: Option<std::time::Duration>,
+}
+
+/// Judges a request's head: method, path, deadline, service and method.
+fn prepare(
     ctx: &Context,
     protocol: Protocol,
     request: http::Request<Incoming>,
-) -> Result<http::Response<Body>, CallError> {
+) -> Result<Prepared, CallError> {
     if request.method() != Method::POST {
         return Err(CallError::new(
             Code::Unimplemented,
@@ -190,9 +259,7 @@ async fn call(
         Protocol::Grpc => Code::Unimplemented,
         Protocol::ConnectJson | Protocol::ConnectProto => Code::NotFound,
     };
-    // A clone of the URI shares its bytes: the names below borrow from it, not from the request.
-    let uri = request.uri().clone();
-    let path = uri.path();
+    let path = request.uri().path();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let (service_name, method_name) = match (segments.next(), segments.next()) {
         (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() && !m.contains('/') => (s, m),
@@ -206,7 +273,7 @@ async fn call(
     let timeout = headers::request_timeout(request.headers(), ctx.config.max_request_timeout)
         .map_err(|e| CallError::new(Code::InvalidArgument, e.to_string()))?;
     if service_name == "dev.restate.Ingress" {
-        return one_way(ctx, protocol, method_name, request).await;
+        return Ok(Prepared::OneWay(method_name.to_owned(), request));
     }
     let idempotency_key = request
         .headers()
@@ -218,37 +285,57 @@ async fn call(
     let service = schemas
         .services
         .get(service_name)
-        .ok_or_else(|| CallError::new(unknown, format!("service {service_name} not found")))?
-        .clone();
-    let method = service.methods.get(method_name).ok_or_else(|| {
-        CallError::new(
+        .ok_or_else(|| CallError::new(unknown, format!("service {service_name} not found")))?;
+    if !service.methods.contains_key(method_name) {
+        return Err(CallError::new(
             unknown,
             format!("method {service_name}/{method_name} not found"),
-        )
-    })?;
+        ));
+    }
     if !service.public {
         return Err(CallError::new(
             Code::PermissionDenied,
             format!("service {service_name} is not public"),
         ));
     }
+    Ok(Prepared::Call(Call {
+        protocol,
+        service: service.clone(),
+        method: method_name.to_owned(),
+        idempotency_key,
+        timeout,
+        body: crate::http::body::guarded(request),
+    }))
+}
 
-    let body = read_body(ctx, protocol, request).await?;
-    let argument = match protocol {
-        Protocol::Grpc => codec::proto_request(&method.input, codec::unframe(body)?)?,
-        Protocol::ConnectProto => codec::proto_request(&method.input, body)?,
-        Protocol::ConnectJson => codec::json_request(&method.input, &body)?,
-    };
-    let invocation = new_invocation(ctx, &service, method, argument, idempotency_key)?;
-    let sid = sid(&invocation);
-    let id = invocation.id;
-    let (reply, outcome) = oneshot::channel();
-    submit(ctx, invocation, Some(reply), None).await?;
-    let answer = await_outcome(ctx, id, outcome, timeout, protocol, method).await;
-    Ok(with_invocation_id(
-        answer.unwrap_or_else(|e| error_response(protocol, e)),
-        sid,
-    ))
+impl Call {
+    /// Reads the body, starts the invocation and answers its outcome.
+    /// (Fields are used in place: each one moved to a local would take room of its own in the
+    /// future.)
+    async fn run(self, ctx: Rc<Context>) -> Result<http::Response<Body>, CallError> {
+        let protocol = self.protocol;
+        let service = &self.service;
+        let method = service
+            .methods
+            .get(&self.method)
+            .expect("judged by prepare");
+        let body = read_guarded(&ctx, protocol, self.body).await?;
+        let argument = match protocol {
+            Protocol::Grpc => codec::proto_request(&method.input, codec::unframe(body)?)?,
+            Protocol::ConnectProto => codec::proto_request(&method.input, body)?,
+            Protocol::ConnectJson => codec::json_request(&method.input, &body)?,
+        };
+        let invocation = new_invocation(&ctx, service, method, argument, self.idempotency_key)?;
+        let sid = sid(&invocation);
+        let id = invocation.id;
+        let (reply, outcome) = oneshot::channel();
+        submit(&ctx, invocation, Some(reply), None).await?;
+        let answer = await_outcome(&ctx, id, outcome, self.timeout, protocol, method).await;
+        Ok(with_invocation_id(
+            answer.unwrap_or_else(|e| error_response(protocol, e)),
+            sid,
+        ))
+    }
 }
 
 /// The header that carries a call's invocation id (its sid, as `DELETE /invocations` takes it).
@@ -292,7 +379,8 @@ async fn await_outcome(
         Some(limit) => match select(outcome, glommio::timer::sleep(limit).boxed_local()).await {
             Either::Left((outcome, _)) => outcome,
             Either::Right(_) => {
-                persist(ctx, id).await;
+                // Boxed: rare, and no room for it in every call's future.
+                persist(ctx, id).boxed_local().await;
                 return Err(CallError::new(
                     Code::DeadlineExceeded,
                     format!("no response within {limit:?}; the invocation carries on"),
@@ -330,6 +418,15 @@ async fn read_body(
     protocol: Protocol,
     request: http::Request<Incoming>,
 ) -> Result<Bytes, CallError> {
+    read_guarded(ctx, protocol, crate::http::body::guarded(request)).await
+}
+
+/// [`read_body`] of a body already taken from its request.
+async fn read_guarded(
+    ctx: &Context,
+    protocol: Protocol,
+    mut body: crate::http::body::StallTimeout<Incoming>,
+) -> Result<Bytes, CallError> {
     let limit = ctx.config.max_message_size;
     let framing = if protocol == Protocol::Grpc { 5 } else { 0 };
     let too_large = |size: String| {
@@ -340,7 +437,6 @@ async fn read_body(
             ),
         )
     };
-    let mut body = crate::http::body::guarded(request);
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(body_error)?.into_data() else {
@@ -466,13 +562,18 @@ fn placement(local: usize, local_load: u64, other: usize, other_load: u64, slack
     }
 }
 
-/// Sends an invocation to the core owning its partition.
-async fn submit(
-    ctx: &Context,
+/// Sends an invocation to the core owning its partition: this core's processor takes it at once;
+/// another core's through the router, in a boxed future (the caller's future then need not make room
+/// for the command and the send).
+fn submit<'a>(
+    ctx: &'a Context,
     invocation: NewInvocation,
     reply: Option<oneshot::Sender<Outcome>>,
     ack: Option<Ack>,
-) -> Result<(), CallError> {
+) -> Either<
+    std::future::Ready<Result<(), CallError>>,
+    futures::future::LocalBoxFuture<'a, Result<(), CallError>>,
+> {
     let partition = invocation.id.partition(ctx.router.partitions());
     let command = Command::Invoke {
         invocation,
@@ -481,12 +582,16 @@ async fn submit(
     };
     if ctx.router.owner(partition) == ctx.core {
         ctx.local.handle(command);
-        Ok(())
+        Either::Left(std::future::ready(Ok(())))
     } else {
-        ctx.router
-            .send(partition, command)
-            .await
-            .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))
+        let sent = ctx.router.send(partition, command);
+        Either::Right(
+            async move {
+                sent.await
+                    .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))
+            }
+            .boxed_local(),
+        )
     }
 }
 
