@@ -366,13 +366,14 @@ impl Streams {
         self.closed.get()
     }
 
-    /// Opens a stream with `request`'s head once the connection takes one more (the endpoint's limit on
-    /// concurrent streams); the body is written to the returned stream. A connection that takes no new
-    /// stream (the endpoint sent GOAWAY, or it broke) counts as closed from then on, although its task
-    /// runs until its active streams end: the pool must not hand it out again meanwhile.
+    /// Opens a stream with the head `request` builds once the connection takes one more (the
+    /// endpoint's limit on concurrent streams); the body is written to the returned stream. A
+    /// connection that takes no new stream (the endpoint sent GOAWAY, or it broke) counts as closed
+    /// from then on, although its task runs until its active streams end: the pool must not hand it
+    /// out again meanwhile.
     pub async fn open_stream(
         &self,
-        request: http::Request<()>,
+        request: impl FnOnce() -> http::Request<()>,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Error> {
         let failed = |e: h2::Error| {
             if e.is_go_away() || e.is_io() {
@@ -381,7 +382,7 @@ impl Streams {
             Error::Request(e.to_string())
         };
         let mut sender = self.sender.clone().ready().await.map_err(failed)?;
-        sender.send_request(request, false).map_err(failed)
+        sender.send_request(request(), false).map_err(failed)
     }
 }
 

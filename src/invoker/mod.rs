@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prost::Message;
 
 use crate::config;
@@ -370,16 +370,27 @@ impl Invoker {
     /// waiters, so a burst of first calls shares a connection); else the least busy one queues the
     /// stream. Waiting and opening together are bounded by `connect_timeout`: waiters whose opening
     /// failed must not take turns opening one, each after the previous one timed out.
+    ///
+    /// The usual case (a pooled connection with room) is taken without a future or a timer; waiting
+    /// and opening run in a boxed future of their own (kilobytes: TCP, TLS and HTTP/2 handshakes),
+    /// which the attempt's future then need not make room for.
     async fn connection(
         &self,
         head: &Head,
     ) -> Result<(client::Streams, StreamSlot), client::Error> {
+        match self.next_connection(&head.pool_key) {
+            Next::Use(connection, streams) => Ok((connection, StreamSlot::new(streams))),
+            next => self.wait_or_open_within(head, next).boxed_local().await,
+        }
+    }
+
+    /// [`connection`](Self::connection) when none has room, within `connect_timeout`.
+    async fn wait_or_open_within(
+        &self,
+        head: &Head,
+        next: Next,
+    ) -> Result<(client::Streams, StreamSlot), client::Error> {
         let (target, key) = (&head.target, head.pool_key.as_str());
-        // The usual case (a pooled connection with room) arms no timer.
-        let next = match self.next_connection(key) {
-            Next::Use(connection, streams) => return Ok((connection, StreamSlot::new(streams))),
-            next => next,
-        };
         let timeout = self.config.connect_timeout;
         // No await before `got` is first polled (the timeout polls it before its timer): a
         // `Next::Open` has counted an opening that only `wait_or_open`'s guard gives back.
@@ -488,7 +499,7 @@ impl Invoker {
         }
         let _detach = Detach(processor, id);
         let endpoint = self.endpoint(processor, id, &context)?;
-        let (request, head) = self.request(&endpoint, &context, target_name)?;
+        let head = self.head_of(&endpoint, &context, target_name)?;
         let bidi = endpoint.protocol_mode == ProtocolMode::BidiStream
             && !self.config.inactivity_timeout.is_zero();
         let mut attempt = Attempt {
@@ -514,9 +525,7 @@ impl Invoker {
             }
             e => AttemptError::transient(Code::Unavailable, e.to_string()),
         })?;
-        let response = attempt
-            .response(&connection, request, &head, &context)
-            .await?;
+        let response = attempt.response(&connection, &head, &context).await?;
         check_response(&response)?;
         attempt
             .run(response.into_body(), &mut context.completions)
@@ -557,13 +566,13 @@ impl Invoker {
     }
 
     /// The head of the `invoke` request of `service/method` (`target_name`) to `endpoint` (its body
-    /// is written to the stream), and where it goes: built on the first attempt, then cloned.
-    fn request(
+    /// is written to the stream), and where it goes: built on the first attempt, then shared.
+    fn head_of(
         &self,
         endpoint: &Arc<Endpoint>,
         context: &AttemptContext,
         target_name: &str,
-    ) -> Result<(http::Request<()>, Rc<Head>), AttemptError> {
+    ) -> Result<Rc<Head>, AttemptError> {
         let address = Arc::as_ptr(endpoint) as usize;
         let cached = self
             .heads
@@ -587,11 +596,7 @@ impl Invoker {
                 head
             }
         };
-        let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = head.uri.clone();
-        *request.headers_mut() = head.headers.clone();
-        Ok((request, head))
+        Ok(head)
     }
 
     /// Builds what [`request`](Self::request) caches.
@@ -642,6 +647,18 @@ struct Head {
     target: client::Target,
     /// The connection pool's key of `target`.
     pool_key: String,
+}
+
+impl Head {
+    /// An attempt's request: built only once its stream can be opened, so that no future waiting for
+    /// that holds a copy.
+    fn request(&self) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// HTTP/2 has no connection-specific header fields (RFC 9113 8.2.2) and h2 refuses to send a
@@ -775,7 +792,6 @@ impl Attempt<'_> {
     async fn response(
         &mut self,
         connection: &client::Streams,
-        request: http::Request<()>,
         head: &Head,
         context: &AttemptContext,
     ) -> Result<http::Response<h2::RecvStream>, AttemptError> {
@@ -783,7 +799,9 @@ impl Attempt<'_> {
             invoker.forget_closed_connections(&head.pool_key);
             AttemptError::transient(Code::Unavailable, format!("request failed: {e}"))
         };
-        let opened = self.within_silence(connection.open_stream(request)).await?;
+        let opened = self
+            .within_silence(connection.open_stream(|| head.request()))
+            .await?;
         // client::Error::Request says "request failed" itself.
         let (response, out) = opened.map_err(|e| match e {
             client::Error::Request(message) => broke(self.invoker, &message),
