@@ -562,6 +562,12 @@ fn placement(local: usize, local_load: u64, other: usize, other_load: u64, slack
     }
 }
 
+/// An invocation handed to this core's processor (ready), or being sent to another core's.
+type Submitted<'a> = Either<
+    std::future::Ready<Result<(), CallError>>,
+    futures::future::LocalBoxFuture<'a, Result<(), CallError>>,
+>;
+
 /// Sends an invocation to the core owning its partition: this core's processor takes it at once;
 /// another core's through the router, in a boxed future (the caller's future then need not make room
 /// for the command and the send).
@@ -570,10 +576,7 @@ fn submit<'a>(
     invocation: NewInvocation,
     reply: Option<oneshot::Sender<Outcome>>,
     ack: Option<Ack>,
-) -> Either<
-    std::future::Ready<Result<(), CallError>>,
-    futures::future::LocalBoxFuture<'a, Result<(), CallError>>,
-> {
+) -> Submitted<'a> {
     let partition = invocation.id.partition(ctx.router.partitions());
     let command = Command::Invoke {
         invocation,
