@@ -411,7 +411,8 @@ pub struct IngressGrpc {
     pub bind_address: SocketAddr,
     /// Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
     pub max_message_size: usize,
-    /// Calls in flight on one core; past it calls get RESOURCE_EXHAUSTED.
+    /// Calls in flight on one core; past it calls get RESOURCE_EXHAUSTED (built-in health and
+    /// reflection services are not counted).
     pub concurrency_limit: usize,
     /// Open connections to the ingress port, over all cores (per process); past it new connections
     /// are closed at once.

@@ -218,6 +218,18 @@ fn calls_past_the_per_core_concurrency_limit_get_resource_exhausted() {
     });
     let body = limited.expect("a third call was never refused");
     assert_eq!(body["code"], "resource_exhausted");
+    // Health checks take no slot: the full core still says it is serving.
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/grpc.health.v1.Health/Check",
+        &json!({ "service": "" }),
+        &[],
+    );
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("SERVING")),
+        "{body}"
+    );
     for call in hanging {
         assert_eq!(call.join().unwrap().0, 504);
     }

@@ -138,6 +138,13 @@ pub fn handler(context: Context) -> Handler {
             protocol,
             started: std::time::Instant::now(),
         };
+        // Built-in services (health, reflection) take no slot: a core busy with calls still
+        // answers its health checks.
+        if builtin::handles(request.uri().path()) {
+            let ctx = ctx.clone();
+            let work = async move { builtin::serve(&ctx, protocol, request).await };
+            return answer.after(None, work).boxed_local();
+        }
         let Some(slot) = InFlight::enter(&in_flight, ctx.config.concurrency_limit) else {
             let refused = CallError::new(
                 Code::ResourceExhausted,
@@ -145,18 +152,15 @@ pub fn handler(context: Context) -> Handler {
             );
             return std::future::ready(answer.finish(Err(refused))).boxed_local();
         };
-        if builtin::handles(request.uri().path()) {
-            let ctx = ctx.clone();
-            let work = async move { builtin::serve(&ctx, protocol, request).await };
-            return answer.after(slot, work).boxed_local();
-        }
         match prepare(ctx, protocol, request) {
             Err(e) => std::future::ready(answer.finish(Err(e))).boxed_local(),
-            Ok(Prepared::Call(call)) => answer.after(slot, call.run(ctx.clone())).boxed_local(),
+            Ok(Prepared::Call(call)) => answer
+                .after(Some(slot), call.run(ctx.clone()))
+                .boxed_local(),
             Ok(Prepared::OneWay(method, request)) => {
                 let ctx = ctx.clone();
                 let work = async move { one_way(&ctx, protocol, &method, request).await };
-                answer.after(slot, work).boxed_local()
+                answer.after(Some(slot), work).boxed_local()
             }
         }
     })
@@ -210,11 +214,11 @@ impl Answer {
         response
     }
 
-    /// Answers what `work` gives, holding `slot` until then. (A combinator, not an `async fn`,
+    /// Answers what `work` gives, holding `slot` (if it takes one) until then. (A combinator, not an `async fn`,
     /// which would hold `work` twice: as its argument and as the local it awaits.)
     fn after(
         self,
-        slot: InFlight,
+        slot: Option<InFlight>,
         work: impl std::future::Future<Output = Result<http::Response<Body>, CallError>>,
     ) -> impl std::future::Future<Output = http::Response<Body>> {
         work.map(move |result| {
