@@ -97,11 +97,12 @@ impl CallError {
 
 /// Builds the ingress handler of one core.
 ///
-/// A request's head is judged before any future is built: CORS preflight, content type, the core's
-/// in-flight limit, and (for a call) its path, headers, service and method. What is left to wait for
-/// (the body, the invocation's outcome) runs in one boxed future per request, kept small: under
-/// glibc's per-thread cache (about 1 KB), so it costs no trip to the shared heap, and with no second
-/// copy of the request head. Rarer paths (built-in services, one-way sends) box their own.
+/// A request's head is judged before any future is built: CORS preflight, content type, built-in
+/// services (which take no in-flight slot), the core's in-flight limit, and (for a call) its path,
+/// headers, service and method. What is left to wait for (the body, the invocation's outcome) runs
+/// in one boxed future per request, kept small: under glibc's per-thread cache (about 1 KB), so it
+/// costs no trip to the shared heap, and with no second copy of the request head. Rarer paths
+/// (built-in services, one-way sends) box their own.
 pub fn handler(context: Context) -> Handler {
     let context = Rc::new(context);
     let in_flight = Rc::new(Cell::new(0usize));
@@ -214,8 +215,8 @@ impl Answer {
         response
     }
 
-    /// Answers what `work` gives, holding `slot` (if it takes one) until then. (A combinator, not an `async fn`,
-    /// which would hold `work` twice: as its argument and as the local it awaits.)
+    /// Answers what `work` gives, holding `slot` (if it takes one) until then. (A combinator, not
+    /// an `async fn`, which would hold `work` twice: as its argument and as the local it awaits.)
     fn after(
         self,
         slot: Option<InFlight>,

@@ -599,7 +599,7 @@ impl Invoker {
         Ok(head)
     }
 
-    /// Builds what [`request`](Self::request) caches.
+    /// Builds what [`head_of`](Self::head_of) caches.
     fn head(&self, endpoint: &Endpoint, context: &AttemptContext) -> Result<Head, AttemptError> {
         let uri: http::Uri = format!(
             "{}/invoke/{}/{}",
