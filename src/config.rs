@@ -259,7 +259,8 @@ pub struct Invoker {
     pub state_cache_bytes: usize,
     /// Largest protocol message accepted from an endpoint, in bytes.
     pub message_size_limit: usize,
-    /// Attempts in flight on one core; more wait for a slot.
+    /// Attempts in flight on one core; more wait for a slot. Also the most driver tasks a core keeps
+    /// (about 2 KB each) for its next invocations once theirs ended.
     pub concurrency_limit: usize,
     /// HTTP/2 PING interval on connections to endpoints (0 = no pings).
     #[serde(with = "humantime_serde")]

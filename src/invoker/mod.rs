@@ -32,8 +32,10 @@ use crate::protocol::messages::{
 use crate::protocol::{self, types, Decoder, Frame, Kind, FLAG_COMPLETED, FLAG_PARTIAL_STATE};
 use crate::schema::{Endpoint, ProtocolMode};
 
+mod drivers;
 mod slots;
 
+use drivers::{Handoff, Parked};
 use slots::Slots;
 
 /// Start and the replayed journal are sent in chunks: a chunk ends once it holds this many bytes (so
@@ -111,6 +113,15 @@ pub struct Invoker {
     slow_slots: crate::logging::RateLimit,
     /// This core's figures for /metrics.
     gauges: Arc<crate::node::CoreGauges>,
+    /// Driver tasks whose invocation ended, waiting for the next (at most `concurrency_limit`).
+    parked: Parked<Job>,
+}
+
+/// An invocation to drive: its partition's processor, its id, and its place in the gauges.
+struct Job {
+    processor: Processor,
+    id: InvocationId,
+    driven: Driven,
 }
 
 /// A concurrency slot held by an attempt (counted in the gauges while held); released on drop.
@@ -200,6 +211,7 @@ impl Invoker {
             slot_waiters: RefCell::new(BTreeSet::new()),
             slow_slots: crate::logging::RateLimit::new(std::time::Duration::from_secs(10)),
             gauges,
+            parked: Parked::new(config.concurrency_limit),
         })
     }
 
@@ -284,12 +296,30 @@ impl Invoker {
     pub fn install(self: &Rc<Self>, processor: &Processor) {
         let invoker = self.clone();
         processor.set_driver(Rc::new(move |processor, id| {
-            let invoker = invoker.clone();
-            // Counted at once: the ingress places the next invocations by it.
-            let driven = Driven::new(&invoker.gauges);
-            // Boxed: the attempt loop's future is ~8 KB, which glommio would move several times.
-            glommio::spawn_local(Box::pin(invoker.drive(processor, id, driven))).detach();
+            let job = Job {
+                processor,
+                id,
+                // Counted at once: the ingress places the next invocations by it.
+                driven: Driven::new(&invoker.gauges),
+            };
+            if let Err(job) = invoker.parked.hand(job) {
+                // Boxed: glommio would move the ~2 KB future several times before it lands.
+                glommio::spawn_local(Box::pin(invoker.clone().driver(job))).detach();
+            }
         }));
+    }
+
+    /// A driver task: drives its job's invocation, then parks for the next one while fewer than
+    /// `concurrency_limit` drivers are parked (see [`drivers`]).
+    async fn driver(self: Rc<Self>, mut job: Job) {
+        let handoff = Rc::new(Handoff::default());
+        loop {
+            self.clone().drive(job.processor, job.id, job.driven).await;
+            match self.parked.park(&handoff) {
+                Some(next) => job = next.await,
+                None => return,
+            }
+        }
     }
 
     async fn drive(self: Rc<Self>, processor: Processor, id: InvocationId, mut driven: Driven) {
