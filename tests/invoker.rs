@@ -230,6 +230,18 @@ fn calls_past_the_per_core_concurrency_limit_get_resource_exhausted() {
         (200, Some("SERVING")),
         "{body}"
     );
+    // A malformed call gets its own error, not the full core's.
+    let (status, body) = common::request_json_with(
+        server.ingress,
+        "/restate.test.Counter/NoSuchMethod",
+        &json!({ "key": "other", "delta": 1 }),
+        &[],
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
     for call in hanging {
         assert_eq!(call.join().unwrap().0, 504);
     }

@@ -98,8 +98,9 @@ impl CallError {
 /// Builds the ingress handler of one core.
 ///
 /// A request's head is judged before any future is built: CORS preflight, content type, built-in
-/// services (which take no in-flight slot), the core's in-flight limit, and (for a call) its path,
-/// headers, service and method. What is left to wait for (the body, the invocation's outcome) runs
+/// services (which take no in-flight slot), a call's method, path, headers, service and method
+/// (so a malformed call gets its own error also from a full core), then the core's in-flight limit.
+/// What is left to wait for (the body, the invocation's outcome) runs
 /// in one boxed future per request, kept small: under glibc's per-thread cache (about 1 KB), so it
 /// costs no trip to the shared heap, and with no second copy of the request head. Rarer paths
 /// (built-in services, one-way sends) box their own.
@@ -146,6 +147,11 @@ pub fn handler(context: Context) -> Handler {
             let work = async move { builtin::serve(&ctx, protocol, request).await };
             return answer.after(None, work).boxed_local();
         }
+        // A malformed call gets its own error, also from a full core: judging it takes no slot.
+        let prepared = match prepare(ctx, protocol, request) {
+            Ok(prepared) => prepared,
+            Err(e) => return std::future::ready(answer.finish(Err(e))).boxed_local(),
+        };
         let Some(slot) = InFlight::enter(&in_flight, ctx.config.concurrency_limit) else {
             let refused = CallError::new(
                 Code::ResourceExhausted,
@@ -153,12 +159,11 @@ pub fn handler(context: Context) -> Handler {
             );
             return std::future::ready(answer.finish(Err(refused))).boxed_local();
         };
-        match prepare(ctx, protocol, request) {
-            Err(e) => std::future::ready(answer.finish(Err(e))).boxed_local(),
-            Ok(Prepared::Call(call)) => answer
+        match prepared {
+            Prepared::Call(call) => answer
                 .after(Some(slot), call.run(ctx.clone()))
                 .boxed_local(),
-            Ok(Prepared::OneWay(method, request)) => {
+            Prepared::OneWay(method, request) => {
                 let ctx = ctx.clone();
                 let work = async move { one_way(&ctx, protocol, &method, request).await };
                 answer.after(Some(slot), work).boxed_local()
