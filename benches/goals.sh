@@ -18,6 +18,9 @@
 #   3. echo at 16 in flight, sync on: p99 ≤ 5 ms
 #   4. `benches/vs-restate.sh echo hot`: hot req/s ≥ 10x restate-server 1.7.12's, echo server CPU per
 #      invocation ≤ 0.1x
+#   5. echo on 1 and 2 runtime cores, sync on: the req/s ratio. The goal (1 -> 8 cores, ≥ 0.9x linear per
+#      core added) needs 16 CPUs (`benches/scaling.sh` on such a machine); on a smaller one the load
+#      client and the endpoint share the runtime's CPUs, so this says more about the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: benches/goals.sh BASE_BIN [NOW_BIN]}
@@ -63,6 +66,16 @@ for _ in $(seq "$rounds"); do
     p99s+=("$p99")
 done
 
+echo "== 5. echo on 1 and 2 runtime cores (sync on), $rounds alternated runs"
+scalings=()
+for _ in $(seq "$rounds"); do
+    one=$(bench --sync on --cases echo --cores 1 | awk '/^runtime echo, sync on/ {print $5}')
+    two=$(bench --sync on --cases echo --cores 2 | awk '/^runtime echo, sync on/ {print $5}')
+    scaling=$(python3 -c "print(f'{$two / $one:.2f}')")
+    echo "echo: 1 core $one req/s, 2 cores $two req/s: $scaling"
+    scalings+=("$scaling")
+done
+
 vs=""
 if [[ ${GOALS_VS:-1} != 0 ]]; then
     echo "== 4. side by side with restate-server 1.7.12"
@@ -71,12 +84,15 @@ if [[ ${GOALS_VS:-1} != 0 ]]; then
 fi
 
 echo "== goals"
-python3 - "$base_cpu" "$now_cpu" "$(median "${ratios[@]}")" "$(median "${p99s[@]}")" <<'PY'
+python3 - "$base_cpu" "$now_cpu" "$(median "${ratios[@]}")" "$(median "${p99s[@]}")" \
+    "$(median "${scalings[@]}")" "$(nproc)" <<'PY'
 import sys
-base, now, onoff, p99 = map(float, sys.argv[1:])
+base, now, onoff, p99, scaling, cpus = map(float, sys.argv[1:])
 print(f"echo CPU/inv, sync on:  now {now:.1f} µs (goal ≤ 50), base {base:.1f} µs: now/base {now / base:.2f} (goal ≤ 0.5)")
 print(f"hot key on/off req/s:  median {onoff:.2f} (goal ≥ 0.8)")
 print(f"echo p99, 16 in flight: median {p99:.2f} ms (goal ≤ 5)")
+print(f"echo req/s, 2 cores / 1 core: median {scaling:.2f} on {cpus:.0f} CPUs shared with the client "
+      "and the endpoint (1 -> 8 cores needs 16 CPUs: benches/scaling.sh)")
 PY
 if [[ -n $vs ]]; then
     # The summary table's rows: | workload | ours req/s | theirs req/s | ratio | ... | CPU ratio |
