@@ -56,10 +56,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
-
 use super::state_machine::{Command, Effect};
-use super::InvocationId;
+use super::{InvocationId, ServiceId};
 use crate::protocol::{kind, types, Kind};
 
 /// About how many bytes of memory a held row costs besides its payload.
@@ -69,6 +67,9 @@ const ROW_OVERHEAD: usize = 64;
 #[derive(Debug, Default)]
 pub struct Holds {
     held: HashMap<InvocationId, Held>,
+    /// The held invocation of each keyed instance with one (a keyed instance runs one invocation at
+    /// a time), so a state row finds its holder without a scan of every hold.
+    holders: HashMap<ServiceId, InvocationId>,
     /// Open holds by age; an id whose hold closed meanwhile is skipped when it comes up.
     ages: VecDeque<(u64, InvocationId)>,
     hold_ms: u64,
@@ -78,8 +79,8 @@ pub struct Holds {
 #[derive(Debug)]
 struct Held {
     since_ms: u64,
-    /// The keyed instance (service, key) whose state rows it may hold; `None`: unkeyed.
-    instance: Option<(String, Bytes)>,
+    /// The keyed instance whose state rows it may hold; `None`: unkeyed.
+    instance: Option<ServiceId>,
     writes: Vec<Effect>,
     /// Journal entries held: entries `0..entries`, all of the invocation's journal.
     entries: u32,
@@ -199,7 +200,7 @@ impl Holds {
         let mut flushed = Vec::new();
         let mut elided = 0;
         for id in touched {
-            let held = self.held.remove(&id).expect("touched ids are held");
+            let held = self.close(&id).expect("touched ids are held");
             match cancel(held, id, &mut writes) {
                 Ok(cancelled) => elided += cancelled,
                 Err(held) => flushed.extend(held.writes),
@@ -240,7 +241,7 @@ impl Holds {
         if s != id || e != id || !own_queue || bytes > self.max_bytes {
             return;
         }
-        let instance = Some((status.service.clone(), status.key.clone()));
+        let instance = Some(queue.clone());
         let rows = writes.split_off(n - 3);
         self.open(*id, instance, rows, bytes, now_ms);
     }
@@ -249,7 +250,7 @@ impl Holds {
     fn open(
         &mut self,
         id: InvocationId,
-        instance: Option<(String, Bytes)>,
+        instance: Option<ServiceId>,
         rows: Vec<Effect>,
         bytes: usize,
         now_ms: u64,
@@ -261,18 +262,27 @@ impl Holds {
             entries: 1,
             bytes,
         };
+        if let Some(instance) = &held.instance {
+            self.holders.insert(instance.clone(), id);
+        }
         self.held.insert(id, held);
         self.ages.push_back((now_ms, id));
     }
 
+    /// Ends `id`'s hold, if open: its rows go back to the caller.
+    fn close(&mut self, id: &InvocationId) -> Option<Held> {
+        let held = self.held.remove(id)?;
+        if let Some(instance) = &held.instance {
+            if self.holders.get(instance) == Some(id) {
+                self.holders.remove(instance);
+            }
+        }
+        Some(held)
+    }
+
     /// The held invocation of keyed instance `service`, if one is held.
-    fn holder_of(&self, service: &super::ServiceId) -> Option<InvocationId> {
-        self.held.iter().find_map(|(id, held)| {
-            held.instance
-                .as_ref()
-                .is_some_and(|(s, k)| *s == service.service && *k == service.key)
-                .then_some(*id)
-        })
+    fn holder_of(&self, service: &ServiceId) -> Option<InvocationId> {
+        self.holders.get(service).copied()
     }
 
     /// Holds `writes` (a fresh start, or completed entries of a held invocation) if they qualify.
@@ -287,9 +297,10 @@ impl Holds {
             ([id], [Effect::PutStatus(_, s, status), Effect::PutEntry(_, e, 0, _)])
                 if s == id && e == id && !self.held.contains_key(id) && bytes <= self.max_bytes =>
             {
-                let instance = status
-                    .keyed
-                    .then(|| (status.service.clone(), status.key.clone()));
+                let instance = status.keyed.then(|| ServiceId {
+                    service: status.service.clone(),
+                    key: status.key.clone(),
+                });
                 self.open(*id, instance, std::mem::take(writes), bytes, now_ms);
                 true
             }
@@ -298,11 +309,7 @@ impl Holds {
                     return false;
                 };
                 let mut next = held.entries;
-                let own = |service: &super::ServiceId| {
-                    held.instance
-                        .as_ref()
-                        .is_some_and(|(s, k)| *s == service.service && *k == service.key)
-                };
+                let own = |service: &ServiceId| held.instance.as_ref() == Some(service);
                 let joins = writes.iter().all(|w| match w {
                     Effect::PutEntry(_, e, index, entry)
                         if e == id && *index == next && waits_for_nothing(entry) =>
@@ -343,12 +350,12 @@ impl Holds {
 
     /// `id`'s held rows, if any (a read of its rows is submitted next).
     pub fn take(&mut self, id: &InvocationId) -> Vec<Effect> {
-        self.held.remove(id).map(|h| h.writes).unwrap_or_default()
+        self.close(id).map(|h| h.writes).unwrap_or_default()
     }
 
     /// The rows held by the invocation holding keyed instance `service`, if any (a read of its
     /// state is submitted next).
-    pub fn take_instance(&mut self, service: &super::ServiceId) -> Vec<Effect> {
+    pub fn take_instance(&mut self, service: &ServiceId) -> Vec<Effect> {
         match self.holder_of(service) {
             Some(id) => self.take(&id),
             None => Vec::new(),
@@ -358,6 +365,7 @@ impl Holds {
     /// Every open hold's writes (they are submitted before whatever comes next).
     pub fn take_all(&mut self) -> Vec<Effect> {
         self.ages.clear();
+        self.holders.clear();
         let mut holds: Vec<(InvocationId, Held)> = self.held.drain().collect();
         // Oldest first, for a deterministic order.
         holds.sort_by_key(|(id, held)| (held.since_ms, *id));
@@ -375,7 +383,7 @@ impl Holds {
             }
             self.ages.pop_front();
             if self.held.get(&id).is_some_and(|h| h.since_ms == since) {
-                out.extend(self.held.remove(&id).expect("checked").writes);
+                out.extend(self.close(&id).expect("checked").writes);
             }
         }
         if self.held.is_empty() {
@@ -546,6 +554,62 @@ mod tests {
             status.key = Bytes::from_static(b"k");
         }
         writes
+    }
+
+    #[test]
+    fn each_instances_holder_is_found_among_many_holds_and_forgotten_when_its_hold_closes() {
+        let instance = |n: u8| crate::partition::ServiceId {
+            service: "counter".into(),
+            key: Bytes::from(vec![b'k', n]),
+        };
+        let mut holds = Holds::new(10, 4096);
+        for n in 0..10 {
+            let mut writes = start(n);
+            if let Effect::PutStatus(_, _, status) = &mut writes[0] {
+                status.keyed = true;
+                status.service = "counter".into();
+                status.key = instance(n).key;
+            }
+            assert_eq!(holds.route(writes, &[id(n)], true, n.into()), Routed::Held);
+        }
+        // A read of instance 5's state takes its holder's rows, and only those.
+        assert_eq!(
+            holds.take_instance(&instance(5)),
+            start(5)
+                .into_iter()
+                .map(|mut w| {
+                    if let Effect::PutStatus(_, _, status) = &mut w {
+                        status.keyed = true;
+                        status.service = "counter".into();
+                        status.key = instance(5).key;
+                    }
+                    w
+                })
+                .collect::<Vec<_>>()
+        );
+        assert!(!holds.holds(&id(5)) && holds.take_instance(&instance(5)).is_empty());
+        // Another transition's write of instance 3's state flushes its holder first.
+        let put = Effect::PutState(0, instance(3), Bytes::from_static(b"n"), Bytes::new());
+        let Routed::Submit { writes, elided: 0 } = holds.route(vec![put.clone()], &[], false, 10)
+        else {
+            panic!("a state write was held");
+        };
+        assert_eq!(writes.len(), 3);
+        assert_eq!(writes[2], put);
+        assert!(!holds.holds(&id(3)));
+        // Expired holds (those of 0, 1, 2 and 4) are forgotten as holders too.
+        assert_eq!(holds.take_expired(14).len(), 2 * 4);
+        assert!(holds.take_instance(&instance(4)).is_empty());
+        let put = Effect::PutState(0, instance(4), Bytes::from_static(b"n"), Bytes::new());
+        assert_eq!(
+            holds.route(vec![put.clone()], &[], false, 14),
+            Routed::Submit {
+                writes: vec![put],
+                elided: 0
+            }
+        );
+        assert_eq!(holds.take_instance(&instance(6)).len(), 2);
+        assert_eq!(holds.len(), 3);
     }
 
     #[test]
