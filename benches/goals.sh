@@ -16,11 +16,11 @@
 #      invocation, NOW ≤ 50 µs and NOW/BASE ≤ 0.5
 #   2. one hot key (counter, `--keys 1`), sync on and off in each run: on/off req/s ≥ 0.8
 #   3. echo at 16 in flight, sync on: p99 ≤ 5 ms
-#   4. `benches/vs-restate.sh echo hot`: hot req/s ≥ 10x restate-server 1.7.12's, echo server CPU per
-#      invocation ≤ 0.1x
-#   5. echo on 1 and 2 runtime cores, sync on: the req/s ratio. The goal (1 -> 8 cores, ≥ 0.9x linear per
+#   4. echo on 1 and 2 runtime cores, sync on: the req/s ratio. The goal (1 -> 8 cores, ≥ 0.9x linear per
 #      core added) needs 16 CPUs (`benches/scaling.sh` on such a machine); on a smaller one the load
 #      client and the endpoint share the runtime's CPUs, so this says more about the machine.
+#   5. `benches/vs-restate.sh echo hot`: hot req/s ≥ 10x restate-server 1.7.12's, echo server CPU per
+#      invocation ≤ 0.1x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: benches/goals.sh BASE_BIN [NOW_BIN]}
@@ -34,6 +34,10 @@ seconds=${SECONDS_PER_RUN:-5}
 cargo bench --bench invocations --no-run -q 2>/dev/null
 bench() {
     RESTATE_BIN=$now cargo bench -q --bench invocations -- --seconds "$seconds" "$@" 2>&1
+}
+# Field COLUMN of the bench output's line that starts with LINE (stdin).
+pick() {
+    awk -v line="$1" -v column="$2" 'index($0, line) == 1 {print $column}'
 }
 median() {
     python3 -c 'import statistics, sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.2f}")' "$@"
@@ -51,8 +55,8 @@ echo "== 2. one hot key, sync on / sync off, $rounds runs"
 ratios=()
 for _ in $(seq "$rounds"); do
     out=$(bench --sync both --cases counter --keys 1)
-    off=$(awk '/^runtime counter, sync off/ {print $5}' <<< "$out")
-    on=$(awk '/^runtime counter, sync on/ {print $5}' <<< "$out")
+    off=$(pick "runtime counter, sync off" 5 <<< "$out")
+    on=$(pick "runtime counter, sync on" 5 <<< "$out")
     ratio=$(python3 -c "print(f'{$on / $off:.2f}')")
     echo "hot key: sync off $off req/s, sync on $on req/s: on/off $ratio"
     ratios+=("$ratio")
@@ -61,16 +65,16 @@ done
 echo "== 3. echo p99 at 16 in flight (sync on), $rounds runs"
 p99s=()
 for _ in $(seq "$rounds"); do
-    p99=$(bench --sync on --cases echo --concurrency 16 | awk '/^runtime echo, sync on/ {print $7}')
+    p99=$(bench --sync on --cases echo --concurrency 16 | pick "runtime echo, sync on" 7)
     echo "echo, 16 in flight: p99 $p99 ms"
     p99s+=("$p99")
 done
 
-echo "== 5. echo on 1 and 2 runtime cores (sync on), $rounds alternated runs"
+echo "== 4. echo on 1 and 2 runtime cores (sync on), $rounds alternated runs"
 scalings=()
 for _ in $(seq "$rounds"); do
-    one=$(bench --sync on --cases echo --cores 1 | awk '/^runtime echo, sync on/ {print $5}')
-    two=$(bench --sync on --cases echo --cores 2 | awk '/^runtime echo, sync on/ {print $5}')
+    one=$(bench --sync on --cases echo --cores 1 | pick "runtime echo, sync on" 5)
+    two=$(bench --sync on --cases echo --cores 2 | pick "runtime echo, sync on" 5)
     scaling=$(python3 -c "print(f'{$two / $one:.2f}')")
     echo "echo: 1 core $one req/s, 2 cores $two req/s: $scaling"
     scalings+=("$scaling")
@@ -78,7 +82,7 @@ done
 
 vs=""
 if [[ ${GOALS_VS:-1} != 0 ]]; then
-    echo "== 4. side by side with restate-server 1.7.12"
+    echo "== 5. side by side with restate-server 1.7.12"
     vs=$(RESTATE_BIN=$now VS_SECONDS=${VS_SECONDS:-8} VS_ROUNDS=${VS_ROUNDS:-2} benches/vs-restate.sh echo hot)
     echo "$vs"
 fi
