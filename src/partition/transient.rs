@@ -238,7 +238,8 @@ impl Holds {
         };
         let own_queue = status.keyed && queue.service == status.service && queue.key == status.key;
         let bytes: usize = writes[n - 3..].iter().map(row_bytes).sum();
-        if s != id || e != id || !own_queue || bytes > self.max_bytes {
+        let instance_held = self.holders.contains_key(queue);
+        if s != id || e != id || !own_queue || bytes > self.max_bytes || instance_held {
             return;
         }
         let instance = Some(queue.clone());
@@ -263,7 +264,8 @@ impl Holds {
             bytes,
         };
         if let Some(instance) = &held.instance {
-            self.holders.insert(instance.clone(), id);
+            let previous = self.holders.insert(instance.clone(), id);
+            debug_assert!(previous.is_none(), "one hold per keyed instance");
         }
         self.held.insert(id, held);
         self.ages.push_back((now_ms, id));
@@ -301,6 +303,15 @@ impl Holds {
                     service: status.service.clone(),
                     key: status.key.clone(),
                 });
+                if instance
+                    .as_ref()
+                    .is_some_and(|i| self.holders.contains_key(i))
+                {
+                    // One invocation per key runs at a time, so its instance has no other hold
+                    // open; were one open, holding this one too would hide the first from the
+                    // index. Written at once instead.
+                    return false;
+                }
                 self.open(*id, instance, std::mem::take(writes), bytes, now_ms);
                 true
             }
@@ -610,6 +621,20 @@ mod tests {
         );
         assert_eq!(holds.take_instance(&instance(6)).len(), 2);
         assert_eq!(holds.len(), 3);
+        // A second start of a held instance (never made: one invocation per key runs at a time)
+        // is written at once, and the first hold stays its instance's.
+        let mut writes = start(20);
+        if let Effect::PutStatus(_, _, status) = &mut writes[0] {
+            status.keyed = true;
+            status.service = "counter".into();
+            status.key = instance(7).key;
+        }
+        let Routed::Submit { writes, elided: 0 } = holds.route(writes, &[id(20)], true, 14) else {
+            panic!("a second hold of one instance");
+        };
+        assert_eq!(writes.len(), 2);
+        assert_eq!(holds.take_instance(&instance(7)).len(), 2);
+        assert!(!holds.holds(&id(7)));
     }
 
     #[test]
