@@ -100,10 +100,10 @@ impl CallError {
 /// A request's head is judged before any future is built: CORS preflight, content type, built-in
 /// services (which take no in-flight slot), a call's method, path, headers, service and method
 /// (so a malformed call gets its own error also from a full core), then the core's in-flight limit.
-/// What is left to wait for (the body, the invocation's outcome) runs
-/// in one boxed future per request, kept small: under glibc's per-thread cache (about 1 KB), so it
-/// costs no trip to the shared heap, and with no second copy of the request head. Rarer paths
-/// (built-in services, one-way sends) box their own.
+/// What is left to wait for (the body, the invocation's outcome) runs in one boxed future per
+/// request, kept small: under glibc's per-thread cache (about 1 KB), so it costs no trip to the
+/// shared heap, and with no second copy of the request head. Rarer paths (built-in services, one-way
+/// sends) box their own.
 pub fn handler(context: Context) -> Handler {
     let context = Rc::new(context);
     let in_flight = Rc::new(Cell::new(0usize));
