@@ -94,25 +94,10 @@ impl<J> Future for NextJob<'_, J> {
 mod tests {
     use super::*;
 
-    /// Lets every other runnable task run once.
-    struct Yield(bool);
-
-    impl Future for Yield {
-        type Output = ();
-
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if self.0 {
-                return Poll::Ready(());
-            }
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-
+    /// Lets every other runnable task run a few times.
     async fn let_others_run() {
         for _ in 0..4 {
-            Yield(false).await;
+            futures_lite::future::yield_now().await;
         }
     }
 
@@ -126,7 +111,7 @@ mod tests {
         let handoff = Rc::new(Handoff::default());
         loop {
             ran.borrow_mut().push((number, job));
-            Yield(false).await;
+            futures_lite::future::yield_now().await;
             match parked.park(&handoff) {
                 Some(next) => job = next.await,
                 None => return,

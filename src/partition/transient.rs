@@ -238,8 +238,12 @@ impl Holds {
         };
         let own_queue = status.keyed && queue.service == status.service && queue.key == status.key;
         let bytes: usize = writes[n - 3..].iter().map(row_bytes).sum();
-        let instance_held = self.holders.contains_key(queue);
-        if s != id || e != id || !own_queue || bytes > self.max_bytes || instance_held {
+        if s != id
+            || e != id
+            || !own_queue
+            || bytes > self.max_bytes
+            || self.holders.contains_key(queue)
+        {
             return;
         }
         let instance = Some(queue.clone());
@@ -558,11 +562,16 @@ mod tests {
     }
 
     fn start_keyed() -> Vec<Effect> {
-        let mut writes = start(1);
+        start_keyed_as(1, Bytes::from_static(b"k"))
+    }
+
+    /// Invocation `n`'s start, of the counter keyed `key`.
+    fn start_keyed_as(n: u8, key: Bytes) -> Vec<Effect> {
+        let mut writes = start(n);
         if let Effect::PutStatus(_, _, status) = &mut writes[0] {
             status.keyed = true;
             status.service = "counter".into();
-            status.key = Bytes::from_static(b"k");
+            status.key = key;
         }
         writes
     }
@@ -575,28 +584,13 @@ mod tests {
         };
         let mut holds = Holds::new(10, 4096);
         for n in 0..10 {
-            let mut writes = start(n);
-            if let Effect::PutStatus(_, _, status) = &mut writes[0] {
-                status.keyed = true;
-                status.service = "counter".into();
-                status.key = instance(n).key;
-            }
+            let writes = start_keyed_as(n, instance(n).key);
             assert_eq!(holds.route(writes, &[id(n)], true, n.into()), Routed::Held);
         }
         // A read of instance 5's state takes its holder's rows, and only those.
         assert_eq!(
             holds.take_instance(&instance(5)),
-            start(5)
-                .into_iter()
-                .map(|mut w| {
-                    if let Effect::PutStatus(_, _, status) = &mut w {
-                        status.keyed = true;
-                        status.service = "counter".into();
-                        status.key = instance(5).key;
-                    }
-                    w
-                })
-                .collect::<Vec<_>>()
+            start_keyed_as(5, instance(5).key)
         );
         assert!(!holds.holds(&id(5)) && holds.take_instance(&instance(5)).is_empty());
         // Another transition's write of instance 3's state flushes its holder first.
@@ -623,12 +617,7 @@ mod tests {
         assert_eq!(holds.len(), 3);
         // A second start of a held instance (never made: one invocation per key runs at a time)
         // is written at once, and the first hold stays its instance's.
-        let mut writes = start(20);
-        if let Effect::PutStatus(_, _, status) = &mut writes[0] {
-            status.keyed = true;
-            status.service = "counter".into();
-            status.key = instance(7).key;
-        }
+        let writes = start_keyed_as(20, instance(7).key);
         let Routed::Submit { writes, elided: 0 } = holds.route(writes, &[id(20)], true, 14) else {
             panic!("a second hold of one instance");
         };
